@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Provisions what radstream needs on a fresh Debian machine; safe to run again (it only installs what is
+# missing). Everything comes from package registries: Debian packages via apt, the ONNX Runtime shared
+# library from its PyPI wheel, and (with --test) the Python oracle's packages from PyPI.
+#
+#   scripts/setup.sh          runtime needs: Vulkan software adapter, build tools, libonnxruntime
+#   scripts/setup.sh --test   also the oracle venv (pydicom, numpy, onnxruntime, codecs) used by the tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_TEST=0
+[ "${1:-}" = "--test" ] && WITH_TEST=1
+
+CACHE="${RADSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/radstream}"
+ORT_VERSION=1.31.1
+ORT_LIB="$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- Debian packages ---------------------------------------------------------------------------------
+# mesa-vulkan-drivers: lavapipe, the software Vulkan adapter wgpu uses where no GPU exists.
+# cmake/g++: CharLS (JPEG-LS) is built from source by its -sys crate. python3-venv: the oracle venv.
+packages=(mesa-vulkan-drivers libvulkan1 cmake g++ pkg-config ca-certificates)
+command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-venv python3-pip)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  say "installing python3-venv"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { say "cargo (Rust >= 1.85) is required and was not found on PATH"; exit 1; }
+
+# --- ONNX Runtime shared library, from the onnxruntime wheel on PyPI ---------------------------------
+if [ ! -f "$ORT_LIB" ]; then
+  say "fetching libonnxruntime $ORT_VERSION from the onnxruntime wheel"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download -q --no-deps --only-binary=:all: --dest "$tmp" "onnxruntime==$ORT_VERSION"
+  mkdir -p "$(dirname "$ORT_LIB")"
+  python3 - "$tmp" "$ORT_LIB" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/onnxruntime-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    name = next(n for n in z.namelist() if n.startswith("onnxruntime/capi/libonnxruntime.so."))
+    with z.open(name) as src, open(sys.argv[2] + ".part", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+shutil.move(sys.argv[2] + ".part", sys.argv[2])
+PY
+fi
+
+# --- the oracle venv (tests only) ----------------------------------------------------------------------
+if [ "$WITH_TEST" = 1 ]; then
+  VENV="$CACHE/venv"
+  REQ=tests/oracle/requirements.txt
+  stamp="$VENV/.radstream-requirements"
+  if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQ" "$stamp"; then
+    say "creating the oracle venv at $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
+    cp "$REQ" "$stamp"
+  fi
+fi
+say "ready (ONNX Runtime: $ORT_LIB)"

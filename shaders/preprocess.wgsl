@@ -1,0 +1,103 @@
+// Fused preprocessing kernel: one invocation per output pixel (x, y) of slice z
+// computes all C channels, so each stored value is read and windowed once per
+// bilinear tap. Must stay formula-for-formula identical to
+// src/preprocess/cpu.rs (the reference) and to the spec in SPEC.md.
+
+struct Spec {
+    n: u32,
+    channels: u32,
+    height: u32,
+    width: u32,
+    mean: vec4<f32>,
+    stddev: vec4<f32>,
+}
+
+// Mirrors `SliceParams` in src/preprocess/mod.rs (48 bytes, 4-byte aligned fields).
+struct Slice {
+    offset: u32,
+    rows: u32,
+    cols: u32,
+    flags: u32,
+    slope: f32,
+    intercept: f32,
+    win_lo: f32,
+    win_wm1: f32,
+    color_scale: f32,
+    scale_y: f32,
+    scale_x: f32,
+    pad: f32,
+}
+
+const FLAG_COLOR: u32 = 1u;
+const FLAG_INVERT: u32 = 2u;
+const FLAG_STEP: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> spec: Spec;
+@group(0) @binding(1) var<storage, read> slices: array<Slice>;
+@group(0) @binding(2) var<storage, read> pixels: array<f32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+fn tap(s: Slice, iy: u32, ix: u32) -> vec3<f32> {
+    let idx = iy * s.cols + ix;
+    if ((s.flags & FLAG_COLOR) != 0u) {
+        let b = s.offset + idx * 3u;
+        let c = vec3<f32>(
+            min(max(pixels[b] * s.color_scale, 0.0), 1.0),
+            min(max(pixels[b + 1u] * s.color_scale, 0.0), 1.0),
+            min(max(pixels[b + 2u] * s.color_scale, 0.0), 1.0),
+        );
+        if (spec.channels == 1u) {
+            let l = 0.299 * c.x + 0.587 * c.y + 0.114 * c.z;
+            return vec3<f32>(l, l, l);
+        }
+        return c;
+    }
+    let v = pixels[s.offset + idx] * s.slope + s.intercept;
+    var y: f32;
+    if ((s.flags & FLAG_STEP) != 0u) {
+        y = select(0.0, 1.0, v > s.win_lo);
+    } else {
+        y = min(max((v - s.win_lo) / s.win_wm1 + 0.5, 0.0), 1.0);
+    }
+    if ((s.flags & FLAG_INVERT) != 0u) {
+        y = 1.0 - y;
+    }
+    return vec3<f32>(y, y, y);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let x = gid.x;
+    let y = gid.y;
+    let n = gid.z;
+    if (x >= spec.width || y >= spec.height || n >= spec.n) {
+        return;
+    }
+    let s = slices[n];
+
+    let sx = min(max((f32(x) + 0.5) * s.scale_x - 0.5, 0.0), f32(s.cols - 1u));
+    let fx0 = floor(sx);
+    let x0 = u32(fx0);
+    let x1 = min(x0 + 1u, s.cols - 1u);
+    let fx = sx - fx0;
+
+    let sy = min(max((f32(y) + 0.5) * s.scale_y - 0.5, 0.0), f32(s.rows - 1u));
+    let fy0 = floor(sy);
+    let y0 = u32(fy0);
+    let y1 = min(y0 + 1u, s.rows - 1u);
+    let fy = sy - fy0;
+
+    let p00 = tap(s, y0, x0);
+    let p01 = tap(s, y0, x1);
+    let p10 = tap(s, y1, x0);
+    let p11 = tap(s, y1, x1);
+    let top = (1.0 - fx) * p00 + fx * p01;
+    let bot = (1.0 - fx) * p10 + fx * p11;
+    let v = (1.0 - fy) * top + fy * bot;
+
+    let plane = spec.height * spec.width;
+    let base = n * spec.channels * plane + y * spec.width + x;
+    for (var c = 0u; c < spec.channels; c = c + 1u) {
+        dst[base + c * plane] = (v[c] - spec.mean[c]) / spec.stddev[c];
+    }
+}

@@ -1,0 +1,325 @@
+//! The PACS-side client behind `radstream push` and `radstream demo`: streams Part-10 files over one
+//! `Analyze` stream (read lazily, so a large folder is never held in memory at once) and renders the
+//! responses as they arrive, readable by default or one JSON object per line.
+
+use std::path::{Path, PathBuf};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    error::{Error, Result},
+    proto::v1::{self as pb, analysis_client::AnalysisClient, analyze_response::Event},
+};
+
+/// Lists the files to push: files as given, folders walked recursively, in path order. Hidden files and
+/// DICOMDIR index files are skipped (they are not images).
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|source| Error::Input { path: path.clone(), source })?;
+        if meta.is_file() {
+            files.push(path.clone());
+            continue;
+        }
+        for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+            let entry = entry.map_err(|e| Error::Input {
+                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| path.clone()),
+                source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")),
+            })?;
+            let name = entry.file_name().to_string_lossy();
+            if entry.file_type().is_file() && !name.starts_with('.') && name != "DICOMDIR" {
+                files.push(entry.into_path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Where the instance bytes come from.
+pub enum Source {
+    Files(Vec<PathBuf>),
+    /// (client_ref, bytes) already in memory, e.g. the built-in sample study.
+    Memory(Vec<(String, Vec<u8>)>),
+}
+
+impl Source {
+    fn len(&self) -> usize {
+        match self {
+            Source::Files(f) => f.len(),
+            Source::Memory(m) => m.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    #[default]
+    Readable,
+    Json,
+}
+
+/// What came back from one push.
+#[derive(Debug, Default)]
+pub struct PushReport {
+    pub accepted: usize,
+    pub rejected: Vec<pb::InstanceRejected>,
+    pub findings: Vec<pb::SliceFinding>,
+    pub summaries: Vec<pb::StudySummary>,
+}
+
+/// Streams `source` to `endpoint`; `on_response` sees every response as it arrives.
+pub async fn push(
+    endpoint: &str,
+    source: Source,
+    max_message_bytes: usize,
+    mut on_response: impl FnMut(&pb::AnalyzeResponse),
+) -> Result<PushReport> {
+    let connect_err = |detail: String| Error::Connect { endpoint: endpoint.to_string(), detail };
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| connect_err(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| connect_err(format!("{e} (is `radstream serve` running there?)")))?;
+    let mut client = AnalysisClient::new(channel)
+        .max_encoding_message_size(max_message_bytes)
+        .max_decoding_message_size(max_message_bytes);
+    let (tx, rx) = mpsc::channel::<pb::AnalyzeRequest>(4);
+    let producer = tokio::spawn(async move {
+        let send = |client_ref: String, dicom: Vec<u8>| pb::AnalyzeRequest {
+            kind: Some(pb::analyze_request::Kind::Instance(pb::Instance { dicom, client_ref })),
+        };
+        match source {
+            Source::Files(files) => {
+                for path in files {
+                    let bytes = tokio::fs::read(&path).await.map_err(|source| Error::Input { path: path.clone(), source })?;
+                    if tx.send(send(path.display().to_string(), bytes)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Source::Memory(items) => {
+                for (name, bytes) in items {
+                    if tx.send(send(name, bytes)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), Error>(())
+    });
+    let mut responses = client.analyze(ReceiverStream::new(rx)).await?.into_inner();
+    let mut report = PushReport::default();
+    while let Some(response) = responses.message().await? {
+        on_response(&response);
+        match response.event {
+            Some(Event::Accepted(_)) => report.accepted += 1,
+            Some(Event::Rejected(r)) => report.rejected.push(r),
+            Some(Event::Finding(f)) => report.findings.push(f),
+            Some(Event::Summary(s)) => report.summaries.push(s),
+            None => {}
+        }
+    }
+    match producer.await {
+        Ok(result) => result?,
+        Err(join) => return Err(Error::Connect { endpoint: endpoint.to_string(), detail: join.to_string() }),
+    }
+    Ok(report)
+}
+
+/// `push` with a progress bar and printed responses, as the CLI does it.
+pub async fn push_and_print(
+    endpoint: &str,
+    source: Source,
+    max_message_bytes: usize,
+    format: OutputFormat,
+) -> Result<PushReport> {
+    let bar = ProgressBar::new(source.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} instances {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = push(endpoint, source, max_message_bytes, |response| {
+        if matches!(response.event, Some(Event::Accepted(_)) | Some(Event::Rejected(pb::InstanceRejected { frame: None, .. }))) {
+            bar.inc(1);
+        }
+        let line = match format {
+            OutputFormat::Readable => render(response),
+            OutputFormat::Json => Some(to_json(response).to_string()),
+        };
+        if let Some(line) = line {
+            bar.suspend(|| println!("{line}"));
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    report
+}
+
+fn uid_tail(uid: &str) -> &str {
+    // The last two components are what tells slices apart on screen; the full UID is in --json.
+    let cut = uid.rmatch_indices('.').nth(1).map(|(i, _)| i + 1).unwrap_or(0);
+    &uid[cut..]
+}
+
+fn reason_name(code: i32) -> &'static str {
+    pb::RejectReason::try_from(code).map(|r| r.as_str_name()).unwrap_or("REJECT_REASON_UNSPECIFIED")
+}
+
+/// One readable line per response (acceptances are shown only through the progress bar).
+pub fn render(response: &pb::AnalyzeResponse) -> Option<String> {
+    match response.event.as_ref()? {
+        Event::Accepted(_) => None,
+        Event::Rejected(r) => Some(format!(
+            "REJECTED  {}{}  {}: {}",
+            r.client_ref,
+            r.frame.map(|f| format!(" frame {f}")).unwrap_or_default(),
+            reason_name(r.reason).trim_start_matches("REJECT_REASON_"),
+            r.message
+        )),
+        Event::Finding(f) => {
+            let slice = f.slice.clone().unwrap_or_default();
+            let labels: Vec<String> = f
+                .scores
+                .iter()
+                .map(|s| {
+                    let mut text = format!(
+                        "{} {:.3} {}",
+                        s.label,
+                        s.score,
+                        if s.positive { "POSITIVE" } else { "negative" }
+                    );
+                    if let (true, Some(peak)) = (s.positive, &s.peak) {
+                        text.push_str(&format!(" at pixel (row {:.0}, col {:.0})", peak.row, peak.col));
+                        if let Some(p) = &peak.patient {
+                            text.push_str(&format!(" = ({:.1}, {:.1}, {:.1}) mm", p.x_mm, p.y_mm, p.z_mm));
+                        }
+                    }
+                    text
+                })
+                .collect();
+            let t = f.timings.unwrap_or_default();
+            let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
+            Some(format!(
+                "slice {:>4}  {} …{}{}  {}  [decode {:.1} ms, preprocess({}) {:.1} ms, score {:.1} ms, batch {}]",
+                slice.instance_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
+                slice.modality,
+                uid_tail(&slice.sop_instance_uid),
+                if slice.frame > 0 { format!(" frame {}", slice.frame) } else { String::new() },
+                labels.join("; "),
+                ms(t.received_unix_us, t.decoded_unix_us),
+                f.preprocess_path,
+                ms(t.decoded_unix_us, t.preprocessed_unix_us),
+                ms(t.preprocessed_unix_us, t.scored_unix_us),
+                t.batch_size
+            ))
+        }
+        Event::Summary(s) => {
+            let mut out = format!(
+                "STUDY …{}: {} slices scored, {} instances accepted, {} rejected, {} slices failed, {:.0} ms ({})",
+                uid_tail(&s.study_instance_uid),
+                s.slices_scored,
+                s.instances_accepted,
+                s.instances_rejected,
+                s.slices_failed,
+                s.wall_time_ms,
+                pb::CompletionReason::try_from(s.reason)
+                    .map(|r| r.as_str_name().trim_start_matches("COMPLETION_REASON_"))
+                    .unwrap_or("UNSPECIFIED")
+            );
+            for l in &s.labels {
+                let top = l.top_slice.as_ref();
+                out.push_str(&format!(
+                    "\n  {}: {} — max {:.3} on slice {} (…{}), {} positive slice(s)",
+                    l.label,
+                    if l.positive { "POSITIVE" } else { "negative" },
+                    l.max_score,
+                    top.and_then(|t| t.instance_number).map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
+                    top.map(|t| uid_tail(&t.sop_instance_uid)).unwrap_or("-"),
+                    l.positive_slices
+                ));
+            }
+            if let Some(m) = &s.model {
+                out.push_str(&format!("\n  model {} {} (onnx sha256 {})", m.name, m.version, &m.onnx_sha256));
+            }
+            Some(out)
+        }
+    }
+}
+
+fn slice_json(s: &pb::SliceRef) -> serde_json::Value {
+    json!({
+        "study_instance_uid": s.study_instance_uid,
+        "series_instance_uid": s.series_instance_uid,
+        "sop_instance_uid": s.sop_instance_uid,
+        "frame": s.frame,
+        "instance_number": s.instance_number,
+        "slice_position_mm": s.slice_position_mm,
+        "modality": s.modality,
+    })
+}
+
+fn model_json(m: &Option<pb::ModelRef>) -> serde_json::Value {
+    m.as_ref().map_or(serde_json::Value::Null, |m| json!({"name": m.name, "version": m.version, "onnx_sha256": m.onnx_sha256}))
+}
+
+/// One JSON object per response, `{"type": ..., ...}`.
+pub fn to_json(response: &pb::AnalyzeResponse) -> serde_json::Value {
+    match &response.event {
+        None => json!({"type": "empty"}),
+        Some(Event::Accepted(a)) => json!({
+            "type": "accepted",
+            "client_ref": a.client_ref,
+            "slice": a.slice.as_ref().map(slice_json),
+            "frames": a.frames,
+        }),
+        Some(Event::Rejected(r)) => json!({
+            "type": "rejected",
+            "client_ref": r.client_ref,
+            "sop_instance_uid": r.sop_instance_uid,
+            "study_instance_uid": r.study_instance_uid,
+            "reason": reason_name(r.reason),
+            "message": r.message,
+            "frame": r.frame,
+        }),
+        Some(Event::Finding(f)) => json!({
+            "type": "finding",
+            "client_ref": f.client_ref,
+            "slice": f.slice.as_ref().map(slice_json),
+            "model": model_json(&f.model),
+            "preprocess_path": f.preprocess_path,
+            "scores": f.scores.iter().map(|s| json!({
+                "label": s.label,
+                "score": s.score,
+                "positive": s.positive,
+                "threshold": s.threshold,
+                "peak": s.peak.as_ref().map(|p| json!({
+                    "row": p.row, "col": p.col,
+                    "patient_mm": p.patient.as_ref().map(|q| [q.x_mm, q.y_mm, q.z_mm]),
+                })),
+                "box": s.bounding_box.as_ref().map(|b| [b.row_min, b.col_min, b.row_max, b.col_max]),
+            })).collect::<Vec<_>>(),
+            "timings_unix_us": f.timings.as_ref().map(|t| json!({
+                "received": t.received_unix_us, "decoded": t.decoded_unix_us,
+                "preprocessed": t.preprocessed_unix_us, "scored": t.scored_unix_us, "batch_size": t.batch_size,
+            })),
+        }),
+        Some(Event::Summary(s)) => json!({
+            "type": "summary",
+            "study_instance_uid": s.study_instance_uid,
+            "model": model_json(&s.model),
+            "labels": s.labels.iter().map(|l| json!({
+                "label": l.label, "max_score": l.max_score, "positive": l.positive,
+                "positive_slices": l.positive_slices, "top_slice": l.top_slice.as_ref().map(slice_json),
+            })).collect::<Vec<_>>(),
+            "slices_scored": s.slices_scored,
+            "instances_accepted": s.instances_accepted,
+            "instances_rejected": s.instances_rejected,
+            "slices_failed": s.slices_failed,
+            "wall_time_ms": s.wall_time_ms,
+            "reason": pb::CompletionReason::try_from(s.reason).map(|r| r.as_str_name()).unwrap_or("COMPLETION_REASON_UNSPECIFIED"),
+        }),
+    }
+}

@@ -1,0 +1,207 @@
+//! Service configuration: built-in defaults, overridden by a TOML file, then by environment variables and
+//! flags (clap gives every flag an `RADSTREAM_*` environment twin, see `main.rs`). One struct, so every
+//! knob is documented in one place and printed at start-up.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::Limits;
+
+/// Which preprocessing implementation the service uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessBackend {
+    /// The WGSL shaders when a wgpu adapter exists, else the CPU reference (logged at start).
+    #[default]
+    Auto,
+    /// The WGSL shaders; start-up fails when no adapter exists.
+    Gpu,
+    /// The CPU reference implementation.
+    Cpu,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Model directory holding `model.toml` and the ONNX file; unset: the default model built into the binary.
+    pub model_dir: Option<PathBuf>,
+    /// Path of `libonnxruntime.so`; unset: `$RADSTREAM_CACHE/onnxruntime/libonnxruntime.so.1.31.1`.
+    pub ort_library: Option<PathBuf>,
+    pub preprocess: PreprocessBackend,
+    pub limits: LimitsConfig,
+    pub study: StudyConfig,
+    pub batching: BatchingConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest accepted instance, in bytes.
+    pub max_instance_bytes: usize,
+    pub max_rows: u32,
+    pub max_cols: u32,
+    pub max_frames: u32,
+    /// Instances being decoded or scored per stream before the stream stops reading (backpressure).
+    pub max_in_flight_per_stream: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StudyConfig {
+    /// A study with no new instance for this long (and nothing left to score) is complete.
+    pub idle_timeout_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Most slices scored in one model call.
+    pub max_batch: usize,
+    /// How long the first slice of a batch waits for company.
+    pub max_wait_ms: u64,
+    /// Slices waiting for the scoring stage, across all streams.
+    pub queue_depth: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            model_dir: None,
+            ort_library: None,
+            preprocess: PreprocessBackend::Auto,
+            limits: LimitsConfig::default(),
+            study: StudyConfig::default(),
+            batching: BatchingConfig::default(),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let d = Limits::default();
+        Self {
+            max_instance_bytes: d.max_instance_bytes,
+            max_rows: d.max_rows,
+            max_cols: d.max_cols,
+            max_frames: d.max_frames,
+            max_in_flight_per_stream: 32,
+        }
+    }
+}
+
+impl Default for StudyConfig {
+    fn default() -> Self {
+        Self { idle_timeout_secs: 10.0 }
+    }
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self { max_batch: 16, max_wait_ms: 5, queue_depth: 256 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid configuration file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file; keys left out keep their defaults.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Checks values that would otherwise fail later and less clearly.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.batching.max_batch == 0 {
+            return bad("batching.max_batch must be at least 1");
+        }
+        if self.batching.queue_depth == 0 {
+            return bad("batching.queue_depth must be at least 1");
+        }
+        if self.limits.max_in_flight_per_stream == 0 {
+            return bad("limits.max_in_flight_per_stream must be at least 1");
+        }
+        if !(self.study.idle_timeout_secs.is_finite() && self.study.idle_timeout_secs > 0.0) {
+            return bad("study.idle_timeout_secs must be a positive number of seconds");
+        }
+        if self.limits.max_instance_bytes == 0 {
+            return bad("limits.max_instance_bytes must be positive");
+        }
+        Ok(())
+    }
+
+    pub fn decode_limits(&self) -> Limits {
+        Limits {
+            max_instance_bytes: self.limits.max_instance_bytes,
+            max_rows: self.limits.max_rows,
+            max_cols: self.limits.max_cols,
+            max_frames: self.limits.max_frames,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.study.idle_timeout_secs)
+    }
+
+    /// Where the set-up scripts put downloaded runtime files (`RADSTREAM_CACHE`, else `~/.cache/radstream`).
+    pub fn cache_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("RADSTREAM_CACHE") {
+            return PathBuf::from(dir);
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| PathBuf::from(".cache"));
+        base.join("radstream")
+    }
+
+    /// The ONNX Runtime library to load: configured path, `RADSTREAM_ORT_LIB`, else the set-up's cache.
+    pub fn ort_library_path(&self) -> PathBuf {
+        self.ort_library
+            .clone()
+            .or_else(|| std::env::var_os("RADSTREAM_ORT_LIB").map(PathBuf::from))
+            .unwrap_or_else(|| Self::cache_dir().join("onnxruntime").join("libonnxruntime.so.1.31.1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_what_it_names() {
+        let cfg: Config = toml::from_str(
+            "listen = \"0.0.0.0:6000\"\n[batching]\nmax_batch = 4\n[study]\nidle_timeout_secs = 2.5\n",
+        )
+        .expect("valid toml");
+        assert_eq!(cfg.listen.port(), 6000);
+        assert_eq!(cfg.batching.max_batch, 4);
+        assert_eq!(cfg.batching.max_wait_ms, BatchingConfig::default().max_wait_ms);
+        assert_eq!(cfg.idle_timeout(), Duration::from_millis(2500));
+        cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+        let mut cfg = Config::default();
+        cfg.batching.max_batch = 0;
+        let err = cfg.validate().expect_err("zero batch refused").to_string();
+        assert!(err.contains("max_batch"), "{err}");
+    }
+}

@@ -1,0 +1,338 @@
+//! CPU reference implementation.
+//!
+//! This is the oracle the GPU kernel is tested against and the fallback when no
+//! adapter is available, so it favours mirroring `shaders/preprocess.wgsl`
+//! operation for operation (same f32 formulas, same order, window/convert each
+//! bilinear tap before interpolating) over speed.
+
+use super::{
+    resolve_batch, PreprocessError, PreprocessSpec, Preprocessor, SliceParams, SliceView,
+    FLAG_COLOR, FLAG_INVERT, FLAG_STEP,
+};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuPreprocessor;
+
+impl CpuPreprocessor {
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Preprocessor for CpuPreprocessor {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn preprocess(
+        &mut self,
+        spec: &PreprocessSpec,
+        slices: &[SliceView<'_>],
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError> {
+        let params = resolve_batch(spec, slices, out.len())?;
+        let plane = spec.height as usize * spec.width as usize;
+        let per_slice = plane * spec.channels as usize;
+        if per_slice == 0 {
+            return Ok(());
+        }
+        for ((s, p), dst) in slices
+            .iter()
+            .zip(&params)
+            .zip(out.chunks_exact_mut(per_slice))
+        {
+            slice_to_chw(spec, p, s.pixels, dst);
+        }
+        Ok(())
+    }
+}
+
+/// Source coordinate along one axis: (index0, index1, fraction).
+#[inline]
+fn axis(i: u32, scale: f32, n: u32) -> (u32, u32, f32) {
+    let s = ((i as f32 + 0.5) * scale - 0.5)
+        .max(0.0)
+        .min((n - 1) as f32);
+    let f0 = s.floor();
+    let i0 = f0 as u32;
+    (i0, (i0 + 1).min(n - 1), s - f0)
+}
+
+/// One bilinear tap after rescale/window/invert/colour scaling and channel
+/// mapping; lanes beyond `channels` are unused.
+#[inline]
+fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3] {
+    let idx = (iy * p.cols + ix) as usize;
+    if p.flags & FLAG_COLOR != 0 {
+        let b = idx * 3;
+        let c = [
+            (px[b] * p.color_scale).clamp(0.0, 1.0),
+            (px[b + 1] * p.color_scale).clamp(0.0, 1.0),
+            (px[b + 2] * p.color_scale).clamp(0.0, 1.0),
+        ];
+        if channels == 1 {
+            let l = 0.299f32 * c[0] + 0.587f32 * c[1] + 0.114f32 * c[2];
+            return [l, l, l];
+        }
+        return c;
+    }
+    let v = px[idx] * p.slope + p.intercept;
+    let mut y = if p.flags & FLAG_STEP != 0 {
+        if v > p.win_lo {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        ((v - p.win_lo) / p.win_wm1 + 0.5).clamp(0.0, 1.0)
+    };
+    if p.flags & FLAG_INVERT != 0 {
+        y = 1.0 - y;
+    }
+    [y, y, y]
+}
+
+fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], dst: &mut [f32]) {
+    let (h, w, ch) = (spec.height, spec.width, spec.channels);
+    let plane = h as usize * w as usize;
+    // Column coordinates are the same for every row.
+    let cols: Vec<(u32, u32, f32)> = (0..w).map(|x| axis(x, p.scale_x, p.cols)).collect();
+    for y in 0..h {
+        let (y0, y1, fy) = axis(y, p.scale_y, p.rows);
+        for (x, &(x0, x1, fx)) in cols.iter().enumerate() {
+            let p00 = tap(p, ch, px, y0, x0);
+            let p01 = tap(p, ch, px, y0, x1);
+            let p10 = tap(p, ch, px, y1, x0);
+            let p11 = tap(p, ch, px, y1, x1);
+            let o = y as usize * w as usize + x;
+            for c in 0..ch as usize {
+                let top = (1.0 - fx) * p00[c] + fx * p01[c];
+                let bot = (1.0 - fx) * p10[c] + fx * p11[c];
+                let v = (1.0 - fy) * top + fy * bot;
+                dst[c * plane + o] = (v - spec.mean[c]) / spec.std[c];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::*;
+    use super::super::{Photometric, Window};
+    use super::*;
+
+    fn run(spec: &PreprocessSpec, owned: &[OwnedSlice]) -> Vec<f32> {
+        let mut out = vec![f32::NAN; spec.output_len(owned.len())];
+        CpuPreprocessor
+            .preprocess(spec, &views(owned), &mut out)
+            .unwrap();
+        out
+    }
+
+    fn plain(channels: u32, h: u32, w: u32, window: Option<Window>) -> PreprocessSpec {
+        PreprocessSpec {
+            channels,
+            height: h,
+            width: w,
+            window,
+            mean: vec![0.0; channels as usize],
+            std: vec![1.0; channels as usize],
+        }
+    }
+
+    fn assert_close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6,
+                "index {i}: got {g}, want {w}\n got {got:?}\nwant {want:?}"
+            );
+        }
+    }
+
+    /// 2x2 -> 4x4. Window c=150.5, w=301 makes y = v/300 exactly, so the taps
+    /// are [0, 1/3; 2/3, 1]. Half-pixel centres at scale 0.5 give source
+    /// coordinates -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1), so the
+    /// weight of the second row/column is [0, 1/4, 3/4, 1] and
+    /// out[y][x] = wx/3 + 2*wy/3.
+    #[test]
+    fn hand_2x2_to_4x4() {
+        let s = [OwnedSlice::mono(2, 2, vec![0.0, 100.0, 200.0, 300.0])];
+        let spec = plain(
+            1,
+            4,
+            4,
+            Some(Window {
+                center: 150.5,
+                width: 301.0,
+            }),
+        );
+        #[rustfmt::skip]
+        let want = [
+            0.0,       1.0 / 12.0, 3.0 / 12.0,  4.0 / 12.0,
+            2.0 / 12.0, 3.0 / 12.0, 5.0 / 12.0,  6.0 / 12.0,
+            6.0 / 12.0, 7.0 / 12.0, 9.0 / 12.0, 10.0 / 12.0,
+            8.0 / 12.0, 9.0 / 12.0, 11.0 / 12.0, 1.0,
+        ];
+        assert_close(&run(&spec, &s), &want);
+
+        // Normalization: (y - 0.5) / 0.25, replicated to 3 channels.
+        let spec3 = PreprocessSpec {
+            channels: 3,
+            mean: vec![0.5; 3],
+            std: vec![0.25; 3],
+            ..spec
+        };
+        let got = run(&spec3, &s);
+        let norm: Vec<f32> = want.iter().map(|y| (y - 0.5) / 0.25).collect();
+        for c in 0..3 {
+            assert_close(&got[c * 16..(c + 1) * 16], &norm);
+        }
+    }
+
+    /// 4x4 -> 2x2 averages each 2x2 block (source coords 0.5 and 2.5).
+    #[test]
+    fn hand_4x4_to_2x2() {
+        #[rustfmt::skip]
+        let px = vec![
+            0.0, 2.0, 4.0, 6.0,
+            2.0, 4.0, 6.0, 8.0,
+            10.0, 10.0, 20.0, 20.0,
+            10.0, 10.0, 20.0, 30.0,
+        ];
+        // c = 50.5, w = 101 -> y = (v - 50)/100 + 0.5 = v / 100.
+        let spec = plain(
+            1,
+            2,
+            2,
+            Some(Window {
+                center: 50.5,
+                width: 101.0,
+            }),
+        );
+        let got = run(&spec, &[OwnedSlice::mono(4, 4, px)]);
+        assert_close(&got, &[0.02, 0.06, 0.10, 0.225]);
+    }
+
+    /// A 1x1 image is constant under resize.
+    #[test]
+    fn hand_single_pixel() {
+        // Manifest window c=40, w=400: y = (40 - 39.5)/399 + 0.5.
+        let s = [OwnedSlice {
+            intercept: -1024.0,
+            ..OwnedSlice::mono(1, 1, vec![1064.0])
+        }];
+        let y = 0.5f32 / 399.0 + 0.5;
+        let got = run(
+            &plain(
+                1,
+                3,
+                2,
+                Some(Window {
+                    center: 40.0,
+                    width: 400.0,
+                }),
+            ),
+            &s,
+        );
+        assert_close(&got, &[y; 6]);
+
+        // MONOCHROME1 with min/max window: min == max -> w = 1 -> step, v is
+        // not above c - 0.5 = v -> 0, inverted -> 1.
+        let s = [OwnedSlice {
+            photometric: Photometric::Monochrome1,
+            ..OwnedSlice::mono(1, 1, vec![7.0])
+        }];
+        assert_close(&run(&plain(1, 2, 2, None), &s), &[1.0; 4]);
+        // Same as MONOCHROME2 -> 0.
+        let s = [OwnedSlice::mono(1, 1, vec![7.0])];
+        assert_close(&run(&plain(1, 2, 2, None), &s), &[0.0; 4]);
+    }
+
+    #[test]
+    fn hand_rgb() {
+        let px = OwnedSlice {
+            pixels: vec![255.0, 0.0, 128.0],
+            ..rgb8(1, 1, 0)
+        };
+        let b = 128.0f32 / 255.0;
+        // C = 3: channels pass through, normalized per channel.
+        let spec3 = PreprocessSpec {
+            mean: vec![0.5, 0.0, 0.25],
+            std: vec![0.5, 2.0, 0.25],
+            ..plain(3, 1, 1, None)
+        };
+        assert_close(
+            &run(&spec3, std::slice::from_ref(&px)),
+            &[1.0, 0.0, (b - 0.25) / 0.25],
+        );
+        // C = 1: luminance of the [0,1] values.
+        assert_close(&run(&plain(1, 1, 1, None), &[px]), &[0.299 + 0.114 * b]);
+        // Values above 2^bits - 1 clamp to 1; the manifest window is ignored for colour.
+        let px = OwnedSlice {
+            pixels: vec![300.0, 255.0, 51.0],
+            ..rgb8(1, 1, 0)
+        };
+        let w = Some(Window {
+            center: 0.0,
+            width: 1.0,
+        });
+        assert_close(&run(&plain(3, 1, 1, w), &[px]), &[1.0, 1.0, 0.2]);
+    }
+
+    #[test]
+    fn hand_window_linear_and_step() {
+        // CT: stored 0, 1024, 1064, 1264 with intercept -1024 -> HU -1024, 0, 40, 240.
+        // Window 40/400: y = (v - 39.5)/399 + 0.5 -> 0, 0.5 - 39.5/399, 0.5 + 0.5/399, 1.
+        let s = [OwnedSlice {
+            intercept: -1024.0,
+            ..OwnedSlice::mono(1, 4, vec![0.0, 1024.0, 1064.0, 1264.0])
+        }];
+        let spec = plain(
+            1,
+            1,
+            4,
+            Some(Window {
+                center: 40.0,
+                width: 400.0,
+            }),
+        );
+        let want = [0.0, 0.5 - 39.5 / 399.0, 0.5 + 0.5 / 399.0, 1.0];
+        assert_close(&run(&spec, &s), &want);
+        // w <= 1: y = v > c - 0.5.
+        let spec = plain(
+            1,
+            1,
+            4,
+            Some(Window {
+                center: 40.5,
+                width: 0.5,
+            }),
+        );
+        assert_close(&run(&spec, &s), &[0.0, 0.0, 0.0, 1.0]);
+        let spec = plain(
+            1,
+            1,
+            4,
+            Some(Window {
+                center: 39.5,
+                width: 1.0,
+            }),
+        );
+        assert_close(&run(&spec, &s), &[0.0, 0.0, 1.0, 1.0]);
+        // MONOCHROME1 inverts.
+        let s = [OwnedSlice {
+            photometric: Photometric::Monochrome1,
+            ..s[0].clone()
+        }];
+        assert_close(&run(&spec, &s), &[1.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn empty_batch_is_ok() {
+        let mut out = [];
+        CpuPreprocessor
+            .preprocess(&plain(1, 4, 4, None), &[], &mut out)
+            .unwrap();
+    }
+}

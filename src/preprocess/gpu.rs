@@ -1,0 +1,670 @@
+//! GPU implementation: one fused compute dispatch per batch.
+//!
+//! Preprocessing runs per slice on the hot path, so everything that can be
+//! paid once is: device, queue, pipeline and bind-group layout are created in
+//! [`GpuPreprocessor::new`], and the input/params/output/staging buffers are
+//! kept between batches and only reallocated when a batch outgrows them. Each
+//! slice is uploaded with its own `write_buffer` straight from the decoder's
+//! memory (no packed copy on the host), and the kernel fuses rescale, window,
+//! invert, channel mapping, bilinear resize and normalization so that every
+//! stored value is read once per tap and the output is written exactly once.
+//!
+//! wgpu reports most failures asynchronously through error scopes; each
+//! batch runs inside validation + out-of-memory scopes so a failure becomes a
+//! `PreprocessError::Gpu` for that batch instead of a panic from the default
+//! uncaptured-error handler.
+
+use std::sync::mpsc;
+
+use super::{
+    resolve_batch, PreprocessError, PreprocessSpec, Preprocessor, SliceParams, SliceView,
+    SpecParams,
+};
+
+const SHADER: &str = include_str!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/shaders/preprocess.wgsl"
+));
+/// Must match `@workgroup_size` in the shader.
+const WG_X: u32 = 16;
+const WG_Y: u32 = 16;
+/// Buffers grow to a multiple of this, so small size changes don't reallocate.
+const GROW_ALIGN: u64 = 256;
+
+/// A buffer that is reused across batches and only grows.
+struct Grow {
+    buf: Option<wgpu::Buffer>,
+    usage: wgpu::BufferUsages,
+    label: &'static str,
+}
+
+impl Grow {
+    fn new(label: &'static str, usage: wgpu::BufferUsages) -> Self {
+        Self {
+            buf: None,
+            usage,
+            label,
+        }
+    }
+
+    /// Ensures capacity for `need` bytes; returns true if the buffer was
+    /// (re)created, which invalidates any bind group referencing it.
+    fn ensure(&mut self, device: &wgpu::Device, need: u64, limit: u64) -> bool {
+        if self.buf.as_ref().is_some_and(|b| b.size() >= need) {
+            return false;
+        }
+        let old = self.buf.as_ref().map_or(0, |b| b.size());
+        // Grow by at least 1.5x to amortize, but never past the device limit.
+        let want = need.max(old + old / 2).div_ceil(GROW_ALIGN) * GROW_ALIGN;
+        let size = want.min(limit).max(need);
+        self.buf = Some(device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(self.label),
+            size,
+            usage: self.usage,
+            mapped_at_creation: false,
+        }));
+        true
+    }
+
+    fn get(&self) -> &wgpu::Buffer {
+        self.buf.as_ref().expect("ensure() called before get()")
+    }
+}
+
+pub struct GpuPreprocessor {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    info: wgpu::AdapterInfo,
+    /// Largest single storage binding / buffer we may create, in bytes.
+    max_binding: u64,
+    max_groups: u32,
+    spec_buf: wgpu::Buffer,
+    input: Grow,
+    params: Grow,
+    output: Grow,
+    staging: Grow,
+    bind_group: Option<wgpu::BindGroup>,
+}
+
+impl std::fmt::Debug for GpuPreprocessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuPreprocessor")
+            .field("adapter", &self.info.name)
+            .field("backend", &self.info.backend)
+            .field("device_type", &self.info.device_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GpuPreprocessor {
+    /// Picks the highest-performance adapter of any type (a CPU adapter such
+    /// as lavapipe included) and builds the pipeline.
+    pub fn new() -> Result<Self, PreprocessError> {
+        futures::executor::block_on(Self::new_async())
+    }
+
+    async fn new_async() -> Result<Self, PreprocessError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            })
+            .await
+            .map_err(|e| PreprocessError::NoAdapter {
+                detail: e.to_string(),
+            })?;
+        let info = adapter.get_info();
+        tracing::info!(
+            adapter = %info.name,
+            backend = ?info.backend,
+            device_type = ?info.device_type,
+            driver = %info.driver,
+            driver_info = %info.driver_info,
+            "preprocess GPU adapter selected"
+        );
+        // Ask for everything the adapter offers so large batches are bounded by
+        // the hardware, not by WebGPU's conservative defaults.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("radstream-preprocess"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| PreprocessError::Device {
+                detail: e.to_string(),
+            })?;
+        // Errors inside our scopes are returned per batch; anything escaping
+        // them is logged instead of panicking the process.
+        device.on_uncaptured_error(std::sync::Arc::new(|e: wgpu::Error| {
+            tracing::error!(error = %e, "uncaptured wgpu error in preprocessing");
+        }));
+
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("preprocess.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(SHADER.into()),
+        });
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("preprocess"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: wgpu::BufferSize::new(
+                            std::mem::size_of::<SpecParams>() as u64
+                        ),
+                    },
+                    count: None,
+                },
+                storage(1, true),
+                storage(2, true),
+                storage(3, false),
+            ],
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("preprocess"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("preprocess"),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions::default(),
+            cache: None,
+        });
+        let spec_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("preprocess-spec"),
+            size: std::mem::size_of::<SpecParams>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(PreprocessError::Device {
+                detail: format!("pipeline creation failed: {e}"),
+            });
+        }
+
+        let dl = device.limits();
+        use wgpu::BufferUsages as U;
+        Ok(Self {
+            max_binding: dl.max_storage_buffer_binding_size.min(dl.max_buffer_size),
+            max_groups: dl.max_compute_workgroups_per_dimension,
+            device,
+            queue,
+            pipeline,
+            layout,
+            info,
+            spec_buf,
+            input: Grow::new("preprocess-input", U::STORAGE | U::COPY_DST),
+            params: Grow::new("preprocess-params", U::STORAGE | U::COPY_DST),
+            output: Grow::new("preprocess-output", U::STORAGE | U::COPY_SRC),
+            staging: Grow::new("preprocess-staging", U::MAP_READ | U::COPY_DST),
+            bind_group: None,
+        })
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// Largest buffer (input, params or output) one batch may need, in bytes.
+    pub fn max_batch_buffer_bytes(&self) -> u64 {
+        self.max_binding
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_max_binding_for_test(&mut self, bytes: u64) {
+        self.max_binding = bytes;
+    }
+
+    fn check(&self, what: &'static str, bytes: u64) -> Result<(), PreprocessError> {
+        if bytes > self.max_binding {
+            return Err(PreprocessError::BatchTooLarge {
+                what,
+                needed: bytes,
+                limit: self.max_binding,
+            });
+        }
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        spec: &PreprocessSpec,
+        slices: &[SliceView<'_>],
+        params: &[SliceParams],
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError> {
+        let n = slices.len() as u32;
+        let in_bytes: u64 = slices.iter().map(|s| s.pixels.len() as u64 * 4).sum();
+        let par_bytes = std::mem::size_of_val(params) as u64;
+        let out_bytes = std::mem::size_of_val(out) as u64;
+        self.check("packed input pixels (bytes)", in_bytes)?;
+        self.check("slice parameters (bytes)", par_bytes)?;
+        self.check("output tensor (bytes)", out_bytes)?;
+        let groups = [spec.width.div_ceil(WG_X), spec.height.div_ceil(WG_Y), n];
+        if let Some(&g) = groups.iter().find(|&&g| g > self.max_groups) {
+            return Err(PreprocessError::BatchTooLarge {
+                what: "workgroups per dispatch dimension",
+                needed: g as u64,
+                limit: self.max_groups as u64,
+            });
+        }
+
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+
+        let mut regrown = self.input.ensure(&self.device, in_bytes, self.max_binding);
+        regrown |= self
+            .params
+            .ensure(&self.device, par_bytes, self.max_binding);
+        regrown |= self
+            .output
+            .ensure(&self.device, out_bytes, self.max_binding);
+        self.staging
+            .ensure(&self.device, out_bytes, self.max_binding);
+        if regrown || self.bind_group.is_none() {
+            self.bind_group = Some(self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("preprocess"),
+                layout: &self.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: self.spec_buf.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: self.params.get().as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: self.input.get().as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: self.output.get().as_entire_binding(),
+                    },
+                ],
+            }));
+        }
+
+        self.queue.write_buffer(
+            &self.spec_buf,
+            0,
+            bytemuck::bytes_of(&SpecParams::new(spec, n)),
+        );
+        self.queue
+            .write_buffer(self.params.get(), 0, bytemuck::cast_slice(params));
+        for (s, p) in slices.iter().zip(params) {
+            self.queue.write_buffer(
+                self.input.get(),
+                p.offset as u64 * 4,
+                bytemuck::cast_slice(s.pixels),
+            );
+        }
+
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("preprocess"),
+            });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("preprocess"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, self.bind_group.as_ref(), &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        encoder.copy_buffer_to_buffer(self.output.get(), 0, self.staging.get(), 0, out_bytes);
+        let submission = self.queue.submit([encoder.finish()]);
+
+        // Scopes pop in LIFO order; submit-time errors are already recorded.
+        let val_err = futures::executor::block_on(val.pop());
+        let oom_err = futures::executor::block_on(oom.pop());
+        if let Some(e) = val_err.or(oom_err) {
+            return Err(PreprocessError::Gpu {
+                detail: e.to_string(),
+            });
+        }
+
+        let staging = self.staging.get();
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..out_bytes, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(submission),
+                timeout: None,
+            })
+            .map_err(|e| PreprocessError::Gpu {
+                detail: format!("waiting for the dispatch: {e}"),
+            })?;
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(PreprocessError::Gpu {
+                    detail: format!("mapping the readback buffer: {e}"),
+                })
+            }
+            Err(_) => {
+                return Err(PreprocessError::Gpu {
+                    detail: "readback map callback was dropped".into(),
+                })
+            }
+        }
+        let copied = staging
+            .slice(0..out_bytes)
+            .get_mapped_range()
+            .map(|view| bytemuck::cast_slice_mut::<f32, u8>(out).copy_from_slice(&view))
+            .map_err(|e| PreprocessError::Gpu {
+                detail: format!("reading the mapped readback buffer: {e}"),
+            });
+        staging.unmap();
+        copied
+    }
+}
+
+impl Preprocessor for GpuPreprocessor {
+    fn name(&self) -> &'static str {
+        "gpu"
+    }
+
+    fn preprocess(
+        &mut self,
+        spec: &PreprocessSpec,
+        slices: &[SliceView<'_>],
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError> {
+        let params = resolve_batch(spec, slices, out.len())?;
+        if slices.is_empty() {
+            return Ok(());
+        }
+        self.run(spec, slices, &params, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, MutexGuard, OnceLock};
+
+    use super::super::test_util::*;
+    use super::super::{CpuPreprocessor, Window};
+    use super::*;
+
+    /// One device for the whole test binary (device creation on lavapipe is
+    /// not free). A failed `new()` fails every GPU test with its message.
+    fn gpu() -> MutexGuard<'static, GpuPreprocessor> {
+        static GPU: OnceLock<Result<Mutex<GpuPreprocessor>, String>> = OnceLock::new();
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        match GPU.get_or_init(|| {
+            GpuPreprocessor::new()
+                .map(Mutex::new)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(m) => m.lock().unwrap_or_else(|p| p.into_inner()),
+            Err(e) => panic!("GpuPreprocessor::new() failed: {e}"),
+        }
+    }
+
+    /// Runs both paths; returns the max abs difference (and asserts <= 1e-4).
+    fn compare(what: &str, spec: &PreprocessSpec, owned: &[OwnedSlice]) -> f32 {
+        let v = views(owned);
+        let n = spec.output_len(owned.len());
+        let mut cpu = vec![f32::NAN; n];
+        let mut gpu_out = vec![f32::NAN; n];
+        CpuPreprocessor.preprocess(spec, &v, &mut cpu).unwrap();
+        gpu()
+            .preprocess(spec, &v, &mut gpu_out)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let mut max = 0.0f32;
+        for (i, (c, g)) in cpu.iter().zip(&gpu_out).enumerate() {
+            assert!(
+                c.is_finite() && g.is_finite(),
+                "{what}: non-finite at {i}: cpu {c} gpu {g}"
+            );
+            let d = (c - g).abs();
+            assert!(d <= 1e-4, "{what}: index {i}: cpu {c} gpu {g} (diff {d})");
+            max = max.max(d);
+        }
+        max
+    }
+
+    fn windows() -> [(&'static str, Option<Window>); 2] {
+        [
+            (
+                "manifest",
+                Some(Window {
+                    center: 40.0,
+                    width: 400.0,
+                }),
+            ),
+            ("file/minmax", None),
+        ]
+    }
+
+    #[test]
+    fn gpu_adapter_reports_info() {
+        let g = gpu();
+        let info = g.adapter_info();
+        println!(
+            "adapter: {} ({:?}, {:?})",
+            info.name, info.backend, info.device_type
+        );
+        assert!(!info.name.is_empty());
+        assert_eq!(g.name(), "gpu");
+        fn send<T: Send>() {}
+        send::<GpuPreprocessor>();
+    }
+
+    #[test]
+    fn gpu_matches_cpu_monochrome() {
+        // (rows, cols) -> (H, W): upscale, downscale, non-square both ways, odd sizes.
+        let geoms = [
+            ((37, 53), (64, 48)),
+            ((300, 200), (32, 40)),
+            ((16, 16), (64, 64)),
+            ((129, 7), (20, 33)),
+        ];
+        let mut worst = 0.0f32;
+        for (gi, &((r, c), (h, w))) in geoms.iter().enumerate() {
+            let seed = gi as u64 * 10;
+            let mut no_file = ct(r, c, seed + 1);
+            no_file.file_window = None; // -> min/max window
+            let mut mono1_minmax = xray_mono1(r, c, seed + 4);
+            mono1_minmax.file_window = None;
+            let slices = [
+                ("ct file window", ct(r, c, seed)),
+                ("ct min/max", no_file),
+                (
+                    "ct signed slope/intercept min/max",
+                    ct_signed(r, c, seed + 2),
+                ),
+                ("mono1 file window", xray_mono1(r, c, seed + 3)),
+                ("mono1 min/max", mono1_minmax),
+            ];
+            for ch in [1, 3] {
+                for (wname, win) in windows() {
+                    for (sname, s) in &slices {
+                        let what = format!("{sname}, {wname}, C={ch}, {r}x{c}->{h}x{w}");
+                        worst = worst.max(compare(
+                            &what,
+                            &spec(ch, h, w, win),
+                            std::slice::from_ref(s),
+                        ));
+                    }
+                }
+            }
+        }
+        println!("monochrome: max |gpu - cpu| = {worst:e}");
+    }
+
+    #[test]
+    fn gpu_matches_cpu_rgb() {
+        let mut worst = 0.0f32;
+        for &((r, c), (h, w)) in &[((40, 30), (64, 64)), ((255, 311), (48, 32))] {
+            for ch in [1, 3] {
+                let s = [
+                    rgb8(r, c, 7),
+                    OwnedSlice {
+                        bits_stored: 10,
+                        ..rgb8(r, c, 8)
+                    },
+                ];
+                let what = format!("rgb C={ch} {r}x{c}->{h}x{w}");
+                // The manifest window must not affect colour slices on either path.
+                worst = worst.max(compare(
+                    &what,
+                    &spec(
+                        ch,
+                        h,
+                        w,
+                        Some(Window {
+                            center: 1.0,
+                            width: 2.0,
+                        }),
+                    ),
+                    &s,
+                ));
+            }
+        }
+        println!("rgb: max |gpu - cpu| = {worst:e}");
+    }
+
+    #[test]
+    fn gpu_matches_cpu_step_window() {
+        // w <= 1: integer values never sit exactly on a fractional threshold, so
+        // the step is decided identically despite possible FMA contraction.
+        for (c, w) in [(100.3, 0.5), (2000.8, 1.0), (-5.2, -3.0)] {
+            let win = Some(Window {
+                center: c,
+                width: w,
+            });
+            for ch in [1, 3] {
+                let s = [ct_signed(33, 45, 5), xray_mono1(20, 70, 6)];
+                compare(
+                    &format!("step c={c} w={w} C={ch}"),
+                    &spec(ch, 25, 31, win),
+                    &s,
+                );
+            }
+        }
+        // Constant frame with min/max window -> w = 1 step; exact on both paths.
+        let flat = [OwnedSlice {
+            slope: 0.37,
+            intercept: -11.3,
+            ..OwnedSlice::mono(9, 9, vec![123.0; 81])
+        }];
+        compare("constant frame", &spec(1, 4, 4, None), &flat);
+    }
+
+    #[test]
+    fn gpu_matches_cpu_mixed_batches_and_buffer_reuse() {
+        // Mixed kinds and sizes in one dispatch; then a larger and a smaller
+        // batch through the same (growing / reused) buffers.
+        let mixed = vec![
+            ct(64, 64, 1),
+            rgb8(17, 90, 2),
+            xray_mono1(200, 120, 3),
+            ct_signed(5, 3, 4),
+            OwnedSlice::mono(1, 1, vec![42.0]),
+            rgb8(128, 128, 5),
+        ];
+        for ch in [1, 3] {
+            for (wname, win) in windows() {
+                compare(
+                    &format!("mixed C={ch} {wname}"),
+                    &spec(ch, 48, 56, win),
+                    &mixed,
+                );
+            }
+        }
+        let big: Vec<_> = (0..12)
+            .map(|i| {
+                if i % 3 == 0 {
+                    rgb8(150 + i, 170, i as u64)
+                } else {
+                    ct(256, 200 + i, i as u64)
+                }
+            })
+            .collect();
+        compare("big batch", &spec(3, 96, 80, None), &big);
+        compare("small after big", &spec(1, 8, 8, None), &mixed[3..5]);
+        compare("single", &spec(1, 64, 64, None), &mixed[..1]);
+        // Empty batch is a no-op.
+        let mut out = [];
+        gpu()
+            .preprocess(&spec(1, 8, 8, None), &[], &mut out)
+            .unwrap();
+    }
+
+    #[test]
+    fn gpu_reports_invalid_input_and_limits() {
+        let mut g = gpu();
+        let s = [OwnedSlice {
+            pixels: vec![0.0; 5],
+            ..OwnedSlice::mono(2, 2, vec![])
+        }];
+        let mut out = vec![0.0; 16];
+        assert!(matches!(
+            g.preprocess(&spec(1, 4, 4, None), &views(&s), &mut out),
+            Err(PreprocessError::InvalidSlice { index: 0, .. })
+        ));
+        let bad_spec = PreprocessSpec {
+            std: vec![0.0],
+            ..spec(1, 4, 4, None)
+        };
+        assert!(matches!(
+            g.preprocess(&bad_spec, &views(&s), &mut out),
+            Err(PreprocessError::InvalidSpec { .. })
+        ));
+        let ok = [ct(64, 64, 1)];
+        assert!(matches!(
+            g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out[..15]),
+            Err(PreprocessError::OutputSize {
+                expected: 16,
+                got: 15
+            })
+        ));
+        // Input 64*64*4 = 16 KiB over a pretend 8 KiB binding limit.
+        let real = g.max_batch_buffer_bytes();
+        g.set_max_binding_for_test(8 << 10);
+        let r = g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out);
+        g.set_max_binding_for_test(real);
+        match r {
+            Err(e @ PreprocessError::BatchTooLarge { .. }) => println!("as expected: {e}"),
+            other => panic!("expected BatchTooLarge, got {other:?}"),
+        }
+        // Still usable afterwards.
+        g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out)
+            .unwrap();
+    }
+}

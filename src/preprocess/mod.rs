@@ -1,0 +1,733 @@
+//! Pixel preprocessing: stored DICOM values -> normalized NCHW model input.
+//!
+//! The preprocessing definition (rescale, window, invert, channel map, bilinear
+//! resize, normalize) is implemented twice: a CPU reference ([`cpu`]) that
+//! serves as the oracle and the fallback when no adapter exists, and a fused
+//! WGSL kernel ([`gpu`]) for throughput. Both must agree to ~1e-4, which is only
+//! realistic if they see bit-identical parameters. That is why all per-slice
+//! parameter resolution (which window applies, its f64 arithmetic, the cast to
+//! f32, the resize scale factors) happens once, here, into [`SliceParams`] —
+//! the exact `#[repr(C)]` struct the shader reads — and the CPU path consumes
+//! the same struct instead of re-deriving anything.
+
+pub mod cpu;
+pub mod gpu;
+
+pub use cpu::CpuPreprocessor;
+pub use gpu::GpuPreprocessor;
+
+/// Photometric interpretation and VOI window as the decoder reports them (YBR is already converted to
+/// RGB, so only MONOCHROME1/2 and RGB reach preprocessing).
+pub use crate::decode::{Photometric, Window};
+
+/// What the model expects, taken from the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreprocessSpec {
+    /// 1 or 3.
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    /// Manifest window; `None` falls back to the file's window, then to min/max.
+    pub window: Option<Window>,
+    /// One per channel.
+    pub mean: Vec<f32>,
+    /// One per channel, each > 0.
+    pub std: Vec<f32>,
+}
+
+impl PreprocessSpec {
+    pub fn validate(&self) -> Result<(), PreprocessError> {
+        let bad = |detail: String| Err(PreprocessError::InvalidSpec { detail });
+        if self.channels != 1 && self.channels != 3 {
+            return bad(format!("channels must be 1 or 3, got {}", self.channels));
+        }
+        if self.height == 0 || self.width == 0 {
+            return bad(format!(
+                "height and width must be > 0, got {}x{}",
+                self.height, self.width
+            ));
+        }
+        let c = self.channels as usize;
+        if self.mean.len() != c || self.std.len() != c {
+            return bad(format!(
+                "mean/std must have {c} entries (one per channel), got {}/{}",
+                self.mean.len(),
+                self.std.len()
+            ));
+        }
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return bad(format!("mean must be finite, got {m}"));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return bad(format!("std must be finite and > 0, got {s}"));
+        }
+        if let Some(w) = &self.window {
+            if !(w.center.is_finite() && w.width.is_finite()) {
+                return bad(format!("window must be finite, got {w:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of f32 values one batch of `n` slices produces.
+    pub fn output_len(&self, n: usize) -> usize {
+        n * self.channels as usize * self.height as usize * self.width as usize
+    }
+}
+
+/// One decoded slice/frame, borrowed from the decoder's buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct SliceView<'a> {
+    /// Stored values, row-major, samples interleaved.
+    pub pixels: &'a [f32],
+    pub rows: u32,
+    pub cols: u32,
+    /// Samples per pixel: 1 (monochrome) or 3 (RGB).
+    pub samples: u32,
+    pub photometric: Photometric,
+    pub rescale_slope: f64,
+    pub rescale_intercept: f64,
+    /// First WindowCenter/WindowWidth pair of the file, if any.
+    pub file_window: Option<Window>,
+    /// Min/max of the stored values (before rescale).
+    pub min: f32,
+    pub max: f32,
+    pub bits_stored: u16,
+}
+
+/// Fallible work to hand to a preprocessor; `out` is N*C*H*W, NCHW.
+pub trait Preprocessor: Send {
+    fn name(&self) -> &'static str;
+    fn preprocess(
+        &mut self,
+        spec: &PreprocessSpec,
+        slices: &[SliceView<'_>],
+        out: &mut [f32],
+    ) -> Result<(), PreprocessError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreprocessError {
+    #[error("no GPU adapter available: {detail}")]
+    NoAdapter { detail: String },
+    #[error("could not create GPU device: {detail}")]
+    Device { detail: String },
+    #[error("invalid preprocessing spec: {detail}")]
+    InvalidSpec { detail: String },
+    #[error("invalid slice {index}: {detail}")]
+    InvalidSlice { index: usize, detail: String },
+    #[error("output buffer has {got} values, expected {expected} (N*C*H*W)")]
+    OutputSize { expected: usize, got: usize },
+    #[error("batch too large for the GPU: {what} needs {needed}, device limit is {limit}")]
+    BatchTooLarge {
+        /// What overflowed, with its unit.
+        what: &'static str,
+        needed: u64,
+        limit: u64,
+    },
+    #[error("GPU error: {detail}")]
+    Gpu { detail: String },
+}
+
+/// `SliceParams::flags` bits (mirrored as constants in the shader).
+pub(crate) const FLAG_COLOR: u32 = 1;
+pub(crate) const FLAG_INVERT: u32 = 2;
+pub(crate) const FLAG_STEP: u32 = 4;
+
+/// Fully resolved per-slice parameters, laid out exactly as the shader's
+/// `Slice` struct (12 x 4 bytes, no implicit padding).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SliceParams {
+    /// Offset of the slice's first value in the packed input (f32 elements).
+    /// The CPU path ignores it and indexes the slice's own pixels.
+    pub offset: u32,
+    pub rows: u32,
+    pub cols: u32,
+    pub flags: u32,
+    pub slope: f32,
+    pub intercept: f32,
+    /// `c - 0.5`: the lower edge of the window.
+    pub win_lo: f32,
+    /// `w - 1`: the window's divisor (unused when FLAG_STEP is set).
+    pub win_wm1: f32,
+    /// `1 / (2^bits_stored - 1)` for colour slices.
+    pub color_scale: f32,
+    /// `rows / H`.
+    pub scale_y: f32,
+    /// `cols / W`.
+    pub scale_x: f32,
+    pub _pad: f32,
+}
+
+/// Spec constants, laid out exactly as the shader's `Spec` uniform.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct SpecParams {
+    pub n: u32,
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub mean: [f32; 4],
+    pub std: [f32; 4],
+}
+
+impl SpecParams {
+    pub(crate) fn new(spec: &PreprocessSpec, n: u32) -> Self {
+        let mut mean = [0.0f32; 4];
+        let mut std = [1.0f32; 4];
+        let c = spec.channels as usize;
+        mean[..c].copy_from_slice(&spec.mean[..c]);
+        std[..c].copy_from_slice(&spec.std[..c]);
+        Self {
+            n,
+            channels: spec.channels,
+            height: spec.height,
+            width: spec.width,
+            mean,
+            std,
+        }
+    }
+}
+
+/// Checks one slice's geometry and metadata, independent of the spec.
+pub(crate) fn validate_slice(index: usize, s: &SliceView<'_>) -> Result<(), PreprocessError> {
+    let bad = |detail: String| Err(PreprocessError::InvalidSlice { index, detail });
+    if s.rows == 0 || s.cols == 0 {
+        return bad(format!("zero dimension {}x{}", s.rows, s.cols));
+    }
+    if s.samples != 1 && s.samples != 3 {
+        return bad(format!(
+            "samples per pixel must be 1 or 3, got {}",
+            s.samples
+        ));
+    }
+    let expected = s.rows as u64 * s.cols as u64 * s.samples as u64;
+    if s.pixels.len() as u64 != expected {
+        return bad(format!(
+            "pixel count {} != rows*cols*samples = {}*{}*{} = {expected}",
+            s.pixels.len(),
+            s.rows,
+            s.cols,
+            s.samples
+        ));
+    }
+    match (s.photometric, s.samples) {
+        (Photometric::Rgb, 3) | (Photometric::Monochrome1 | Photometric::Monochrome2, 1) => {}
+        (p, n) => return bad(format!("photometric {p:?} with {n} samples per pixel")),
+    }
+    if s.photometric == Photometric::Rgb && !(1..=32).contains(&s.bits_stored) {
+        return bad(format!("bits_stored must be 1..=32, got {}", s.bits_stored));
+    }
+    if !(s.rescale_slope.is_finite() && s.rescale_intercept.is_finite()) {
+        return bad(format!(
+            "rescale slope/intercept must be finite, got {}/{}",
+            s.rescale_slope, s.rescale_intercept
+        ));
+    }
+    if let Some(w) = &s.file_window {
+        if !(w.center.is_finite() && w.width.is_finite()) {
+            return bad(format!("file window must be finite, got {w:?}"));
+        }
+    }
+    if !(s.min.is_finite() && s.max.is_finite()) {
+        return bad(format!("min/max must be finite, got {}/{}", s.min, s.max));
+    }
+    Ok(())
+}
+
+/// Resolves a validated slice into the parameters both paths consume.
+pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u32) -> SliceParams {
+    let slope32 = s.rescale_slope as f32;
+    let intercept32 = s.rescale_intercept as f32;
+    let mut flags = 0;
+    let (mut win_lo, mut win_wm1, mut color_scale) = (0.0f32, 0.0f32, 0.0f32);
+    if s.photometric == Photometric::Rgb {
+        flags |= FLAG_COLOR;
+        color_scale = (1.0 / ((2.0f64).powi(s.bits_stored as i32) - 1.0)) as f32;
+    } else {
+        if s.photometric == Photometric::Monochrome1 {
+            flags |= FLAG_INVERT;
+        }
+        // Window as (c - 0.5, w - 1) in f64, cast once.
+        let (lo, wm1) = match spec.window.or(s.file_window) {
+            Some(w) => (w.center - 0.5, w.width - 1.0),
+            None => {
+                // Rescale min/max with the same f32 arithmetic the kernels apply
+                // per pixel, so a constant frame lands exactly on the window's
+                // lower edge (-> 0) rather than one ulp either side of it.
+                let a = (s.min * slope32 + intercept32) as f64;
+                let b = (s.max * slope32 + intercept32) as f64;
+                let (lo, hi) = (a.min(b), a.max(b));
+                // c = (lo+hi)/2 + 0.5, w = hi - lo + 1
+                ((lo + hi) / 2.0, hi - lo)
+            }
+        };
+        win_lo = lo as f32;
+        // w <= 1  <=>  w - 1 <= 0 (decided in f64, before the cast).
+        if wm1 <= 0.0 {
+            flags |= FLAG_STEP;
+        } else {
+            win_wm1 = wm1 as f32;
+        }
+    }
+    SliceParams {
+        offset,
+        rows: s.rows,
+        cols: s.cols,
+        flags,
+        slope: slope32,
+        intercept: intercept32,
+        win_lo,
+        win_wm1,
+        color_scale,
+        scale_y: (s.rows as f64 / spec.height as f64) as f32,
+        scale_x: (s.cols as f64 / spec.width as f64) as f32,
+        _pad: 0.0,
+    }
+}
+
+/// Validates spec, slices and output size, and resolves every slice; input
+/// offsets are assigned as if the slices were packed back to back.
+pub(crate) fn resolve_batch(
+    spec: &PreprocessSpec,
+    slices: &[SliceView<'_>],
+    out_len: usize,
+) -> Result<Vec<SliceParams>, PreprocessError> {
+    spec.validate()?;
+    let expected = spec.output_len(slices.len());
+    if out_len != expected {
+        return Err(PreprocessError::OutputSize {
+            expected,
+            got: out_len,
+        });
+    }
+    let mut params = Vec::with_capacity(slices.len());
+    let mut offset: u64 = 0;
+    for (i, s) in slices.iter().enumerate() {
+        validate_slice(i, s)?;
+        let off = u32::try_from(offset).map_err(|_| PreprocessError::BatchTooLarge {
+            what: "packed input (bytes, u32 element offsets)",
+            needed: offset * 4,
+            limit: u32::MAX as u64 * 4,
+        })?;
+        params.push(resolve_slice(spec, s, off));
+        offset += s.pixels.len() as u64;
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// Owned pixels + metadata from which test `SliceView`s are borrowed.
+    #[derive(Debug, Clone)]
+    pub struct OwnedSlice {
+        pub pixels: Vec<f32>,
+        pub rows: u32,
+        pub cols: u32,
+        pub samples: u32,
+        pub photometric: Photometric,
+        pub slope: f64,
+        pub intercept: f64,
+        pub file_window: Option<Window>,
+        pub bits_stored: u16,
+    }
+
+    impl OwnedSlice {
+        pub fn view(&self) -> SliceView<'_> {
+            let min = self.pixels.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = self
+                .pixels
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            SliceView {
+                pixels: &self.pixels,
+                rows: self.rows,
+                cols: self.cols,
+                samples: self.samples,
+                photometric: self.photometric,
+                rescale_slope: self.slope,
+                rescale_intercept: self.intercept,
+                file_window: self.file_window,
+                min,
+                max,
+                bits_stored: self.bits_stored,
+            }
+        }
+
+        pub fn mono(rows: u32, cols: u32, pixels: Vec<f32>) -> Self {
+            Self {
+                pixels,
+                rows,
+                cols,
+                samples: 1,
+                photometric: Photometric::Monochrome2,
+                slope: 1.0,
+                intercept: 0.0,
+                file_window: None,
+                bits_stored: 16,
+            }
+        }
+    }
+
+    /// Deterministic xorshift noise in [0, 1).
+    pub struct Rng(u64);
+    impl Rng {
+        pub fn new(seed: u64) -> Self {
+            Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        pub fn next(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32
+        }
+    }
+
+    /// Integer stored values in [lo, hi]: a smooth gradient/blob plus noise,
+    /// so both flat regions and edges are exercised.
+    pub fn field(rows: u32, cols: u32, samples: u32, lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+        let mut rng = Rng::new(seed);
+        let mut v = Vec::with_capacity((rows * cols * samples) as usize);
+        for y in 0..rows {
+            for x in 0..cols {
+                for s in 0..samples {
+                    let gy = y as f32 / rows as f32;
+                    let gx = x as f32 / cols as f32;
+                    let blob = (-((gx - 0.5).powi(2) + (gy - 0.4).powi(2)) * 12.0).exp();
+                    let t = (0.45 * blob + 0.25 * gx + 0.1 * s as f32 / 3.0 + 0.3 * rng.next())
+                        .clamp(0.0, 1.0);
+                    v.push((lo + t * (hi - lo)).round());
+                }
+            }
+        }
+        v
+    }
+
+    /// CT-like: stored 0..4024 with intercept -1024 (HU -1024..3000).
+    pub fn ct(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        OwnedSlice {
+            intercept: -1024.0,
+            file_window: Some(Window {
+                center: 40.0,
+                width: 400.0,
+            }),
+            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4024.0, seed))
+        }
+    }
+
+    /// Signed stored values -1024..3000 with a non-trivial slope/intercept.
+    pub fn ct_signed(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        OwnedSlice {
+            slope: 0.5,
+            intercept: -100.25,
+            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, -1024.0, 3000.0, seed))
+        }
+    }
+
+    /// MONOCHROME1 12-bit radiograph with a file window.
+    pub fn xray_mono1(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        OwnedSlice {
+            photometric: Photometric::Monochrome1,
+            file_window: Some(Window {
+                center: 2047.0,
+                width: 3000.0,
+            }),
+            bits_stored: 12,
+            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4095.0, seed))
+        }
+    }
+
+    /// 8-bit RGB.
+    pub fn rgb8(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        OwnedSlice {
+            pixels: field(rows, cols, 3, 0.0, 255.0, seed),
+            rows,
+            cols,
+            samples: 3,
+            photometric: Photometric::Rgb,
+            slope: 1.0,
+            intercept: 0.0,
+            file_window: None,
+            bits_stored: 8,
+        }
+    }
+
+    pub fn spec(channels: u32, height: u32, width: u32, window: Option<Window>) -> PreprocessSpec {
+        PreprocessSpec {
+            channels,
+            height,
+            width,
+            window,
+            mean: [0.485f32, 0.456, 0.406][..channels as usize].to_vec(),
+            std: [0.229f32, 0.224, 0.225][..channels as usize].to_vec(),
+        }
+    }
+
+    pub fn views(owned: &[OwnedSlice]) -> Vec<SliceView<'_>> {
+        owned.iter().map(OwnedSlice::view).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::*;
+    use super::*;
+
+    fn run_cpu(spec: &PreprocessSpec, owned: &[OwnedSlice]) -> Result<Vec<f32>, PreprocessError> {
+        let mut out = vec![0.0; spec.output_len(owned.len())];
+        CpuPreprocessor.preprocess(spec, &views(owned), &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn spec_validation_rejects_bad_specs() {
+        let ok = spec(3, 8, 8, None);
+        ok.validate().unwrap();
+        let cases: Vec<(&str, PreprocessSpec)> = vec![
+            (
+                "channels",
+                PreprocessSpec {
+                    channels: 2,
+                    mean: vec![0.0; 2],
+                    std: vec![1.0; 2],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "height",
+                PreprocessSpec {
+                    height: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "width",
+                PreprocessSpec {
+                    width: 0,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "mean len",
+                PreprocessSpec {
+                    mean: vec![0.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "std len",
+                PreprocessSpec {
+                    std: vec![1.0; 4],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "std zero",
+                PreprocessSpec {
+                    std: vec![1.0, 0.0, 1.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "std negative",
+                PreprocessSpec {
+                    std: vec![1.0, -1.0, 1.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "std nan",
+                PreprocessSpec {
+                    std: vec![1.0, f32::NAN, 1.0],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "window inf",
+                PreprocessSpec {
+                    window: Some(Window {
+                        center: f64::INFINITY,
+                        width: 1.0,
+                    }),
+                    ..ok.clone()
+                },
+            ),
+        ];
+        for (what, s) in cases {
+            match s.validate() {
+                Err(PreprocessError::InvalidSpec { .. }) => {}
+                other => panic!("{what}: expected InvalidSpec, got {other:?}"),
+            }
+            // And the preprocessor surfaces the same error before touching pixels.
+            let one = [OwnedSlice::mono(1, 1, vec![0.0])];
+            let mut out = vec![0.0; s.output_len(1)];
+            assert!(
+                matches!(
+                    CpuPreprocessor.preprocess(&s, &views(&one), &mut out),
+                    Err(PreprocessError::InvalidSpec { .. })
+                ),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn slice_validation_rejects_bad_slices() {
+        let s = spec(1, 4, 4, None);
+        let good = OwnedSlice::mono(2, 2, vec![0.0; 4]);
+        let cases: Vec<(&str, OwnedSlice)> = vec![
+            (
+                "len mismatch",
+                OwnedSlice {
+                    pixels: vec![0.0; 3],
+                    ..good.clone()
+                },
+            ),
+            (
+                "zero rows",
+                OwnedSlice {
+                    rows: 0,
+                    pixels: vec![],
+                    ..good.clone()
+                },
+            ),
+            (
+                "zero cols",
+                OwnedSlice {
+                    cols: 0,
+                    pixels: vec![],
+                    ..good.clone()
+                },
+            ),
+            (
+                "samples 2",
+                OwnedSlice {
+                    samples: 2,
+                    pixels: vec![0.0; 8],
+                    ..good.clone()
+                },
+            ),
+            (
+                "rgb with 1 sample",
+                OwnedSlice {
+                    photometric: Photometric::Rgb,
+                    ..good.clone()
+                },
+            ),
+            (
+                "mono with 3 samples",
+                OwnedSlice {
+                    samples: 3,
+                    pixels: vec![0.0; 12],
+                    ..good.clone()
+                },
+            ),
+            (
+                "rgb bits 0",
+                OwnedSlice {
+                    bits_stored: 0,
+                    ..rgb8(2, 2, 1)
+                },
+            ),
+            (
+                "slope nan",
+                OwnedSlice {
+                    slope: f64::NAN,
+                    ..good.clone()
+                },
+            ),
+            (
+                "file window nan",
+                OwnedSlice {
+                    file_window: Some(Window {
+                        center: 0.0,
+                        width: f64::NAN,
+                    }),
+                    ..good.clone()
+                },
+            ),
+        ];
+        for (what, bad) in cases {
+            // The bad slice is second in the batch: the index must say so.
+            let batch = [good.clone(), bad];
+            match run_cpu(&s, &batch) {
+                Err(PreprocessError::InvalidSlice { index: 1, detail }) => {
+                    assert!(!detail.is_empty(), "{what}")
+                }
+                other => panic!("{what}: expected InvalidSlice{{index: 1}}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn output_size_is_checked() {
+        let s = spec(3, 4, 5, None);
+        let one = [OwnedSlice::mono(2, 2, vec![0.0; 4])];
+        let mut out = vec![0.0; 59];
+        match CpuPreprocessor.preprocess(&s, &views(&one), &mut out) {
+            Err(PreprocessError::OutputSize {
+                expected: 60,
+                got: 59,
+            }) => {}
+            other => panic!("expected OutputSize, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn window_resolution_precedence() {
+        let manifest = Window {
+            center: 40.0,
+            width: 400.0,
+        };
+        let file = Window {
+            center: 300.0,
+            width: 1500.0,
+        };
+        let sl = OwnedSlice {
+            file_window: Some(file),
+            intercept: -1024.0,
+            ..OwnedSlice::mono(1, 2, vec![24.0, 1024.0])
+        };
+        let v = sl.view();
+        let p = resolve_slice(&spec(1, 1, 1, Some(manifest)), &v, 0);
+        assert_eq!((p.win_lo, p.win_wm1), (39.5, 399.0));
+        let p = resolve_slice(&spec(1, 1, 1, None), &v, 0);
+        assert_eq!((p.win_lo, p.win_wm1), (299.5, 1499.0));
+        // min/max of rescaled values: lo = -1000, hi = 0 -> c = -499.5, w = 1001.
+        let sl = OwnedSlice {
+            file_window: None,
+            ..sl
+        };
+        let p = resolve_slice(&spec(1, 1, 1, None), &sl.view(), 0);
+        assert_eq!((p.win_lo, p.win_wm1, p.flags), (-500.0, 1000.0, 0));
+        // Negative slope flips min/max: -48 and -2048 -> c - 0.5 = -1048, w - 1 = 2000.
+        let sl = OwnedSlice {
+            slope: -2.0,
+            intercept: 0.0,
+            ..sl
+        };
+        let p = resolve_slice(&spec(1, 1, 1, None), &sl.view(), 0);
+        assert_eq!((p.win_lo, p.win_wm1), (-1048.0, 2000.0));
+        // w <= 1 -> step flag.
+        let p = resolve_slice(
+            &spec(
+                1,
+                1,
+                1,
+                Some(Window {
+                    center: 10.0,
+                    width: 1.0,
+                }),
+            ),
+            &sl.view(),
+            0,
+        );
+        assert_eq!((p.flags & FLAG_STEP, p.win_lo), (FLAG_STEP, 9.5));
+        assert_eq!(std::mem::size_of::<SliceParams>(), 48);
+        assert_eq!(std::mem::size_of::<SpecParams>(), 48);
+    }
+}

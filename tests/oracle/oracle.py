@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""radstream test oracle: independent numpy/pydicom/onnxruntime reference.
+
+Subcommands:
+  preprocess --manifest model.toml --out DIR FILE...
+      Writes DIR/NNNN.f32 (raw little-endian float32, [C,H,W], C order) per frame and
+      DIR/index.json = [{"file", "frame", "shape": [C,H,W], "path"}, ...].
+  score --manifest model.toml --out FILE.json FILE...
+      Preprocesses all frames as one batch, runs the ONNX model with onnxruntime (CPU) and
+      writes [{"file", "frame", "scores": {label: p}, "map_peak": [row, col] | null}, ...].
+      map_peak is the row-major argmax (first maximum) of the first label's map.
+
+Pixel data comes from pydicom's ds.pixel_array (YBR converted to RGB).  Multi-frame
+instances yield one entry per frame.  Nothing from the radstream crate is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tomllib
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import spec  # noqa: E402
+
+
+def load_manifest(path):
+    with open(path, "rb") as f:
+        m = tomllib.load(f)
+    inp = m["input"]
+    pre = m.get("preprocess", {})
+    win = pre.get("window")
+    channels = int(inp["channels"])
+    mean = [float(x) for x in pre.get("mean", [0.0] * channels)]
+    std = [float(x) for x in pre.get("std", [1.0] * channels)]
+    return {
+        "dir": os.path.dirname(os.path.abspath(path)),
+        "model_file": m["model"]["file"],
+        "input_name": inp.get("name", "image"),
+        "channels": channels,
+        "height": int(inp["height"]),
+        "width": int(inp["width"]),
+        "window": None if win is None else (float(win["center"]), float(win["width"])),
+        "mean": mean,
+        "std": std,
+        "scores_output": m.get("outputs", {}).get("scores", "scores"),
+        "map_output": m.get("outputs", {}).get("map"),
+        "labels": [lab["name"] for lab in m.get("labels", [])],
+    }
+
+
+def preprocess_file(path, man):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    p = spec.frame_params_from_dataset(ds)
+    out = []
+    for i, frame in enumerate(spec.frames_from_dataset(ds)):
+        t = spec.preprocess_frame(
+            frame,
+            photometric=p["photometric"],
+            slope=p["slope"],
+            intercept=p["intercept"],
+            file_window=p["file_window"],
+            manifest_window=man["window"],
+            bits_stored=p["bits_stored"],
+            channels=man["channels"],
+            height=man["height"],
+            width=man["width"],
+            mean=man["mean"],
+            std=man["std"],
+        )
+        out.append((i, t))
+    return out
+
+
+def preprocess_all(files, man, skip_errors=False):
+    entries, errors = [], []
+    for f in files:
+        try:
+            for i, t in preprocess_file(f, man):
+                entries.append((f, i, t))
+        except Exception as e:  # noqa: BLE001
+            if not skip_errors:
+                raise SystemExit(f"oracle: {f}: {type(e).__name__}: {e}")
+            errors.append({"file": f, "error": f"{type(e).__name__}: {e}"})
+    return entries, errors
+
+
+def cmd_preprocess(args):
+    man = load_manifest(args.manifest)
+    os.makedirs(args.out, exist_ok=True)
+    entries, errors = preprocess_all(args.files, man, args.skip_errors)
+    index = []
+    for n, (f, i, t) in enumerate(entries):
+        name = f"{n:04d}.f32"
+        p = os.path.join(args.out, name)
+        t.astype("<f4").tofile(p)
+        index.append({"file": f, "frame": i, "shape": list(t.shape), "path": p})
+    index.extend(errors)
+    with open(os.path.join(args.out, "index.json"), "w") as fh:
+        json.dump(index, fh, indent=1)
+    return 0
+
+
+def cmd_score(args):
+    import onnxruntime as ort
+
+    man = load_manifest(args.manifest)
+    entries, errors = preprocess_all(args.files, man, args.skip_errors)
+    results = []
+    if entries:
+        batch = np.stack([t for _, _, t in entries]).astype(np.float32)
+        sess = ort.InferenceSession(
+            os.path.join(man["dir"], man["model_file"]), providers=["CPUExecutionProvider"]
+        )
+        names = [man["scores_output"]] + ([man["map_output"]] if man["map_output"] else [])
+        outs = sess.run(names, {man["input_name"]: batch})
+        scores = np.asarray(outs[0], dtype=np.float32)
+        maps = np.asarray(outs[1], dtype=np.float32) if man["map_output"] else None
+        labels = man["labels"] or [f"label{k}" for k in range(scores.shape[1])]
+        for n, (f, i, _) in enumerate(entries):
+            peak = None
+            if maps is not None:
+                m0 = maps[n, 0]
+                r, c = np.unravel_index(int(np.argmax(m0)), m0.shape)
+                peak = [int(r), int(c)]
+            results.append(
+                {
+                    "file": f,
+                    "frame": i,
+                    "scores": {lab: float(scores[n, k]) for k, lab in enumerate(labels)},
+                    "map_peak": peak,
+                }
+            )
+    results.extend(errors)
+    with open(args.out, "w") as fh:
+        json.dump(results, fh, indent=1)
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name in ("preprocess", "score"):
+        s = sub.add_parser(name)
+        s.add_argument("--manifest", required=True)
+        s.add_argument("--out", required=True)
+        s.add_argument(
+            "--skip-errors",
+            action="store_true",
+            help="record undecodable/unsupported files as {file, error} entries instead of failing",
+        )
+        s.add_argument("files", nargs="+")
+    args = ap.parse_args(argv)
+    return cmd_preprocess(args) if args.cmd == "preprocess" else cmd_score(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

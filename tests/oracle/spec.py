@@ -1,0 +1,210 @@
+"""Independent numpy implementation of the radstream preprocessing specification.
+
+This module is the Python reference ("oracle") for the preprocessing that the Rust CPU
+path and the WGSL shader implement.  It is also imported by models/lesion-demo/train.py so
+the model is trained on exactly the tensors the service produces.
+
+Specification (per output pixel of a [C, H, W] tensor):
+  1. monochrome: v = stored * slope + intercept; window (manifest, else file, else rescaled
+     min/max with c = (lo+hi)/2 + 0.5, w = hi - lo + 1); DICOM PS3.3 C.11.2.1.2.1 linear
+     function to [0, 1]; MONOCHROME1 -> 1 - y.
+     RGB: y_k = clamp(stored_k / (2^bits_stored - 1), 0, 1).
+  2. channel mapping (mono->3: replicate; RGB->1: 0.299 R + 0.587 G + 0.114 B).
+     Steps 1-2 are applied to every bilinear tap BEFORE interpolation.
+  3. bilinear resize, half-pixel centres (align_corners=False, no antialiasing), source
+     coordinates clamped to [0, n-1].
+  4. normalize (x - mean[c]) / std[c].
+
+Arithmetic is carried out in float64 and the result is rounded to float32 once at the end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "frame_window",
+    "apply_window",
+    "map_values",
+    "resize_axis_taps",
+    "preprocess_frame",
+    "frames_from_dataset",
+    "frame_params_from_dataset",
+]
+
+
+def frame_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_window=None, file_window=None):
+    """Return (center, width) according to the precedence manifest > file > min/max."""
+    if manifest_window is not None:
+        return float(manifest_window[0]), float(manifest_window[1])
+    if file_window is not None:
+        return float(file_window[0]), float(file_window[1])
+    a = float(stored_min) * float(slope) + float(intercept)
+    b = float(stored_max) * float(slope) + float(intercept)
+    lo, hi = min(a, b), max(a, b)
+    return (lo + hi) / 2.0 + 0.5, hi - lo + 1.0
+
+
+def apply_window(v, center, width):
+    """DICOM linear VOI function, output in [0, 1] (v: rescaled values, float64 array)."""
+    v = np.asarray(v, dtype=np.float64)
+    c = float(center)
+    w = float(width)
+    if w <= 1.0:
+        return (v > c - 0.5).astype(np.float64)
+    return np.clip((v - (c - 0.5)) / (w - 1.0) + 0.5, 0.0, 1.0)
+
+
+def map_values(taps, *, samples, photometric, slope, intercept, window, bits_stored, channels):
+    """Steps 1-2 applied to an array of taps.
+
+    taps: float64 array [..., samples] of stored values.
+    Returns float64 array [..., channels] of values in [0, 1].
+    """
+    if samples == 1:
+        v = taps[..., 0] * float(slope) + float(intercept)
+        y = apply_window(v, window[0], window[1])
+        if photometric == "MONOCHROME1":
+            y = 1.0 - y
+        if channels == 1:
+            return y[..., None]
+        if channels == 3:
+            return np.repeat(y[..., None], 3, axis=-1)
+        raise ValueError(f"unsupported channel count {channels}")
+    if samples == 3:
+        maxv = float(2 ** int(bits_stored) - 1)
+        y = np.clip(taps / maxv, 0.0, 1.0)
+        if channels == 3:
+            return y
+        if channels == 1:
+            return (0.299 * y[..., 0] + 0.587 * y[..., 1] + 0.114 * y[..., 2])[..., None]
+        raise ValueError(f"unsupported channel count {channels}")
+    raise ValueError(f"unsupported samples per pixel {samples}")
+
+
+def resize_axis_taps(n_in, n_out):
+    """Half-pixel bilinear taps along one axis: (i0, i1, f) arrays of length n_out."""
+    scale = float(n_in) / float(n_out)
+    s = (np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5
+    s = np.clip(s, 0.0, float(n_in - 1))
+    i0 = np.floor(s).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    f = s - i0
+    return i0, i1, f
+
+
+def preprocess_frame(
+    stored,
+    *,
+    photometric="MONOCHROME2",
+    slope=1.0,
+    intercept=0.0,
+    file_window=None,
+    manifest_window=None,
+    bits_stored=16,
+    channels=1,
+    height=64,
+    width=64,
+    mean=(0.0,),
+    std=(1.0,),
+    stored_min=None,
+    stored_max=None,
+):
+    """Preprocess one frame.
+
+    stored: array [rows, cols] (samples = 1) or [rows, cols, 3] (samples = 3) of stored values
+            (for colour data: already converted to RGB).
+    stored_min/stored_max: override the frame min/max (default: computed from `stored`).
+    Returns float32 array [channels, height, width].
+    """
+    a = np.asarray(stored, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3):
+        raise ValueError(f"unexpected frame shape {np.shape(stored)}")
+    rows, cols, samples = a.shape
+    if samples == 1:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ValueError(f"unsupported photometric interpretation {photometric!r} for 1 sample")
+        mn = float(a.min()) if stored_min is None else float(stored_min)
+        mx = float(a.max()) if stored_max is None else float(stored_max)
+        window = frame_window(mn, mx, slope, intercept, manifest_window, file_window)
+    else:
+        window = None
+
+    y0, y1, fy = resize_axis_taps(rows, height)
+    x0, x1, fx = resize_axis_taps(cols, width)
+
+    def tap(yi, xi):
+        t = a[yi[:, None], xi[None, :], :]  # [H, W, samples]
+        return map_values(
+            t,
+            samples=samples,
+            photometric=photometric,
+            slope=slope,
+            intercept=intercept,
+            window=window,
+            bits_stored=bits_stored,
+            channels=channels,
+        )  # [H, W, C]
+
+    p00, p01, p10, p11 = tap(y0, x0), tap(y0, x1), tap(y1, x0), tap(y1, x1)
+    fx_ = fx[None, :, None]
+    fy_ = fy[:, None, None]
+    out = (1.0 - fy_) * ((1.0 - fx_) * p00 + fx_ * p01) + fy_ * ((1.0 - fx_) * p10 + fx_ * p11)
+    mean_ = np.asarray(mean, dtype=np.float64).reshape(1, 1, -1)
+    std_ = np.asarray(std, dtype=np.float64).reshape(1, 1, -1)
+    if mean_.shape[-1] != channels or std_.shape[-1] != channels:
+        raise ValueError("mean/std must have one value per channel")
+    out = (out - mean_) / std_
+    return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- DICOM helpers
+
+
+def _first(value):
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        value = list(value)[0]
+    except TypeError:
+        pass
+    except IndexError:
+        return None
+    if value is None or value == "":
+        return None
+    return float(value)
+
+
+def frame_params_from_dataset(ds):
+    """Per-instance preprocessing parameters read from a pydicom Dataset."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if samples == 3:
+        photometric = "RGB"  # pydicom 3 converts YBR_* to RGB in pixel_array by default
+    slope = _first(ds.get("RescaleSlope", None))
+    intercept = _first(ds.get("RescaleIntercept", None))
+    wc = _first(ds.get("WindowCenter", None))
+    ww = _first(ds.get("WindowWidth", None))
+    file_window = (wc, ww) if (wc is not None and ww is not None) else None
+    return {
+        "samples": samples,
+        "photometric": photometric,
+        "slope": 1.0 if slope is None else slope,
+        "intercept": 0.0 if intercept is None else intercept,
+        "file_window": file_window,
+        "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
+    }
+
+
+def frames_from_dataset(ds):
+    """List of frames ([rows, cols] or [rows, cols, 3] arrays) from ds.pixel_array."""
+    arr = ds.pixel_array
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    if nframes > 1 or arr.ndim == (4 if samples == 3 else 3):
+        return [arr[i] for i in range(arr.shape[0])]
+    return [arr]

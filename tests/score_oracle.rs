@@ -1,0 +1,70 @@
+//! The service's scores, read off the real gRPC stream, against onnxruntime's Python API run on the
+//! numpy-preprocessed tensors of the same files.
+
+mod common;
+
+use std::{collections::HashMap, path::PathBuf, process::Command};
+
+use common::*;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Expected {
+    file: String,
+    frame: u32,
+    scores: HashMap<String, f32>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(sample_study_dir())
+        .expect("sample study")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    files.sort();
+    files.push(pydicom_test_files().join("CT_small.dcm"));
+    files.push(pydicom_test_files().join("MR_small.dcm"));
+    files.push(pydicom_data_files().join("emri_small.dcm"));
+    files.push(pydicom_data_files().join("US1_UNCR.dcm"));
+
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("scores.json");
+    let status = Command::new(python())
+        .arg(repo().join("tests/oracle/oracle.py"))
+        .args(["score", "--manifest"])
+        .arg(repo().join("models/lesion-demo/model.toml"))
+        .arg("--out")
+        .arg(&json)
+        .args(&files)
+        .status()
+        .expect("run oracle");
+    assert!(status.success(), "oracle score failed");
+    let expected: Vec<Expected> = serde_json::from_slice(&read(&json)).expect("oracle json");
+
+    let server = start(test_config()).await;
+    let mut stream = Stream::open(&server).await;
+    for f in &files {
+        stream.send(instance(&f.display().to_string(), read(f))).await;
+    }
+    stream.close();
+    let events = stream.drain().await;
+    let findings = findings(&events);
+    assert!(rejections(&events).is_empty(), "{:?}", rejections(&events));
+    assert_eq!(findings.len(), expected.len(), "one finding per oracle frame");
+    let mut worst = 0.0f32;
+    for e in &expected {
+        let f = findings
+            .iter()
+            .find(|f| f.client_ref == e.file && f.slice.as_ref().map(|s| s.frame) == Some(e.frame))
+            .unwrap_or_else(|| panic!("no finding for {} frame {}", e.file, e.frame));
+        for s in &f.scores {
+            let want = e.scores[&s.label];
+            let err = (s.score - want).abs();
+            worst = worst.max(err);
+            assert!(err <= 1e-4, "{} frame {} {}: service {} vs onnxruntime {}", e.file, e.frame, s.label, s.score, want);
+        }
+    }
+    println!("{} slices compared, max abs score difference {worst:.2e}", expected.len());
+    server.stop().await.expect("stop");
+}
