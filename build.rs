@@ -28,7 +28,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         let abs = fs::canonicalize(f)?;
         let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        code.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", abs.display().to_string()));
+        code.push_str(&format!(
+            "    ({name:?}, include_bytes!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     code.push_str("];\n");
     fs::write(out_dir.join("sample_study.rs"), code)?;

@@ -16,10 +16,17 @@ use radstream::{
 };
 
 fn sample() -> Vec<Vec<u8>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lesion-demo/sample-study");
-    let mut files: Vec<_> = std::fs::read_dir(dir).expect("sample study").map(|e| e.expect("entry").path()).collect();
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/lesion-demo/sample-study");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("sample study")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
-    files.into_iter().map(|p| std::fs::read(p).expect("read")).collect()
+    files
+        .into_iter()
+        .map(|p| std::fs::read(p).expect("read"))
+        .collect()
 }
 
 fn views(decoded: &[DecodedInstance]) -> Vec<SliceView<'_>> {
@@ -49,11 +56,18 @@ fn stages(c: &mut Criterion) {
     let mut g = c.benchmark_group("decode");
     g.throughput(Throughput::Elements(files.len() as u64));
     g.bench_function("sample_study", |b| {
-        b.iter(|| files.iter().map(|f| decode_instance(black_box(f), &limits).expect("decode")).count())
+        b.iter(|| {
+            for f in &files {
+                black_box(decode_instance(black_box(f), &limits).expect("decode"));
+            }
+        })
     });
     g.finish();
 
-    let decoded: Vec<DecodedInstance> = files.iter().map(|f| decode_instance(f, &limits).expect("decode")).collect();
+    let decoded: Vec<DecodedInstance> = files
+        .iter()
+        .map(|f| decode_instance(f, &limits).expect("decode"))
+        .collect();
     let package = ModelPackage::embedded_default().expect("model");
     let spec = package.manifest.preprocess_spec();
     let per = (spec.channels * spec.height * spec.width) as usize;
@@ -63,25 +77,34 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Elements(views.len() as u64));
     let mut cpu = CpuPreprocessor;
     g.bench_function(BenchmarkId::new("cpu", views.len()), |b| {
-        b.iter(|| cpu.preprocess(&spec, black_box(&views), &mut out).expect("cpu"))
+        b.iter(|| {
+            cpu.preprocess(&spec, black_box(&views), &mut out)
+                .expect("cpu")
+        })
     });
     match GpuPreprocessor::new() {
         Ok(mut gpu) => {
             g.bench_function(BenchmarkId::new("gpu", views.len()), |b| {
-                b.iter(|| gpu.preprocess(&spec, black_box(&views), &mut out).expect("gpu"))
+                b.iter(|| {
+                    gpu.preprocess(&spec, black_box(&views), &mut out)
+                        .expect("gpu")
+                })
             });
         }
         Err(e) => eprintln!("no wgpu adapter, GPU preprocessing not measured: {e}"),
     }
     g.finish();
 
-    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime (scripts/setup.sh)");
+    let env = inference::runtime(&Config::default().ort_library_path())
+        .expect("ONNX Runtime (scripts/setup.sh)");
     let mut session = ModelSession::load(env, &package, 1).expect("session");
     let mut g = c.benchmark_group("score");
     for n in [1usize, 4, 16] {
         let input = vec![0.1f32; n * per];
         g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(BenchmarkId::new("batch", n), |b| b.iter(|| session.run(black_box(&input), n).expect("run")));
+        g.bench_function(BenchmarkId::new("batch", n), |b| {
+            b.iter(|| session.run(black_box(&input), n).expect("run"))
+        });
     }
     g.finish();
 }
@@ -93,16 +116,27 @@ fn end_to_end(c: &mut Criterion) {
     g.sample_size(10);
     g.throughput(Throughput::Elements(files.len() as u64));
     for backend in [PreprocessBackend::Cpu, PreprocessBackend::Auto] {
-        let mut config = Config::default();
-        config.listen = ([127, 0, 0, 1], 0).into();
-        config.preprocess = backend;
+        let config = Config {
+            listen: ([127, 0, 0, 1], 0).into(),
+            preprocess: backend,
+            ..Config::default()
+        };
         let server = runtime.block_on(server::start(config)).expect("server");
         let endpoint = server.endpoint();
         g.bench_function(format!("sample_study/{backend:?}").to_lowercase(), |b| {
             b.iter(|| {
-                let items = files.iter().enumerate().map(|(i, f)| (i.to_string(), f.clone())).collect();
+                let items = files
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (i.to_string(), f.clone()))
+                    .collect();
                 runtime
-                    .block_on(client::push(&endpoint, Source::Memory(items), 64 << 20, |_| {}))
+                    .block_on(client::push(
+                        &endpoint,
+                        Source::Memory(items),
+                        64 << 20,
+                        |_| {},
+                    ))
                     .expect("push")
             })
         });

@@ -23,9 +23,9 @@ struct Slice {
     win_lo: f32,
     win_wm1: f32,
     color_scale: f32,
-    scale_y: f32,
-    scale_x: f32,
-    pad: f32,
+    pad0: f32,
+    pad1: f32,
+    pad2: f32,
 }
 
 const FLAG_COLOR: u32 = 1u;
@@ -65,6 +65,29 @@ fn tap(s: Slice, iy: u32, ix: u32) -> vec3<f32> {
     return vec3<f32>(y, y, y);
 }
 
+// Source coordinate along one axis for output index i of `out` samples over `n` input samples:
+// the half-pixel position (i + 0.5)·n/out − 0.5 = ((2i + 1)·n − out) / (2·out), clamped to [0, n − 1],
+// split into integer part and fraction with integer arithmetic so the fraction is exact to one f32
+// rounding (as `axis` in src/preprocess/cpu.rs).
+struct Axis {
+    i0: u32,
+    i1: u32,
+    f: f32,
+}
+
+fn axis(i: u32, out: u32, n: u32) -> Axis {
+    let num = i32((2u * i + 1u) * n) - i32(out);
+    let den = 2u * out;
+    if (num <= 0) {
+        return Axis(0u, min(1u, n - 1u), 0.0);
+    }
+    let i0 = u32(num) / den;
+    if (i0 >= n - 1u) {
+        return Axis(n - 1u, n - 1u, 0.0);
+    }
+    return Axis(i0, i0 + 1u, f32(u32(num) % den) / f32(den));
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x = gid.x;
@@ -75,17 +98,14 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let s = slices[n];
 
-    let sx = min(max((f32(x) + 0.5) * s.scale_x - 0.5, 0.0), f32(s.cols - 1u));
-    let fx0 = floor(sx);
-    let x0 = u32(fx0);
-    let x1 = min(x0 + 1u, s.cols - 1u);
-    let fx = sx - fx0;
-
-    let sy = min(max((f32(y) + 0.5) * s.scale_y - 0.5, 0.0), f32(s.rows - 1u));
-    let fy0 = floor(sy);
-    let y0 = u32(fy0);
-    let y1 = min(y0 + 1u, s.rows - 1u);
-    let fy = sy - fy0;
+    let ax = axis(x, spec.width, s.cols);
+    let ay = axis(y, spec.height, s.rows);
+    let x0 = ax.i0;
+    let x1 = ax.i1;
+    let fx = ax.f;
+    let y0 = ay.i0;
+    let y1 = ay.i1;
+    let fy = ay.f;
 
     let p00 = tap(s, y0, x0);
     let p01 = tap(s, y0, x1);

@@ -19,15 +19,23 @@ use crate::{
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        let meta = std::fs::metadata(path).map_err(|source| Error::Input { path: path.clone(), source })?;
+        let meta = std::fs::metadata(path).map_err(|source| Error::Input {
+            path: path.clone(),
+            source,
+        })?;
         if meta.is_file() {
             files.push(path.clone());
             continue;
         }
         for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
             let entry = entry.map_err(|e| Error::Input {
-                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| path.clone()),
-                source: e.into_io_error().unwrap_or_else(|| std::io::Error::other("walk failed")),
+                path: e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| path.clone()),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| std::io::Error::other("walk failed")),
             })?;
             let name = entry.file_name().to_string_lossy();
             if entry.file_type().is_file() && !name.starts_with('.') && name != "DICOMDIR" {
@@ -77,7 +85,10 @@ pub async fn push(
     max_message_bytes: usize,
     mut on_response: impl FnMut(&pb::AnalyzeResponse),
 ) -> Result<PushReport> {
-    let connect_err = |detail: String| Error::Connect { endpoint: endpoint.to_string(), detail };
+    let connect_err = |detail: String| Error::Connect {
+        endpoint: endpoint.to_string(),
+        detail,
+    };
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| connect_err(e.to_string()))?
         .connect()
@@ -89,13 +100,25 @@ pub async fn push(
     let (tx, rx) = mpsc::channel::<pb::AnalyzeRequest>(4);
     let producer = tokio::spawn(async move {
         let send = |client_ref: String, dicom: Vec<u8>| pb::AnalyzeRequest {
-            kind: Some(pb::analyze_request::Kind::Instance(pb::Instance { dicom, client_ref })),
+            kind: Some(pb::analyze_request::Kind::Instance(pb::Instance {
+                dicom,
+                client_ref,
+            })),
         };
         match source {
             Source::Files(files) => {
                 for path in files {
-                    let bytes = tokio::fs::read(&path).await.map_err(|source| Error::Input { path: path.clone(), source })?;
-                    if tx.send(send(path.display().to_string(), bytes)).await.is_err() {
+                    let bytes = tokio::fs::read(&path)
+                        .await
+                        .map_err(|source| Error::Input {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    if tx
+                        .send(send(path.display().to_string(), bytes))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -124,7 +147,12 @@ pub async fn push(
     }
     match producer.await {
         Ok(result) => result?,
-        Err(join) => return Err(Error::Connect { endpoint: endpoint.to_string(), detail: join.to_string() }),
+        Err(join) => {
+            return Err(Error::Connect {
+                endpoint: endpoint.to_string(),
+                detail: join.to_string(),
+            })
+        }
     }
     Ok(report)
 }
@@ -138,11 +166,17 @@ pub async fn push_and_print(
 ) -> Result<PushReport> {
     let bar = ProgressBar::new(source.len() as u64);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} instances {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} instances {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let report = push(endpoint, source, max_message_bytes, |response| {
-        if matches!(response.event, Some(Event::Accepted(_)) | Some(Event::Rejected(pb::InstanceRejected { frame: None, .. }))) {
+        if matches!(
+            response.event,
+            Some(Event::Accepted(_))
+                | Some(Event::Rejected(pb::InstanceRejected { frame: None, .. }))
+        ) {
             bar.inc(1);
         }
         let line = match format {
@@ -160,12 +194,18 @@ pub async fn push_and_print(
 
 fn uid_tail(uid: &str) -> &str {
     // The last two components are what tells slices apart on screen; the full UID is in --json.
-    let cut = uid.rmatch_indices('.').nth(1).map(|(i, _)| i + 1).unwrap_or(0);
+    let cut = uid
+        .rmatch_indices('.')
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap_or(0);
     &uid[cut..]
 }
 
 fn reason_name(code: i32) -> &'static str {
-    pb::RejectReason::try_from(code).map(|r| r.as_str_name()).unwrap_or("REJECT_REASON_UNSPECIFIED")
+    pb::RejectReason::try_from(code)
+        .map(|r| r.as_str_name())
+        .unwrap_or("REJECT_REASON_UNSPECIFIED")
 }
 
 /// One readable line per response (acceptances are shown only through the progress bar).
@@ -192,9 +232,15 @@ pub fn render(response: &pb::AnalyzeResponse) -> Option<String> {
                         if s.positive { "POSITIVE" } else { "negative" }
                     );
                     if let (true, Some(peak)) = (s.positive, &s.peak) {
-                        text.push_str(&format!(" at pixel (row {:.0}, col {:.0})", peak.row, peak.col));
+                        text.push_str(&format!(
+                            " at pixel (row {:.0}, col {:.0})",
+                            peak.row, peak.col
+                        ));
                         if let Some(p) = &peak.patient {
-                            text.push_str(&format!(" = ({:.1}, {:.1}, {:.1}) mm", p.x_mm, p.y_mm, p.z_mm));
+                            text.push_str(&format!(
+                                " = ({:.1}, {:.1}, {:.1}) mm",
+                                p.x_mm, p.y_mm, p.z_mm
+                            ));
                         }
                     }
                     text
@@ -236,13 +282,18 @@ pub fn render(response: &pb::AnalyzeResponse) -> Option<String> {
                     l.label,
                     if l.positive { "POSITIVE" } else { "negative" },
                     l.max_score,
-                    top.and_then(|t| t.instance_number).map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
+                    top.and_then(|t| t.instance_number)
+                        .map(|n| format!("#{n}"))
+                        .unwrap_or_else(|| "-".into()),
                     top.map(|t| uid_tail(&t.sop_instance_uid)).unwrap_or("-"),
                     l.positive_slices
                 ));
             }
             if let Some(m) = &s.model {
-                out.push_str(&format!("\n  model {} {} (onnx sha256 {})", m.name, m.version, &m.onnx_sha256));
+                out.push_str(&format!(
+                    "\n  model {} {} (onnx sha256 {})",
+                    m.name, m.version, &m.onnx_sha256
+                ));
             }
             Some(out)
         }
@@ -262,7 +313,10 @@ fn slice_json(s: &pb::SliceRef) -> serde_json::Value {
 }
 
 fn model_json(m: &Option<pb::ModelRef>) -> serde_json::Value {
-    m.as_ref().map_or(serde_json::Value::Null, |m| json!({"name": m.name, "version": m.version, "onnx_sha256": m.onnx_sha256}))
+    m.as_ref().map_or(
+        serde_json::Value::Null,
+        |m| json!({"name": m.name, "version": m.version, "onnx_sha256": m.onnx_sha256}),
+    )
 }
 
 /// One JSON object per response, `{"type": ..., ...}`.

@@ -95,22 +95,34 @@ impl Default for LimitsConfig {
 
 impl Default for StudyConfig {
     fn default() -> Self {
-        Self { idle_timeout_secs: 10.0 }
+        Self {
+            idle_timeout_secs: 10.0,
+        }
     }
 }
 
 impl Default for BatchingConfig {
     fn default() -> Self {
-        Self { max_batch: 16, max_wait_ms: 5, queue_depth: 256 }
+        Self {
+            max_batch: 16,
+            max_wait_ms: 5,
+            queue_depth: 256,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid configuration file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -118,10 +130,14 @@ pub enum ConfigError {
 impl Config {
     /// Reads a TOML file; keys left out keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        toml::from_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     /// Checks values that would otherwise fail later and less clearly.
@@ -175,7 +191,11 @@ impl Config {
         self.ort_library
             .clone()
             .or_else(|| std::env::var_os("RADSTREAM_ORT_LIB").map(PathBuf::from))
-            .unwrap_or_else(|| Self::cache_dir().join("onnxruntime").join("libonnxruntime.so.1.31.1"))
+            .unwrap_or_else(|| {
+                Self::cache_dir()
+                    .join("onnxruntime")
+                    .join("libonnxruntime.so.1.31.1")
+            })
     }
 }
 
@@ -191,7 +211,10 @@ mod tests {
         .expect("valid toml");
         assert_eq!(cfg.listen.port(), 6000);
         assert_eq!(cfg.batching.max_batch, 4);
-        assert_eq!(cfg.batching.max_wait_ms, BatchingConfig::default().max_wait_ms);
+        assert_eq!(
+            cfg.batching.max_wait_ms,
+            BatchingConfig::default().max_wait_ms
+        );
         assert_eq!(cfg.idle_timeout(), Duration::from_millis(2500));
         cfg.validate().expect("valid");
     }

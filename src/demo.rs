@@ -26,7 +26,12 @@ pub async fn run(mut config: Config, format: OutputFormat) -> Result<PushReport>
             SAMPLE_STUDY.len()
         );
     }
-    let source = Source::Memory(SAMPLE_STUDY.iter().map(|(name, bytes)| (name.to_string(), bytes.to_vec())).collect());
+    let source = Source::Memory(
+        SAMPLE_STUDY
+            .iter()
+            .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
+            .collect(),
+    );
     let max_message = config.limits.max_instance_bytes.saturating_add(1 << 20);
     let report = client::push_and_print(&server.endpoint(), source, max_message, format).await;
     server.stop().await?;

@@ -4,7 +4,9 @@
 
 use std::net::SocketAddr;
 
-use crate::{config::ConfigError, inference::InferenceError, model::ManifestError, pipeline::EngineError};
+use crate::{
+    config::ConfigError, inference::InferenceError, model::ManifestError, pipeline::EngineError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,7 +19,10 @@ pub enum Error {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot build the gRPC reflection service: {0}")]
@@ -27,7 +32,10 @@ pub enum Error {
     #[error("the server ended the stream: {0}")]
     Stream(#[from] tonic::Status),
     #[error("cannot read {path}: {source}")]
-    Input { path: std::path::PathBuf, source: std::io::Error },
+    Input {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,7 +12,11 @@ use radstream::{
 };
 
 #[derive(Parser)]
-#[command(name = "radstream", version, about = "Real-time imaging analysis: DICOM in over gRPC, findings streamed back")]
+#[command(
+    name = "radstream",
+    version,
+    about = "Real-time imaging analysis: DICOM in over gRPC, findings streamed back"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -98,7 +102,11 @@ impl ServiceArgs {
 #[derive(Args)]
 struct PushArgs {
     /// Service endpoint.
-    #[arg(long, env = "RADSTREAM_ENDPOINT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "RADSTREAM_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     endpoint: String,
     /// One JSON object per response instead of readable lines.
     #[arg(long)]
@@ -137,9 +145,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(args) => {
             let files = client::collect_files(&args.paths)?;
             anyhow::ensure!(!files.is_empty(), "no files found under {:?}", args.paths);
-            let report =
-                client::push_and_print(&args.endpoint, Source::Files(files), args.max_message_bytes, format(args.json))
-                    .await?;
+            let report = client::push_and_print(
+                &args.endpoint,
+                Source::Files(files),
+                args.max_message_bytes,
+                format(args.json),
+            )
+            .await?;
             if !args.json {
                 eprintln!(
                     "{} accepted, {} rejected, {} findings, {} study summaries",
@@ -153,7 +165,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo { service, json } => {
             let config = service.into_config()?;
             let report = demo::run(config, format(json)).await?;
-            anyhow::ensure!(!report.summaries.is_empty(), "the demo study produced no summary");
+            anyhow::ensure!(
+                !report.summaries.is_empty(),
+                "the demo study produced no summary"
+            );
         }
     }
     Ok(())
@@ -162,7 +177,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     telemetry::init("info");
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

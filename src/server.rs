@@ -56,12 +56,17 @@ pub async fn serve(
         config.limits.max_in_flight_per_stream,
     );
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<AnalysisServer<AnalysisService>>().await;
+    health
+        .set_serving::<AnalysisServer<AnalysisService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
-    let max_message = config.limits.max_instance_bytes.saturating_add(FRAME_HEADROOM);
+    let max_message = config
+        .limits
+        .max_instance_bytes
+        .saturating_add(FRAME_HEADROOM);
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)
@@ -100,9 +105,16 @@ impl RunningServer {
 /// Builds the engine, binds `config.listen` (port 0 picks a free port) and serves in the background.
 pub async fn start(config: Config) -> Result<RunningServer> {
     let engine = build_engine(&config)?;
-    let listener =
-        TcpListener::bind(config.listen).await.map_err(|source| Error::Bind { addr: config.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         serve(listener, &config, engine, async {
@@ -110,5 +122,9 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         })
         .await
     });
-    Ok(RunningServer { addr, shutdown: Some(tx), handle })
+    Ok(RunningServer {
+        addr,
+        shutdown: Some(tx),
+        handle,
+    })
 }

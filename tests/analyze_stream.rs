@@ -10,7 +10,10 @@ use radstream::proto::v1::{self as pb, analyze_response::Event};
 const WAIT: Duration = Duration::from_secs(120);
 
 fn instance_number(f: &pb::SliceFinding) -> i32 {
-    f.slice.as_ref().and_then(|s| s.instance_number).expect("instance number")
+    f.slice
+        .as_ref()
+        .and_then(|s| s.instance_number)
+        .expect("instance number")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,31 +31,59 @@ async fn sample_study_yields_one_finding_per_slice_and_a_summary_on_the_lesion()
     assert!(rejections(&events).is_empty(), "{:?}", rejections(&events));
     let findings = findings(&events);
     assert_eq!(findings.len(), study.len(), "one finding per slice");
-    let study_uid = findings[0].slice.as_ref().unwrap().study_instance_uid.clone();
+    let study_uid = findings[0]
+        .slice
+        .as_ref()
+        .unwrap()
+        .study_instance_uid
+        .clone();
     let mut numbers: Vec<i32> = findings.iter().map(|f| instance_number(f)).collect();
     numbers.sort();
-    assert_eq!(numbers, (1..=study.len() as i32).collect::<Vec<_>>(), "each slice exactly once");
+    assert_eq!(
+        numbers,
+        (1..=study.len() as i32).collect::<Vec<_>>(),
+        "each slice exactly once"
+    );
     for f in &findings {
         let slice = f.slice.as_ref().unwrap();
-        assert_eq!(slice.study_instance_uid, study_uid, "all slices in the right study");
+        assert_eq!(
+            slice.study_instance_uid, study_uid,
+            "all slices in the right study"
+        );
         assert!(f.client_ref.ends_with(".dcm"));
         let model = f.model.as_ref().expect("model ref");
         assert_eq!(model.name, "lesion-demo");
         assert_eq!(model.onnx_sha256.len(), 64);
         let t = f.timings.expect("timings");
-        assert!(t.received_unix_us <= t.decoded_unix_us && t.decoded_unix_us <= t.preprocessed_unix_us);
+        assert!(
+            t.received_unix_us <= t.decoded_unix_us && t.decoded_unix_us <= t.preprocessed_unix_us
+        );
         assert!(t.preprocessed_unix_us <= t.scored_unix_us && t.batch_size >= 1);
         assert_eq!(f.scores.len(), 1);
         let s = &f.scores[0];
         assert_eq!(s.positive, s.score >= s.threshold);
-        let peak = s.peak.as_ref().expect("the model has a map: a peak is reported");
+        let peak = s
+            .peak
+            .as_ref()
+            .expect("the model has a map: a peak is reported");
         assert!(peak.patient.is_some(), "the sample carries its geometry");
         assert!(slice.slice_position_mm.is_some());
     }
     // Lesion slices score above every lesion-free slice.
-    let min_lesion = findings.iter().filter(|f| LESION_SLICES.contains(&instance_number(f))).map(|f| f.scores[0].score).fold(f32::INFINITY, f32::min);
-    let max_clean = findings.iter().filter(|f| !LESION_SLICES.contains(&instance_number(f))).map(|f| f.scores[0].score).fold(f32::NEG_INFINITY, f32::max);
-    assert!(min_lesion > max_clean, "lesion slices {min_lesion} vs clean slices {max_clean}");
+    let min_lesion = findings
+        .iter()
+        .filter(|f| LESION_SLICES.contains(&instance_number(f)))
+        .map(|f| f.scores[0].score)
+        .fold(f32::INFINITY, f32::min);
+    let max_clean = findings
+        .iter()
+        .filter(|f| !LESION_SLICES.contains(&instance_number(f)))
+        .map(|f| f.scores[0].score)
+        .fold(f32::NEG_INFINITY, f32::max);
+    assert!(
+        min_lesion > max_clean,
+        "lesion slices {min_lesion} vs clean slices {max_clean}"
+    );
 
     let summaries = summaries(&events);
     assert_eq!(summaries.len(), 1);
@@ -63,8 +94,15 @@ async fn sample_study_yields_one_finding_per_slice_and_a_summary_on_the_lesion()
     assert_eq!(s.reason, pb::CompletionReason::StreamClosed as i32);
     let label = &s.labels[0];
     assert!(label.positive);
-    let top = label.top_slice.as_ref().and_then(|t| t.instance_number).expect("top slice");
-    assert!(LESION_SLICES.contains(&top), "top slice #{top} carries the lesion");
+    let top = label
+        .top_slice
+        .as_ref()
+        .and_then(|t| t.instance_number)
+        .expect("top slice");
+    assert!(
+        LESION_SLICES.contains(&top),
+        "top slice #{top} carries the lesion"
+    );
     // The summary comes after every finding of its study.
     assert!(matches!(events.last(), Some(Event::Summary(_))));
     server.stop().await.expect("clean stop");
@@ -75,7 +113,10 @@ async fn sample_study_yields_one_finding_per_slice_and_a_summary_on_the_lesion()
 fn with_unknown_transfer_syntax(mut bytes: Vec<u8>) -> Vec<u8> {
     let from = b"1.2.840.10008.1.2.1\0";
     let to = b"1.2.840.10008.1.2.99";
-    let at = bytes.windows(from.len()).position(|w| w == from).expect("sample is Explicit VR Little Endian");
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from)
+        .expect("sample is Explicit VR Little Endian");
     bytes[at..at + from.len()].copy_from_slice(to);
     bytes
 }
@@ -87,13 +128,38 @@ async fn bad_instances_are_rejected_by_name_and_the_stream_goes_on() {
     let good = &study[0].1;
     let pyd = pydicom_test_files();
     let mut bad: Vec<(&str, Vec<u8>, &[pb::RejectReason])> = vec![
-        ("not-dicom", b"this is a text file, not DICOM".to_vec(), &[pb::RejectReason::NotDicom]),
+        (
+            "not-dicom",
+            b"this is a text file, not DICOM".to_vec(),
+            &[pb::RejectReason::NotDicom],
+        ),
         ("empty", Vec::new(), &[pb::RejectReason::NotDicom]),
-        ("truncated", good[..good.len() * 2 / 3].to_vec(), &[pb::RejectReason::Malformed, pb::RejectReason::PixelDecode, pb::RejectReason::MissingPixelData]),
-        ("unknown-ts", with_unknown_transfer_syntax(good.clone()), &[pb::RejectReason::UnsupportedTransferSyntax]),
-        ("rtplan.dcm", read(&pyd.join("rtplan.dcm")), &[pb::RejectReason::MissingPixelData]),
+        (
+            "truncated",
+            good[..good.len() * 2 / 3].to_vec(),
+            &[
+                pb::RejectReason::Malformed,
+                pb::RejectReason::PixelDecode,
+                pb::RejectReason::MissingPixelData,
+            ],
+        ),
+        (
+            "unknown-ts",
+            with_unknown_transfer_syntax(good.clone()),
+            &[pb::RejectReason::UnsupportedTransferSyntax],
+        ),
+        (
+            "rtplan.dcm",
+            read(&pyd.join("rtplan.dcm")),
+            &[pb::RejectReason::MissingPixelData],
+        ),
     ];
-    for name in ["MR_truncated.dcm", "rtplan_truncated.dcm", "no_meta.dcm", "badVR.dcm"] {
+    for name in [
+        "MR_truncated.dcm",
+        "rtplan_truncated.dcm",
+        "no_meta.dcm",
+        "badVR.dcm",
+    ] {
         bad.push((name, read(&pyd.join(name)), &[]));
     }
     let mut stream = Stream::open(&server).await;
@@ -108,23 +174,60 @@ async fn bad_instances_are_rejected_by_name_and_the_stream_goes_on() {
 
     let rejected = rejections(&events);
     for (name, _, expected) in &bad {
-        let r = rejected.iter().find(|r| r.client_ref == *name).unwrap_or_else(|| panic!("{name} was not rejected"));
+        let r = rejected
+            .iter()
+            .find(|r| r.client_ref == *name)
+            .unwrap_or_else(|| panic!("{name} was not rejected"));
         assert!(!r.message.is_empty(), "{name}: a reason is given");
         assert_ne!(r.reason, pb::RejectReason::Unspecified as i32);
         if !expected.is_empty() {
-            assert!(expected.iter().any(|e| *e as i32 == r.reason), "{name}: got {:?}: {}", r.reason(), r.message);
+            assert!(
+                expected.iter().any(|e| *e as i32 == r.reason),
+                "{name}: got {:?}: {}",
+                r.reason(),
+                r.message
+            );
         }
     }
-    let unknown = rejected.iter().find(|r| r.client_ref == "unknown-ts").unwrap();
-    assert!(unknown.message.contains("1.2.840.10008.1.2.99"), "names the transfer syntax: {}", unknown.message);
-    assert!(!unknown.sop_instance_uid.is_empty(), "names the SOP instance when readable");
-    let plan = rejected.iter().find(|r| r.client_ref == "rtplan.dcm").unwrap();
-    assert!(plan.message.contains("Pixel Data") || plan.message.contains("(7FE0,0010)"), "{}", plan.message);
+    let unknown = rejected
+        .iter()
+        .find(|r| r.client_ref == "unknown-ts")
+        .unwrap();
+    assert!(
+        unknown.message.contains("1.2.840.10008.1.2.99"),
+        "names the transfer syntax: {}",
+        unknown.message
+    );
+    assert!(
+        !unknown.sop_instance_uid.is_empty(),
+        "names the SOP instance when readable"
+    );
+    let plan = rejected
+        .iter()
+        .find(|r| r.client_ref == "rtplan.dcm")
+        .unwrap();
+    assert!(
+        plan.message.contains("Pixel Data") || plan.message.contains("(7FE0,0010)"),
+        "{}",
+        plan.message
+    );
     assert!(!plan.sop_instance_uid.is_empty());
 
-    assert_eq!(findings(&events).len(), study.len(), "every good slice is still scored");
-    let sample_uid = findings(&events)[0].slice.as_ref().unwrap().study_instance_uid.clone();
-    let summary = summaries(&events).into_iter().find(|s| s.study_instance_uid == sample_uid).expect("summary");
+    assert_eq!(
+        findings(&events).len(),
+        study.len(),
+        "every good slice is still scored"
+    );
+    let sample_uid = findings(&events)[0]
+        .slice
+        .as_ref()
+        .unwrap()
+        .study_instance_uid
+        .clone();
+    let summary = summaries(&events)
+        .into_iter()
+        .find(|s| s.study_instance_uid == sample_uid)
+        .expect("summary");
     assert_eq!(summary.slices_scored as usize, study.len());
     server.stop().await.expect("clean stop");
 }
@@ -155,7 +258,12 @@ async fn instances_over_the_configured_limits_are_rejected_with_the_limit() {
         Some(Event::Rejected(r)) => r,
         other => panic!("expected a rejection, got {other:?}"),
     };
-    assert_eq!(r.reason, pb::RejectReason::DimensionsTooLarge as i32, "{}", r.message);
+    assert_eq!(
+        r.reason,
+        pb::RejectReason::DimensionsTooLarge as i32,
+        "{}",
+        r.message
+    );
     assert!(!r.sop_instance_uid.is_empty());
     stream.close();
     server.stop().await.expect("stop");
@@ -169,14 +277,25 @@ async fn end_of_study_completes_the_study_while_the_stream_stays_open() {
     for (name, bytes) in &study {
         stream.send(instance(name, bytes.clone())).await;
     }
-    let first = stream.until(WAIT, |e| matches!(e, Event::Accepted(_))).await.pop();
-    let Some(Event::Accepted(a)) = first else { panic!("accepted expected") };
+    let first = stream
+        .until(WAIT, |e| matches!(e, Event::Accepted(_)))
+        .await
+        .pop();
+    let Some(Event::Accepted(a)) = first else {
+        panic!("accepted expected")
+    };
     let uid = a.slice.unwrap().study_instance_uid;
     stream.send(end_of_study(&uid)).await;
     let events = stream.until(WAIT, |e| matches!(e, Event::Summary(_))).await;
-    let Some(Event::Summary(s)) = events.last() else { unreachable!() };
+    let Some(Event::Summary(s)) = events.last() else {
+        unreachable!()
+    };
     assert_eq!(s.reason, pb::CompletionReason::EndOfStudy as i32);
-    assert_eq!(s.slices_scored as usize, study.len(), "the summary waits for every slice sent before the marker");
+    assert_eq!(
+        s.slices_scored as usize,
+        study.len(),
+        "the summary waits for every slice sent before the marker"
+    );
     stream.close();
     assert!(stream.drain().await.is_empty(), "nothing after the summary");
     server.stop().await.expect("stop");
@@ -193,7 +312,9 @@ async fn idle_studies_complete_without_the_client_closing() {
         stream.send(instance(name, bytes.clone())).await;
     }
     let events = stream.until(WAIT, |e| matches!(e, Event::Summary(_))).await;
-    let Some(Event::Summary(s)) = events.last() else { unreachable!() };
+    let Some(Event::Summary(s)) = events.last() else {
+        unreachable!()
+    };
     assert_eq!(s.reason, pb::CompletionReason::Idle as i32);
     assert_eq!(s.slices_scored, 3);
     stream.close();
@@ -205,7 +326,10 @@ async fn interleaved_studies_on_one_stream_are_summarised_apart() {
     let server = start(test_config()).await;
     let study = sample_study();
     let pyd = pydicom_test_files();
-    let others = [("CT_small.dcm", read(&pyd.join("CT_small.dcm"))), ("MR_small.dcm", read(&pyd.join("MR_small.dcm")))];
+    let others = [
+        ("CT_small.dcm", read(&pyd.join("CT_small.dcm"))),
+        ("MR_small.dcm", read(&pyd.join("MR_small.dcm"))),
+    ];
     let mut stream = Stream::open(&server).await;
     for (i, (name, bytes)) in study.iter().enumerate() {
         stream.send(instance(name, bytes.clone())).await;
@@ -218,10 +342,26 @@ async fn interleaved_studies_on_one_stream_are_summarised_apart() {
     assert_eq!(findings(&events).len(), study.len() + others.len());
     let summaries = summaries(&events);
     assert_eq!(summaries.len(), 3, "three studies");
-    let sample_uid = findings(&events).iter().find(|f| f.client_ref == study[0].0).unwrap().slice.as_ref().unwrap().study_instance_uid.clone();
+    let sample_uid = findings(&events)
+        .iter()
+        .find(|f| f.client_ref == study[0].0)
+        .unwrap()
+        .slice
+        .as_ref()
+        .unwrap()
+        .study_instance_uid
+        .clone();
     for s in summaries {
-        let expected = if s.study_instance_uid == sample_uid { study.len() } else { 1 };
-        assert_eq!(s.slices_scored as usize, expected, "study {}", s.study_instance_uid);
+        let expected = if s.study_instance_uid == sample_uid {
+            study.len()
+        } else {
+            1
+        };
+        assert_eq!(
+            s.slices_scored as usize, expected,
+            "study {}",
+            s.study_instance_uid
+        );
     }
     server.stop().await.expect("stop");
 }
@@ -261,7 +401,10 @@ async fn multi_frame_instances_yield_one_finding_per_frame() {
     assert_eq!(a.len(), 1);
     let frames = a[0].frames;
     assert!(frames > 1, "emri_small is multi-frame");
-    let mut got: Vec<u32> = findings(&events).iter().map(|f| f.slice.as_ref().unwrap().frame).collect();
+    let mut got: Vec<u32> = findings(&events)
+        .iter()
+        .map(|f| f.slice.as_ref().unwrap().frame)
+        .collect();
     got.sort();
     assert_eq!(got, (0..frames).collect::<Vec<_>>());
     assert_eq!(summaries(&events)[0].slices_scored, frames);
@@ -270,16 +413,25 @@ async fn multi_frame_instances_yield_one_finding_per_frame() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection_are_served() {
-    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
     };
     let server = start(test_config()).await;
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint()).expect("uri").connect().await.expect("connect");
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
     let mut health = HealthClient::new(channel.clone());
     let status = health
-        .check(HealthCheckRequest { service: "radstream.v1.Analysis".into() })
+        .check(HealthCheckRequest {
+            service: "radstream.v1.Analysis".into(),
+        })
         .await
         .expect("health check")
         .into_inner()
@@ -287,11 +439,27 @@ async fn health_and_reflection_are_served() {
     assert_eq!(status, ServingStatus::Serving as i32);
 
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter([request])).await.expect("reflection").into_inner();
-    let response = responses.message().await.expect("message").expect("one response");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("list expected") };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("message")
+        .expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("list expected")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"radstream.v1.Analysis".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"radstream.v1.Analysis".to_string()),
+        "{names:?}"
+    );
     server.stop().await.expect("stop");
 }

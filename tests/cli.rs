@@ -15,21 +15,52 @@ const BIN: &str = env!("CARGO_BIN_EXE_radstream");
 
 #[test]
 fn demo_prints_findings_and_a_positive_study_summary() {
-    let out = Command::new(BIN).arg("demo").env("RADSTREAM_LOG", "warn").output().expect("run demo");
+    let out = Command::new(BIN)
+        .arg("demo")
+        .env("RADSTREAM_LOG", "warn")
+        .output()
+        .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {}\n{}", stdout, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let slices = stdout.lines().filter(|l| l.starts_with("slice")).count();
     assert_eq!(slices, sample_study().len(), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("slice") && l.contains("POSITIVE")), "{stdout}");
-    assert!(stdout.lines().any(|l| l.starts_with("slice") && l.contains("negative")), "{stdout}");
-    assert!(stdout.contains("STUDY") && stdout.contains("lesion: POSITIVE"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("slice") && l.contains("POSITIVE")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("slice") && l.contains("negative")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("STUDY") && stdout.contains("lesion: POSITIVE"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn push_streams_a_folder_to_a_served_process_as_json_lines() {
-    let port = TcpListener::bind("127.0.0.1:0").expect("free port").local_addr().expect("addr").port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let mut server = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--model-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--model-dir",
+        ])
         .arg(repo().join("models/lesion-demo"))
         .env("RADSTREAM_LOG", "info")
         .stderr(Stdio::piped())
@@ -40,7 +71,10 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let line = lines.next().expect("server exited early").expect("log line");
+        let line = lines
+            .next()
+            .expect("server exited early")
+            .expect("log line");
         if line.contains("radstream serving") {
             break;
         }
@@ -49,14 +83,23 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
     std::thread::spawn(move || for _ in lines {});
 
     let out = Command::new(BIN)
-        .args(["push", "--json", "--endpoint", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "push",
+            "--json",
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+        ])
         .arg(sample_study_dir())
         .arg(pydicom_test_files().join("rtplan.dcm"))
         .output()
         .expect("run push");
     let _ = server.kill();
     let _ = server.wait();
-    assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
@@ -68,7 +111,10 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
     assert_eq!(count("rejected"), 1);
     let rejected = events.iter().find(|e| e["type"] == "rejected").unwrap();
     assert_eq!(rejected["reason"], "REJECT_REASON_MISSING_PIXEL_DATA");
-    let summary = events.iter().find(|e| e["type"] == "summary" && e["slices_scored"] == n).expect("summary");
+    let summary = events
+        .iter()
+        .find(|e| e["type"] == "summary" && e["slices_scored"] == n)
+        .expect("summary");
     assert_eq!(summary["labels"][0]["positive"], true);
     assert_eq!(summary["reason"], "COMPLETION_REASON_STREAM_CLOSED");
 }
@@ -78,7 +124,9 @@ fn a_model_that_does_not_fit_stops_start_up_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = repo().join("models/lesion-demo");
     std::fs::copy(src.join("model.onnx"), dir.path().join("model.onnx")).expect("copy onnx");
-    let manifest = std::fs::read_to_string(src.join("model.toml")).expect("manifest").replace("height = 64", "height = 256");
+    let manifest = std::fs::read_to_string(src.join("model.toml"))
+        .expect("manifest")
+        .replace("height = 64", "height = 256");
     std::fs::write(dir.path().join("model.toml"), manifest).expect("write manifest");
     let out = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--model-dir"])
@@ -87,5 +135,8 @@ fn a_model_that_does_not_fit_stops_start_up_with_the_reason() {
         .expect("run serve");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not fit its manifest") && stderr.contains("256"), "{stderr}");
+    assert!(
+        stderr.contains("does not fit its manifest") && stderr.contains("256"),
+        "{stderr}"
+    );
 }

@@ -45,13 +45,19 @@ async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
     let server = start(test_config()).await;
     let mut stream = Stream::open(&server).await;
     for f in &files {
-        stream.send(instance(&f.display().to_string(), read(f))).await;
+        stream
+            .send(instance(&f.display().to_string(), read(f)))
+            .await;
     }
     stream.close();
     let events = stream.drain().await;
     let findings = findings(&events);
     assert!(rejections(&events).is_empty(), "{:?}", rejections(&events));
-    assert_eq!(findings.len(), expected.len(), "one finding per oracle frame");
+    assert_eq!(
+        findings.len(),
+        expected.len(),
+        "one finding per oracle frame"
+    );
     let mut worst = 0.0f32;
     for e in &expected {
         let f = findings
@@ -62,9 +68,20 @@ async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
             let want = e.scores[&s.label];
             let err = (s.score - want).abs();
             worst = worst.max(err);
-            assert!(err <= 1e-4, "{} frame {} {}: service {} vs onnxruntime {}", e.file, e.frame, s.label, s.score, want);
+            assert!(
+                err <= 1e-4,
+                "{} frame {} {}: service {} vs onnxruntime {}",
+                e.file,
+                e.frame,
+                s.label,
+                s.score,
+                want
+            );
         }
     }
-    println!("{} slices compared, max abs score difference {worst:.2e}", expected.len());
+    println!(
+        "{} slices compared, max abs score difference {worst:.2e}",
+        expected.len()
+    );
     server.stop().await.expect("stop");
 }

@@ -42,14 +42,22 @@ static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 /// environment already loaded, whatever path they name (a process cannot hold two ORT libraries).
 pub fn runtime(library: &Path) -> Result<&'static Environment, InferenceError> {
     if !library.is_file() {
-        return Err(InferenceError::LibraryMissing { path: library.to_owned() });
+        return Err(InferenceError::LibraryMissing {
+            path: library.to_owned(),
+        });
     }
     if let Some(env) = ENVIRONMENT.get() {
         return Ok(env);
     }
-    let load_err = |detail: String| InferenceError::LibraryLoad { path: library.to_owned(), detail };
+    let load_err = |detail: String| InferenceError::LibraryLoad {
+        path: library.to_owned(),
+        detail,
+    };
     let builder = ort::init_from(library).map_err(|e| load_err(e.to_string()))?;
-    let env = builder.with_name("radstream").build().map_err(|e| load_err(e.to_string()))?;
+    let env = builder
+        .with_name("radstream")
+        .build()
+        .map_err(|e| load_err(e.to_string()))?;
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
 
@@ -78,7 +86,9 @@ pub struct ModelSession {
 
 impl std::fmt::Debug for ModelSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelSession").field("info", &self.info).finish_non_exhaustive()
+        f.debug_struct("ModelSession")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,14 +106,30 @@ fn dim_ok(actual: i64, expected: usize) -> bool {
 
 impl ModelSession {
     /// Builds the ORT session and checks the graph against the manifest.
-    pub fn load(env: &Environment, package: &ModelPackage, intra_threads: usize) -> Result<Self, InferenceError> {
+    pub fn load(
+        env: &Environment,
+        package: &ModelPackage,
+        intra_threads: usize,
+    ) -> Result<Self, InferenceError> {
         let model = format!("{} {}", package.info.name, package.info.version);
-        let load_err = |detail: String| InferenceError::ModelLoad { model: model.clone(), detail };
+        let load_err = |detail: String| InferenceError::ModelLoad {
+            model: model.clone(),
+            detail,
+        };
         let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-        builder = builder.with_intra_threads(intra_threads.max(1)).map_err(|e| load_err(e.to_string()))?;
-        let session = builder.commit_from_memory(&package.onnx).map_err(|e| load_err(e.to_string()))?;
-        check_graph(&session, &package.manifest).map_err(|problem| InferenceError::ModelMismatch { model, problem })?;
-        Ok(Self { session, manifest: package.manifest.clone(), info: package.info.clone() })
+        builder = builder
+            .with_intra_threads(intra_threads.max(1))
+            .map_err(|e| load_err(e.to_string()))?;
+        let session = builder
+            .commit_from_memory(&package.onnx)
+            .map_err(|e| load_err(e.to_string()))?;
+        check_graph(&session, &package.manifest)
+            .map_err(|problem| InferenceError::ModelMismatch { model, problem })?;
+        Ok(Self {
+            session,
+            manifest: package.manifest.clone(),
+            info: package.info.clone(),
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -119,11 +145,18 @@ impl ModelSession {
         let i = &self.manifest.input;
         let (c, h, w) = (i.channels as usize, i.height as usize, i.width as usize);
         let model = format!("{} {}", self.info.name, self.info.version);
-        let run_err = |detail: String| InferenceError::Run { model: model.clone(), detail };
+        let run_err = |detail: String| InferenceError::Run {
+            model: model.clone(),
+            detail,
+        };
         if input.len() != n * c * h * w {
-            return Err(run_err(format!("input holds {} values, expected {n}x{c}x{h}x{w}", input.len())));
+            return Err(run_err(format!(
+                "input holds {} values, expected {n}x{c}x{h}x{w}",
+                input.len()
+            )));
         }
-        let tensor = TensorRef::from_array_view(([n, c, h, w], input)).map_err(|e| run_err(e.to_string()))?;
+        let tensor = TensorRef::from_array_view(([n, c, h, w], input))
+            .map_err(|e| run_err(e.to_string()))?;
         let outputs = self
             .session
             .run(ort::inputs![i.name.as_str() => tensor])
@@ -133,20 +166,35 @@ impl ModelSession {
         let scores_value = outputs
             .get(out.scores.as_str())
             .ok_or_else(|| run_err(format!("output {:?} missing", out.scores)))?;
-        let (shape, scores) = scores_value.try_extract_tensor::<f32>().map_err(|e| run_err(e.to_string()))?;
+        let (shape, scores) = scores_value
+            .try_extract_tensor::<f32>()
+            .map_err(|e| run_err(e.to_string()))?;
         if shape.iter().product::<i64>() as usize != n * labels {
-            return Err(run_err(format!("output {:?} has shape {shape:?}, expected [{n}, {labels}]", out.scores)));
+            return Err(run_err(format!(
+                "output {:?} has shape {shape:?}, expected [{n}, {labels}]",
+                out.scores
+            )));
         }
         let scores = scores.to_vec();
         let map = match &out.map {
             None => None,
             Some(name) => {
-                let value = outputs.get(name.as_str()).ok_or_else(|| run_err(format!("output {name:?} missing")))?;
-                let (shape, values) = value.try_extract_tensor::<f32>().map_err(|e| run_err(e.to_string()))?;
+                let value = outputs
+                    .get(name.as_str())
+                    .ok_or_else(|| run_err(format!("output {name:?} missing")))?;
+                let (shape, values) = value
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| run_err(e.to_string()))?;
                 if shape.len() != 4 || shape[0] as usize != n || shape[1] as usize != labels {
-                    return Err(run_err(format!("output {name:?} has shape {shape:?}, expected [{n}, {labels}, h, w]")));
+                    return Err(run_err(format!(
+                        "output {name:?} has shape {shape:?}, expected [{n}, {labels}, h, w]"
+                    )));
                 }
-                Some(ScoreMap { values: values.to_vec(), height: shape[2] as usize, width: shape[3] as usize })
+                Some(ScoreMap {
+                    values: values.to_vec(),
+                    height: shape[2] as usize,
+                    width: shape[3] as usize,
+                })
             }
         };
         Ok(BatchScores { scores, map })
@@ -156,10 +204,21 @@ impl ModelSession {
 /// Compares the graph's declared inputs and outputs with the manifest; returns what does not fit.
 fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
     let i = &manifest.input;
-    let input = session.inputs().iter().find(|o| o.name() == i.name).ok_or_else(|| {
-        let names: Vec<_> = session.inputs().iter().map(|o| o.name().to_string()).collect();
-        format!("manifest input {:?} is not an input of the graph (it has {names:?})", i.name)
-    })?;
+    let input = session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == i.name)
+        .ok_or_else(|| {
+            let names: Vec<_> = session
+                .inputs()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect();
+            format!(
+                "manifest input {:?} is not an input of the graph (it has {names:?})",
+                i.name
+            )
+        })?;
     let d = dims(input.dtype()).ok_or_else(|| format!("input {:?} is not a tensor", i.name))?;
     let expected = [i.channels as usize, i.height as usize, i.width as usize];
     if d.len() != 4 || !d[1..].iter().zip(expected).all(|(a, e)| dim_ok(*a, e)) {
@@ -170,18 +229,32 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
     }
     if let ValueType::Tensor { ty, .. } = input.dtype() {
         if *ty != ort::value::TensorElementType::Float32 {
-            return Err(format!("input {:?} has element type {ty:?}; radstream feeds float32", i.name));
+            return Err(format!(
+                "input {:?} has element type {ty:?}; radstream feeds float32",
+                i.name
+            ));
         }
     }
     if session.inputs().len() != 1 {
-        return Err(format!("the graph has {} inputs; radstream feeds exactly one", session.inputs().len()));
+        return Err(format!(
+            "the graph has {} inputs; radstream feeds exactly one",
+            session.inputs().len()
+        ));
     }
     let labels = manifest.labels.len();
     let output_dims = |name: &str| -> Result<Vec<i64>, String> {
-        let o = session.outputs().iter().find(|o| o.name() == name).ok_or_else(|| {
-            let names: Vec<_> = session.outputs().iter().map(|o| o.name().to_string()).collect();
-            format!("manifest output {name:?} is not an output of the graph (it has {names:?})")
-        })?;
+        let o = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<_> = session
+                    .outputs()
+                    .iter()
+                    .map(|o| o.name().to_string())
+                    .collect();
+                format!("manifest output {name:?} is not an output of the graph (it has {names:?})")
+            })?;
         dims(o.dtype()).ok_or_else(|| format!("output {name:?} is not a tensor"))
     };
     let s = output_dims(&manifest.outputs.scores)?;
@@ -194,7 +267,9 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
     if let Some(map) = &manifest.outputs.map {
         let m = output_dims(map)?;
         if m.len() != 4 || !dim_ok(m[1], labels) {
-            return Err(format!("map output {map:?} has shape {m:?} but the manifest declares [N, {labels}, h, w]"));
+            return Err(format!(
+                "map output {map:?} has shape {m:?} but the manifest declares [N, {labels}, h, w]"
+            ));
         }
     }
     Ok(())
@@ -206,21 +281,30 @@ mod tests {
     use crate::config::Config;
 
     fn env() -> &'static Environment {
-        runtime(&Config::default().ort_library_path()).expect("ONNX Runtime library (run scripts/setup.sh)")
+        runtime(&Config::default().ort_library_path())
+            .expect("ONNX Runtime library (run scripts/setup.sh)")
     }
 
     #[test]
     fn the_default_model_loads_and_scores_a_batch() {
         let package = ModelPackage::embedded_default().expect("embedded manifest");
-        let mut session = ModelSession::load(env(), &package, 1).expect("default model fits its manifest");
+        let mut session =
+            ModelSession::load(env(), &package, 1).expect("default model fits its manifest");
         let i = &package.manifest.input;
         let per = (i.channels * i.height * i.width) as usize;
         let out = session.run(&vec![0.0; 3 * per], 3).expect("scores");
         assert_eq!(out.scores.len(), 3 * package.manifest.labels.len());
-        assert!(out.scores.iter().all(|s| (0.0..=1.0).contains(s)), "{:?}", out.scores);
+        assert!(
+            out.scores.iter().all(|s| (0.0..=1.0).contains(s)),
+            "{:?}",
+            out.scores
+        );
         let map = out.map.expect("the default model has a map output");
         assert_eq!(map.values.len(), 3 * map.height * map.width);
-        let err = session.run(&vec![0.0; per + 1], 1).expect_err("wrong length").to_string();
+        let err = session
+            .run(&vec![0.0; per + 1], 1)
+            .expect_err("wrong length")
+            .to_string();
         assert!(err.contains("expected 1x"), "{err}");
     }
 
@@ -228,28 +312,50 @@ mod tests {
     fn a_model_that_does_not_fit_its_manifest_is_refused_by_name() {
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.manifest.input.height = 128;
-        let err = ModelSession::load(env(), &package, 1).expect_err("size mismatch").to_string();
-        assert!(err.contains("does not fit its manifest") && err.contains("128"), "{err}");
+        let err = ModelSession::load(env(), &package, 1)
+            .expect_err("size mismatch")
+            .to_string();
+        assert!(
+            err.contains("does not fit its manifest") && err.contains("128"),
+            "{err}"
+        );
 
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.manifest.input.name = "pixels".into();
-        let err = ModelSession::load(env(), &package, 1).expect_err("name mismatch").to_string();
-        assert!(err.contains("\"pixels\" is not an input of the graph"), "{err}");
+        let err = ModelSession::load(env(), &package, 1)
+            .expect_err("name mismatch")
+            .to_string();
+        assert!(
+            err.contains("\"pixels\" is not an input of the graph"),
+            "{err}"
+        );
 
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
-        package.manifest.labels.push(crate::model::LabelSpec { name: "extra".into(), threshold: 0.5 });
-        let err = ModelSession::load(env(), &package, 1).expect_err("label count").to_string();
+        package.manifest.labels.push(crate::model::LabelSpec {
+            name: "extra".into(),
+            threshold: 0.5,
+        });
+        let err = ModelSession::load(env(), &package, 1)
+            .expect_err("label count")
+            .to_string();
         assert!(err.contains("2 labels"), "{err}");
 
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.onnx = b"not an onnx graph".to_vec();
-        let err = ModelSession::load(env(), &package, 1).expect_err("garbage").to_string();
+        let err = ModelSession::load(env(), &package, 1)
+            .expect_err("garbage")
+            .to_string();
         assert!(err.contains("cannot load the graph"), "{err}");
     }
 
     #[test]
     fn a_missing_library_says_how_to_get_it() {
-        let err = runtime(Path::new("/nonexistent/libonnxruntime.so")).expect_err("missing").to_string();
-        assert!(err.contains("scripts/setup.sh") && err.contains("RADSTREAM_ORT_LIB"), "{err}");
+        let err = runtime(Path::new("/nonexistent/libonnxruntime.so"))
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            err.contains("scripts/setup.sh") && err.contains("RADSTREAM_ORT_LIB"),
+            "{err}"
+        );
     }
 }

@@ -41,9 +41,22 @@ pub struct AnalysisService {
 }
 
 impl AnalysisService {
-    pub fn new(engine: Arc<Engine>, limits: Limits, idle_timeout: Duration, max_in_flight: usize) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Self { engine, limits, idle_timeout, max_in_flight, decode_slots: Arc::new(Semaphore::new(cores)) }
+    pub fn new(
+        engine: Arc<Engine>,
+        limits: Limits,
+        idle_timeout: Duration,
+        max_in_flight: usize,
+    ) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Self {
+            engine,
+            limits,
+            idle_timeout,
+            max_in_flight,
+            decode_slots: Arc::new(Semaphore::new(cores)),
+        }
     }
 }
 
@@ -93,8 +106,17 @@ fn engine_reason(error: &EngineError) -> pb::RejectReason {
 
 /// What decode tasks report back to their session, in order per instance.
 enum Event {
-    Decoded { client_ref: String, result: Result<Arc<DecodedInstance>, Rejection> },
-    Scored { instance: Arc<DecodedInstance>, frame: usize, client_ref: String, arrival: Arrival, result: Result<ScoredSlice, EngineError> },
+    Decoded {
+        client_ref: String,
+        result: Result<Arc<DecodedInstance>, Rejection>,
+    },
+    Scored {
+        instance: Arc<DecodedInstance>,
+        frame: usize,
+        client_ref: String,
+        arrival: Arrival,
+        result: Result<ScoredSlice, EngineError>,
+    },
     /// The task is finished with its instance (always the task's last event).
     Done,
 }
@@ -109,8 +131,14 @@ enum Outcome {
 impl std::fmt::Display for Outcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Outcome::Completed { instances, summaries } => {
-                write!(f, "completed ({instances} instances, {summaries} study summaries)")
+            Outcome::Completed {
+                instances,
+                summaries,
+            } => {
+                write!(
+                    f,
+                    "completed ({instances} instances, {summaries} study summaries)"
+                )
             }
             Outcome::ClientGone => write!(f, "client went away; its in-flight work was cancelled"),
         }
@@ -133,8 +161,17 @@ struct Session {
 }
 
 impl Session {
-    fn new(service: AnalysisService, out: mpsc::Sender<Result<pb::AnalyzeResponse, Status>>) -> Self {
-        let labels = service.engine.manifest().labels.iter().map(|l| (l.name.clone(), l.threshold)).collect();
+    fn new(
+        service: AnalysisService,
+        out: mpsc::Sender<Result<pb::AnalyzeResponse, Status>>,
+    ) -> Self {
+        let labels = service
+            .engine
+            .manifest()
+            .labels
+            .iter()
+            .map(|l| (l.name.clone(), l.threshold))
+            .collect();
         Self {
             service,
             out,
@@ -148,7 +185,10 @@ impl Session {
     }
 
     async fn send(&self, event: pb::analyze_response::Event) -> Result<(), ClientGone> {
-        self.out.send(Ok(pb::AnalyzeResponse { event: Some(event) })).await.map_err(|_| ClientGone)
+        self.out
+            .send(Ok(pb::AnalyzeResponse { event: Some(event) }))
+            .await
+            .map_err(|_| ClientGone)
     }
 
     async fn run(mut self, mut inbound: Streaming<pb::AnalyzeRequest>) -> Outcome {
@@ -156,7 +196,8 @@ impl Session {
         let mut tasks = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.service.max_in_flight));
         let mut permit: Option<OwnedSemaphorePermit> = None;
-        let tick = (self.service.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let tick = (self.service.idle_timeout / 4)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let out = self.out.clone();
@@ -193,7 +234,10 @@ impl Session {
                 return Outcome::ClientGone;
             }
             if self.input_closed && self.in_flight == 0 {
-                return Outcome::Completed { instances: self.instances, summaries: self.summaries };
+                return Outcome::Completed {
+                    instances: self.instances,
+                    summaries: self.summaries,
+                };
             }
         }
     }
@@ -208,13 +252,15 @@ impl Session {
         use pb::analyze_request::Kind;
         match request.kind {
             Some(Kind::Instance(instance)) => {
-                let Some(permit) = permit.take() else { return Ok(()) };
+                let Some(permit) = permit.take() else {
+                    return Ok(());
+                };
                 self.instances += 1;
                 self.undecoded += 1;
                 self.in_flight += 1;
                 let task = InstanceTask {
                     engine: self.service.engine.clone(),
-                    limits: self.service.limits.clone(),
+                    limits: self.service.limits,
                     decode_slots: self.service.decode_slots.clone(),
                     events: events.clone(),
                 };
@@ -222,15 +268,19 @@ impl Session {
                 Ok(())
             }
             Some(Kind::EndOfStudy(end)) => {
-                self.tracker.end_requested(&end.study_instance_uid, Instant::now());
+                self.tracker
+                    .end_requested(&end.study_instance_uid, Instant::now());
                 Ok(())
             }
             None => {
-                self.send(pb::analyze_response::Event::Rejected(pb::InstanceRejected {
-                    reason: pb::RejectReason::EmptyRequest as i32,
-                    message: "request carried neither an instance nor an end-of-study marker".into(),
-                    ..Default::default()
-                }))
+                self.send(pb::analyze_response::Event::Rejected(
+                    pb::InstanceRejected {
+                        reason: pb::RejectReason::EmptyRequest as i32,
+                        message: "request carried neither an instance nor an end-of-study marker"
+                            .into(),
+                        ..Default::default()
+                    },
+                ))
                 .await
             }
         }
@@ -264,15 +314,24 @@ impl Session {
                             self.tracker.rejected(study, now);
                         }
                         tracing::info!(
-                            sop_instance_uid = rejection.sop_instance_uid.as_deref().unwrap_or("unreadable"),
+                            sop_instance_uid = rejection
+                                .sop_instance_uid
+                                .as_deref()
+                                .unwrap_or("unreadable"),
                             code = rejection.error.code(),
                             "instance rejected: {}",
                             rejection.error
                         );
                         self.send(Ev::Rejected(pb::InstanceRejected {
                             client_ref,
-                            sop_instance_uid: rejection.sop_instance_uid.clone().unwrap_or_default(),
-                            study_instance_uid: rejection.study_instance_uid.clone().unwrap_or_default(),
+                            sop_instance_uid: rejection
+                                .sop_instance_uid
+                                .clone()
+                                .unwrap_or_default(),
+                            study_instance_uid: rejection
+                                .study_instance_uid
+                                .clone()
+                                .unwrap_or_default(),
                             reason: reject_reason(&rejection.error) as i32,
                             message: rejection.error.to_string(),
                             frame: None,
@@ -281,7 +340,13 @@ impl Session {
                     }
                 }
             }
-            Event::Scored { instance, frame, client_ref, arrival, result } => {
+            Event::Scored {
+                instance,
+                frame,
+                client_ref,
+                arrival,
+                result,
+            } => {
                 let meta = &instance.meta;
                 let id = results::slice_id(meta, frame as u32);
                 match result {
@@ -320,7 +385,12 @@ impl Session {
 
     async fn complete_studies(&mut self) -> Result<(), ClientGone> {
         let closed = self.input_closed && self.in_flight == 0;
-        let done = self.tracker.take_complete(Instant::now(), self.service.idle_timeout, closed, self.undecoded);
+        let done = self.tracker.take_complete(
+            Instant::now(),
+            self.service.idle_timeout,
+            closed,
+            self.undecoded,
+        );
         for summary in done {
             self.summaries += 1;
             let msg = results::study_summary(self.service.engine.model(), &summary);
@@ -339,11 +409,16 @@ struct InstanceTask {
 }
 
 impl InstanceTask {
-    async fn run(self, instance: pb::Instance, received: SystemTime, _permit: OwnedSemaphorePermit) {
+    async fn run(
+        self,
+        instance: pb::Instance,
+        received: SystemTime,
+        _permit: OwnedSemaphorePermit,
+    ) {
         let pb::Instance { dicom, client_ref } = instance;
         let decoded = {
             let _slot = self.decode_slots.acquire().await;
-            let limits = self.limits.clone();
+            let limits = self.limits;
             tokio::task::spawn_blocking(move || decode_instance(&dicom, &limits)).await
         };
         let decoded_at = SystemTime::now();
@@ -353,15 +428,28 @@ impl InstanceTask {
             Err(join) => Err(Rejection {
                 sop_instance_uid: None,
                 study_instance_uid: None,
-                error: DecodeError::PixelDecode { transfer_syntax: String::new(), detail: format!("decoder crashed: {join}") },
+                error: DecodeError::PixelDecode {
+                    transfer_syntax: String::new(),
+                    detail: format!("decoder crashed: {join}"),
+                },
             }),
         };
         let accepted = result.as_ref().ok().cloned();
-        if self.events.send(Event::Decoded { client_ref: client_ref.clone(), result }).is_err() {
+        if self
+            .events
+            .send(Event::Decoded {
+                client_ref: client_ref.clone(),
+                result,
+            })
+            .is_err()
+        {
             return;
         }
         if let Some(instance) = accepted {
-            let arrival = Arrival { received, decoded: decoded_at };
+            let arrival = Arrival {
+                received,
+                decoded: decoded_at,
+            };
             let mut pending = Vec::with_capacity(instance.frames.len());
             for frame in 0..instance.frames.len() {
                 pending.push((frame, self.engine.submit(instance.clone(), frame).await));
@@ -371,7 +459,13 @@ impl InstanceTask {
                     Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
                     Err(e) => Err(e),
                 };
-                let event = Event::Scored { instance: instance.clone(), frame, client_ref: client_ref.clone(), arrival, result };
+                let event = Event::Scored {
+                    instance: instance.clone(),
+                    frame,
+                    client_ref: client_ref.clone(),
+                    arrival,
+                    result,
+                };
                 if self.events.send(event).is_err() {
                     return;
                 }

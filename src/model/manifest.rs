@@ -92,9 +92,15 @@ pub struct Card {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{origin} is not a valid model manifest: {source}")]
-    Parse { origin: String, source: Box<toml::de::Error> },
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
     #[error("{origin}: {problem}")]
     Invalid { origin: String, problem: String },
 }
@@ -102,19 +108,32 @@ pub enum ManifestError {
 impl Manifest {
     /// Parses and validates a manifest; `origin` names it in errors (a path, or "embedded ...").
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text)
-            .map_err(|source| ManifestError::Parse { origin: origin.to_string(), source: Box::new(source) })?;
-        manifest.validate().map_err(|problem| ManifestError::Invalid { origin: origin.to_string(), problem })?;
+        let manifest: Manifest = toml::from_str(text).map_err(|source| ManifestError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(source),
+        })?;
+        manifest
+            .validate()
+            .map_err(|problem| ManifestError::Invalid {
+                origin: origin.to_string(),
+                problem,
+            })?;
         Ok(manifest)
     }
 
     fn validate(&self) -> Result<(), String> {
         let i = &self.input;
         if i.channels != 1 && i.channels != 3 {
-            return Err(format!("[input] channels = {} but only 1 or 3 are supported", i.channels));
+            return Err(format!(
+                "[input] channels = {} but only 1 or 3 are supported",
+                i.channels
+            ));
         }
         if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
-            return Err(format!("[input] height/width {}x{} must be within 1..=4096", i.height, i.width));
+            return Err(format!(
+                "[input] height/width {}x{} must be within 1..=4096",
+                i.height, i.width
+            ));
         }
         let p = &self.preprocess;
         if p.mean.len() != i.channels as usize || p.std.len() != i.channels as usize {
@@ -126,11 +145,16 @@ impl Manifest {
             ));
         }
         if let Some(s) = p.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
-            return Err(format!("[preprocess] std values must be positive, found {s}"));
+            return Err(format!(
+                "[preprocess] std values must be positive, found {s}"
+            ));
         }
         if let Some(w) = p.window {
             if !(w.center.is_finite() && w.width.is_finite() && w.width >= 1.0) {
-                return Err(format!("[preprocess] window width must be >= 1 (found {})", w.width));
+                return Err(format!(
+                    "[preprocess] window width must be >= 1 (found {})",
+                    w.width
+                ));
             }
         }
         if self.labels.is_empty() {
@@ -142,7 +166,10 @@ impl Manifest {
                 return Err(format!("label {:?} is declared twice", l.name));
             }
             if !(0.0..=1.0).contains(&l.threshold) {
-                return Err(format!("label {:?} threshold {} is outside 0..=1", l.name, l.threshold));
+                return Err(format!(
+                    "label {:?} threshold {} is outside 0..=1",
+                    l.name, l.threshold
+                ));
             }
         }
         if self.model.name.trim().is_empty() || self.model.version.trim().is_empty() {
@@ -157,7 +184,10 @@ impl Manifest {
             channels: self.input.channels,
             height: self.input.height,
             width: self.input.width,
-            window: self.preprocess.window.map(|w| Window { center: w.center, width: w.width }),
+            window: self.preprocess.window.map(|w| Window {
+                center: w.center,
+                width: w.width,
+            }),
             mean: self.preprocess.mean.clone(),
             std: self.preprocess.std.clone(),
         }
@@ -198,10 +228,18 @@ threshold = 0.5
     #[test]
     fn names_the_problem() {
         let bad = GOOD.replace("std = [0.25]", "std = [0.25, 1.0]");
-        let err = Manifest::parse(&bad, "models/x/model.toml").expect_err("mismatch").to_string();
-        assert!(err.contains("models/x/model.toml") && err.contains("one value per input channel"), "{err}");
+        let err = Manifest::parse(&bad, "models/x/model.toml")
+            .expect_err("mismatch")
+            .to_string();
+        assert!(
+            err.contains("models/x/model.toml") && err.contains("one value per input channel"),
+            "{err}"
+        );
         let bad = GOOD.replace("threshold = 0.5", "threshold = 1.5");
-        assert!(Manifest::parse(&bad, "t").expect_err("range").to_string().contains("outside 0..=1"));
+        assert!(Manifest::parse(&bad, "t")
+            .expect_err("range")
+            .to_string()
+            .contains("outside 0..=1"));
         let bad = GOOD.replace("[outputs]", "[outputz]");
         assert!(Manifest::parse(&bad, "t").is_err());
     }

@@ -7,7 +7,8 @@
 mod manifest;
 
 pub use manifest::{
-    Card, InputSpec, LabelSpec, Manifest, ManifestError, ModelSection, OutputSpec, PreprocessSection,
+    Card, InputSpec, LabelSpec, Manifest, ManifestError, ModelSection, OutputSpec,
+    PreprocessSection,
 };
 
 use std::path::Path;
@@ -38,12 +39,16 @@ impl ModelPackage {
     /// Loads `dir/model.toml` and the ONNX file it names.
     pub fn load_dir(dir: &Path) -> Result<Self, ManifestError> {
         let manifest_path = dir.join("model.toml");
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|source| ManifestError::Io { path: manifest_path.clone(), source })?;
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| ManifestError::Io {
+            path: manifest_path.clone(),
+            source,
+        })?;
         let manifest = Manifest::parse(&text, &manifest_path.display().to_string())?;
         let onnx_path = dir.join(&manifest.model.file);
-        let onnx = std::fs::read(&onnx_path)
-            .map_err(|source| ManifestError::Io { path: onnx_path.clone(), source })?;
+        let onnx = std::fs::read(&onnx_path).map_err(|source| ManifestError::Io {
+            path: onnx_path.clone(),
+            source,
+        })?;
         Ok(Self::new(manifest, onnx))
     }
 
@@ -59,6 +64,10 @@ impl ModelPackage {
             version: manifest.model.version.clone(),
             onnx_sha256: hex::encode(Sha256::digest(&onnx)),
         };
-        Self { manifest, onnx, info }
+        Self {
+            manifest,
+            onnx,
+            info,
+        }
     }
 }

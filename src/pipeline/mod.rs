@@ -21,7 +21,9 @@ use crate::{
     decode::DecodedInstance,
     inference::{BatchScores, InferenceError, ModelSession},
     model::{Manifest, ModelInfo, ModelPackage},
-    preprocess::{CpuPreprocessor, GpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
+    preprocess::{
+        CpuPreprocessor, GpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +32,9 @@ pub enum EngineError {
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
     Inference(#[from] InferenceError),
-    #[error("the GPU preprocessing path was required (preprocess = \"gpu\") but is unavailable: {0}")]
+    #[error(
+        "the GPU preprocessing path was required (preprocess = \"gpu\") but is unavailable: {0}"
+    )]
     GpuRequired(PreprocessError),
     #[error("the scoring engine has shut down")]
     ShutDown,
@@ -81,10 +85,14 @@ impl std::fmt::Debug for Engine {
 }
 
 /// Picks the preprocessing implementation and says why in the log.
-pub fn select_preprocessor(backend: PreprocessBackend) -> Result<Box<dyn Preprocessor>, EngineError> {
+pub fn select_preprocessor(
+    backend: PreprocessBackend,
+) -> Result<Box<dyn Preprocessor>, EngineError> {
     match backend {
         PreprocessBackend::Cpu => {
-            tracing::info!("preprocessing on the CPU reference path (configured: preprocess = \"cpu\")");
+            tracing::info!(
+                "preprocessing on the CPU reference path (configured: preprocess = \"cpu\")"
+            );
             Ok(Box::new(CpuPreprocessor))
         }
         PreprocessBackend::Gpu => {
@@ -94,7 +102,9 @@ pub fn select_preprocessor(backend: PreprocessBackend) -> Result<Box<dyn Preproc
         PreprocessBackend::Auto => match GpuPreprocessor::new() {
             Ok(gpu) => Ok(Box::new(gpu)),
             Err(e) => {
-                tracing::warn!("no usable wgpu adapter ({e}); preprocessing on the CPU reference path");
+                tracing::warn!(
+                    "no usable wgpu adapter ({e}); preprocessing on the CPU reference path"
+                );
                 Ok(Box::new(CpuPreprocessor))
             }
         },
@@ -126,8 +136,19 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("radstream-engine".into())
             .spawn(move || worker.run(runtime))
-            .map_err(|e| EngineError::Inference(InferenceError::Run { model: "engine".into(), detail: e.to_string() }))?;
-        Ok(Self { tx: Some(tx), info, manifest, preprocess_path, worker: Some(handle) })
+            .map_err(|e| {
+                EngineError::Inference(InferenceError::Run {
+                    model: "engine".into(),
+                    detail: e.to_string(),
+                })
+            })?;
+        Ok(Self {
+            tx: Some(tx),
+            info,
+            manifest,
+            preprocess_path,
+            worker: Some(handle),
+        })
     }
 
     /// Loads a model package and starts the engine on it.
@@ -137,7 +158,9 @@ impl Engine {
         backend: PreprocessBackend,
         batching: &BatchingConfig,
     ) -> Result<Self, EngineError> {
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         let session = ModelSession::load(env, package, threads)?;
         let preprocessor = select_preprocessor(backend)?;
         Self::start(session, preprocessor, batching)
@@ -164,7 +187,13 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<ScoredSlice, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(EngineError::ShutDown)?;
-        tx.send(SliceJob { instance, frame, reply }).await.map_err(|_| EngineError::ShutDown)?;
+        tx.send(SliceJob {
+            instance,
+            frame,
+            reply,
+        })
+        .await
+        .map_err(|_| EngineError::ShutDown)?;
         Ok(rx)
     }
 }
@@ -209,9 +238,13 @@ fn view(instance: &DecodedInstance, frame: usize) -> Option<SliceView<'_>> {
 
 impl Worker {
     fn run(mut self, runtime: tokio::runtime::Handle) {
+        // Timers are created on this thread: they need the runtime's context.
+        let _context = runtime.enter();
         let mut batch: Vec<SliceJob> = Vec::with_capacity(self.max_batch);
         loop {
-            let Some(first) = runtime.block_on(self.rx.recv()) else { return };
+            let Some(first) = runtime.block_on(self.rx.recv()) else {
+                return;
+            };
             batch.push(first);
             let deadline = tokio::time::Instant::now() + self.max_wait;
             while batch.len() < self.max_batch {
@@ -245,9 +278,14 @@ impl Worker {
                 }
             }
             Err(e) if batch.len() > 1 => {
-                tracing::warn!(batch = batch.len(), "batch failed ({e}); scoring its slices one by one");
+                tracing::warn!(
+                    batch = batch.len(),
+                    "batch failed ({e}); scoring its slices one by one"
+                );
                 for job in batch.drain(..) {
-                    let result = self.score(std::slice::from_ref(&job)).map(|mut r| r.remove(0));
+                    let result = self
+                        .score(std::slice::from_ref(&job))
+                        .map(|mut r| r.remove(0));
                     let _ = job.reply.send(result);
                 }
             }
@@ -257,7 +295,10 @@ impl Worker {
                 }
             }
         }
-        tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "batch done");
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch done"
+        );
     }
 
     fn score(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
@@ -275,7 +316,8 @@ impl Worker {
             .collect::<Result<_, _>>()?;
         let per_slice = (self.spec.channels * self.spec.height * self.spec.width) as usize;
         self.input.resize(n * per_slice, 0.0);
-        self.preprocessor.preprocess(&self.spec, &views, &mut self.input)?;
+        self.preprocessor
+            .preprocess(&self.spec, &views, &mut self.input)?;
         let preprocessed_at = SystemTime::now();
         let BatchScores { scores, map } = self.session.run(&self.input, n)?;
         let scored_at = SystemTime::now();
@@ -285,7 +327,11 @@ impl Worker {
                 scores: scores[i * labels..(i + 1) * labels].to_vec(),
                 map: map.as_ref().map(|m| {
                     let cell = labels * m.height * m.width;
-                    SliceMap { values: m.values[i * cell..(i + 1) * cell].to_vec(), height: m.height, width: m.width }
+                    SliceMap {
+                        values: m.values[i * cell..(i + 1) * cell].to_vec(),
+                        height: m.height,
+                        width: m.width,
+                    }
                 }),
                 preprocessed_at,
                 scored_at,

@@ -153,11 +153,7 @@ pub(crate) struct SliceParams {
     pub win_wm1: f32,
     /// `1 / (2^bits_stored - 1)` for colour slices.
     pub color_scale: f32,
-    /// `rows / H`.
-    pub scale_y: f32,
-    /// `cols / W`.
-    pub scale_x: f32,
-    pub _pad: f32,
+    pub _pad: [f32; 3],
 }
 
 /// Spec constants, laid out exactly as the shader's `Spec` uniform.
@@ -281,9 +277,7 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
         win_lo,
         win_wm1,
         color_scale,
-        scale_y: (s.rows as f64 / spec.height as f64) as f32,
-        scale_x: (s.cols as f64 / spec.width as f64) as f32,
-        _pad: 0.0,
+        _pad: [0.0; 3],
     }
 }
 

@@ -28,7 +28,11 @@ pub fn slice_id(meta: &InstanceMeta, frame: u32) -> SliceId {
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+    [
+        a[1] * b[2] - a[2] * b[1],
+        a[2] * b[0] - a[0] * b[2],
+        a[0] * b[1] - a[1] * b[0],
+    ]
 }
 
 /// ImagePositionPatient projected on the slice normal (row × column direction).
@@ -44,7 +48,9 @@ pub fn pixel_to_patient(meta: &InstanceMeta, row: f64, col: f64) -> Option<[f64;
     let ipp = meta.image_position?;
     let o = meta.image_orientation?;
     let [row_spacing, col_spacing] = meta.pixel_spacing?;
-    Some(std::array::from_fn(|k| ipp[k] + col * col_spacing * o[k] + row * row_spacing * o[3 + k]))
+    Some(std::array::from_fn(|k| {
+        ipp[k] + col * col_spacing * o[k] + row * row_spacing * o[3 + k]
+    }))
 }
 
 /// A point of the map located in the original image.
@@ -59,13 +65,25 @@ pub struct MapPeak {
 /// Finds the peak of one label's map and the box of cells over `threshold`, in original-image pixels.
 /// A map cell (i, j) of an h×w grid covers the original image evenly, so its centre is at
 /// `((i + 0.5)·rows/h − 0.5, (j + 0.5)·cols/w − 0.5)` — the half-pixel convention of the resize.
-pub fn locate(map: &SliceMap, label: usize, rows: u32, cols: u32, threshold: f32) -> Option<MapPeak> {
+pub fn locate(
+    map: &SliceMap,
+    label: usize,
+    rows: u32,
+    cols: u32,
+    threshold: f32,
+) -> Option<MapPeak> {
     let (h, w) = (map.height, map.width);
     let cells = map.values.get(label * h * w..(label + 1) * h * w)?;
     let (best, _) = cells
         .iter()
         .enumerate()
-        .fold((None, f32::NEG_INFINITY), |(bi, bv), (i, v)| if *v > bv { (Some(i), *v) } else { (bi, bv) });
+        .fold((None, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
+            if *v > bv {
+                (Some(i), *v)
+            } else {
+                (bi, bv)
+            }
+        });
     let best = best?;
     let (sy, sx) = (f64::from(rows) / h as f64, f64::from(cols) / w as f64);
     let (pi, pj) = (best / w, best % w);
@@ -83,17 +101,28 @@ pub fn locate(map: &SliceMap, label: usize, rows: u32, cols: u32, threshold: f32
         row: (pi as f64 + 0.5) * sy - 0.5,
         col: (pj as f64 + 0.5) * sx - 0.5,
         bbox: bbox.map(|[a, b, c, d]| {
-            [a as f64 * sy, b as f64 * sx, (c + 1) as f64 * sy - 1.0, (d + 1) as f64 * sx - 1.0]
+            [
+                a as f64 * sy,
+                b as f64 * sx,
+                (c + 1) as f64 * sy - 1.0,
+                (d + 1) as f64 * sx - 1.0,
+            ]
         }),
     })
 }
 
 fn unix_us(t: SystemTime) -> i64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
 }
 
 pub fn model_ref(info: &ModelInfo) -> pb::ModelRef {
-    pb::ModelRef { name: info.name.clone(), version: info.version.clone(), onnx_sha256: info.onnx_sha256.clone() }
+    pb::ModelRef {
+        name: info.name.clone(),
+        version: info.version.clone(),
+        onnx_sha256: info.onnx_sha256.clone(),
+    }
 }
 
 pub fn slice_ref(id: &SliceId) -> pb::SliceRef {
@@ -133,7 +162,10 @@ pub fn slice_finding(
         .enumerate()
         .map(|(i, label)| {
             let score = scored.scores.get(i).copied().unwrap_or(f32::NAN);
-            let peak = scored.map.as_ref().and_then(|m| locate(m, i, meta.rows, meta.cols, label.threshold));
+            let peak = scored
+                .map
+                .as_ref()
+                .and_then(|m| locate(m, i, meta.rows, meta.cols, label.threshold));
             pb::LabelScore {
                 label: label.name.clone(),
                 score,
@@ -142,15 +174,22 @@ pub fn slice_finding(
                 peak: peak.map(|p| pb::Location {
                     row: p.row,
                     col: p.col,
-                    patient: pixel_to_patient(meta, p.row, p.col)
-                        .map(|[x, y, z]| pb::PatientPoint { x_mm: x, y_mm: y, z_mm: z }),
+                    patient: pixel_to_patient(meta, p.row, p.col).map(|[x, y, z]| {
+                        pb::PatientPoint {
+                            x_mm: x,
+                            y_mm: y,
+                            z_mm: z,
+                        }
+                    }),
                 }),
-                bounding_box: peak.and_then(|p| p.bbox).map(|[a, b, c, d]| pb::BoundingBox {
-                    row_min: a,
-                    col_min: b,
-                    row_max: c,
-                    col_max: d,
-                }),
+                bounding_box: peak
+                    .and_then(|p| p.bbox)
+                    .map(|[a, b, c, d]| pb::BoundingBox {
+                        row_min: a,
+                        col_min: b,
+                        row_max: c,
+                        col_max: d,
+                    }),
             }
         })
         .collect();
@@ -208,7 +247,11 @@ mod tests {
         let mut values = vec![0.0f32; 16];
         values[4 + 2] = 0.9;
         values[2 * 4 + 3] = 0.6;
-        let map = SliceMap { values, height: 4, width: 4 };
+        let map = SliceMap {
+            values,
+            height: 4,
+            width: 4,
+        };
         let p = locate(&map, 0, 64, 128, 0.5).expect("peak");
         assert_eq!((p.row, p.col), (1.5 * 16.0 - 0.5, 2.5 * 32.0 - 0.5));
         assert_eq!(p.bbox, Some([16.0, 64.0, 47.0, 127.0]));

@@ -74,24 +74,30 @@ pub struct StudyTracker {
 
 impl StudyTracker {
     pub fn new(labels: Vec<(String, f32)>) -> Self {
-        Self { labels, studies: HashMap::new() }
+        Self {
+            labels,
+            studies: HashMap::new(),
+        }
     }
 
     fn state(&mut self, study: &str, now: Instant) -> &mut StudyState {
         let n = self.labels.len();
-        let state = self.studies.entry(study.to_string()).or_insert_with(|| StudyState {
-            first_received: now,
-            last_activity: now,
-            last_scored: None,
-            accepted: 0,
-            rejected: 0,
-            pending_slices: 0,
-            scored: 0,
-            failed: 0,
-            end_requested: false,
-            best: vec![None; n],
-            positives: vec![0; n],
-        });
+        let state = self
+            .studies
+            .entry(study.to_string())
+            .or_insert_with(|| StudyState {
+                first_received: now,
+                last_activity: now,
+                last_scored: None,
+                accepted: 0,
+                rejected: 0,
+                pending_slices: 0,
+                scored: 0,
+                failed: 0,
+                end_requested: false,
+                best: vec![None; n],
+                positives: vec![0; n],
+            });
         state.last_activity = now;
         state
     }
@@ -211,7 +217,10 @@ impl StudyTracker {
             instances_accepted: s.accepted,
             instances_rejected: s.rejected,
             slices_failed: s.failed,
-            wall_time: s.last_scored.unwrap_or(s.last_activity).saturating_duration_since(s.first_received),
+            wall_time: s
+                .last_scored
+                .unwrap_or(s.last_activity)
+                .saturating_duration_since(s.first_received),
             reason,
         }
     }
@@ -255,9 +264,18 @@ mod tests {
         assert_eq!(done.len(), 1);
         let s = &done[0];
         assert_eq!(s.reason, Completion::EndOfStudy);
-        assert_eq!((s.slices_scored, s.instances_accepted, s.instances_rejected), (3, 3, 1));
+        assert_eq!(
+            (s.slices_scored, s.instances_accepted, s.instances_rejected),
+            (3, 3, 1)
+        );
         assert_eq!(s.labels[0].max_score, 0.9);
-        assert_eq!(s.labels[0].top_slice.as_ref().map(|x| x.sop_instance_uid.as_str()), Some("sop1"));
+        assert_eq!(
+            s.labels[0]
+                .top_slice
+                .as_ref()
+                .map(|x| x.sop_instance_uid.as_str()),
+            Some("sop1")
+        );
         assert_eq!(s.labels[0].positive_slices, 2);
         assert!(s.labels[0].positive);
         assert_eq!(t.open_studies(), 0);
@@ -270,9 +288,17 @@ mod tests {
         t.accepted("S", 2, t0);
         t.scored(&slice("S", "a", 1), &[0.2], t0);
         t.end_requested("S", t0);
-        assert!(t.take_complete(t0, Duration::from_secs(1), true, 0).is_empty(), "one slice pending");
+        assert!(
+            t.take_complete(t0, Duration::from_secs(1), true, 0)
+                .is_empty(),
+            "one slice pending"
+        );
         t.failed("S", t0);
-        assert!(t.take_complete(t0, Duration::from_secs(1), false, 1).is_empty(), "an instance is decoding");
+        assert!(
+            t.take_complete(t0, Duration::from_secs(1), false, 1)
+                .is_empty(),
+            "an instance is decoding"
+        );
         let done = t.take_complete(t0, Duration::from_secs(1), false, 0);
         assert_eq!(done[0].slices_failed, 1);
     }
@@ -284,7 +310,9 @@ mod tests {
         t.accepted("A", 1, t0);
         t.scored(&slice("A", "a", 1), &[0.2], t0);
         let idle = Duration::from_secs(5);
-        assert!(t.take_complete(t0 + Duration::from_secs(4), idle, false, 0).is_empty());
+        assert!(t
+            .take_complete(t0 + Duration::from_secs(4), idle, false, 0)
+            .is_empty());
         let done = t.take_complete(t0 + Duration::from_secs(5), idle, false, 0);
         assert_eq!(done[0].reason, Completion::Idle);
         assert!(!done[0].labels[0].positive);

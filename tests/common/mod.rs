@@ -26,14 +26,26 @@ pub fn python() -> PathBuf {
     let path = std::env::var_os("RADSTREAM_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Config::cache_dir().join("venv/bin/python"));
-    assert!(path.exists(), "oracle Python not found at {} — run scripts/test.sh (or scripts/setup.sh --test)", path.display());
+    assert!(
+        path.exists(),
+        "oracle Python not found at {} — run scripts/test.sh (or scripts/setup.sh --test)",
+        path.display()
+    );
     path
 }
 
 /// Runs `python -c code` and returns its stdout.
 pub fn python_eval(code: &str) -> String {
-    let out = Command::new(python()).arg("-c").arg(code).output().expect("run python");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python())
+        .arg("-c")
+        .arg(code)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -72,16 +84,25 @@ pub fn sample_study() -> Vec<(String, Vec<u8>)> {
         .collect();
     files.sort();
     assert!(files.len() >= 8, "sample study too small");
-    files.into_iter().map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), read(&p))).collect()
+    files
+        .into_iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read(&p),
+            )
+        })
+        .collect()
 }
 
 /// Slices of the sample study that carry the synthetic lesion (by InstanceNumber).
 pub const LESION_SLICES: std::ops::RangeInclusive<i32> = 5..=8;
 
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-    config
+    Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..Config::default()
+    }
 }
 
 pub async fn start(config: Config) -> RunningServer {
@@ -98,13 +119,18 @@ pub async fn connect(server: &RunningServer) -> AnalysisClient<tonic::transport:
 
 pub fn instance(client_ref: &str, dicom: Vec<u8>) -> pb::AnalyzeRequest {
     pb::AnalyzeRequest {
-        kind: Some(pb::analyze_request::Kind::Instance(pb::Instance { dicom, client_ref: client_ref.into() })),
+        kind: Some(pb::analyze_request::Kind::Instance(pb::Instance {
+            dicom,
+            client_ref: client_ref.into(),
+        })),
     }
 }
 
 pub fn end_of_study(uid: &str) -> pb::AnalyzeRequest {
     pb::AnalyzeRequest {
-        kind: Some(pb::analyze_request::Kind::EndOfStudy(pb::EndOfStudy { study_instance_uid: uid.into() })),
+        kind: Some(pb::analyze_request::Kind::EndOfStudy(pb::EndOfStudy {
+            study_instance_uid: uid.into(),
+        })),
     }
 }
 
@@ -118,12 +144,21 @@ impl Stream {
     pub async fn open(server: &RunningServer) -> Self {
         let mut client = connect(server).await;
         let (tx, rx) = mpsc::channel(16);
-        let rx = client.analyze(ReceiverStream::new(rx)).await.expect("analyze").into_inner();
+        let rx = client
+            .analyze(ReceiverStream::new(rx))
+            .await
+            .expect("analyze")
+            .into_inner();
         Self { tx: Some(tx), rx }
     }
 
     pub async fn send(&self, request: pb::AnalyzeRequest) {
-        self.tx.as_ref().expect("open").send(request).await.expect("send");
+        self.tx
+            .as_ref()
+            .expect("open")
+            .send(request)
+            .await
+            .expect("send");
     }
 
     pub fn close(&mut self) {
@@ -152,7 +187,10 @@ impl Stream {
     pub async fn until(&mut self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
-            let e = self.next(timeout).await.expect("stream ended before the expected event");
+            let e = self
+                .next(timeout)
+                .await
+                .expect("stream ended before the expected event");
             let done = pred(&e);
             events.push(e);
             if done {
@@ -163,17 +201,53 @@ impl Stream {
 }
 
 pub fn findings(events: &[Event]) -> Vec<&pb::SliceFinding> {
-    events.iter().filter_map(|e| if let Event::Finding(f) = e { Some(f) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Finding(f) = e {
+                Some(f)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 pub fn rejections(events: &[Event]) -> Vec<&pb::InstanceRejected> {
-    events.iter().filter_map(|e| if let Event::Rejected(r) = e { Some(r) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Rejected(r) = e {
+                Some(r)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 pub fn summaries(events: &[Event]) -> Vec<&pb::StudySummary> {
-    events.iter().filter_map(|e| if let Event::Summary(s) = e { Some(s) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Summary(s) = e {
+                Some(s)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 pub fn accepted(events: &[Event]) -> Vec<&pb::InstanceAccepted> {
-    events.iter().filter_map(|e| if let Event::Accepted(a) = e { Some(a) } else { None }).collect()
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Accepted(a) = e {
+                Some(a)
+            } else {
+                None
+            }
+        })
+        .collect()
 }

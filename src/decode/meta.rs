@@ -1,0 +1,308 @@
+//! Instance metadata extracted from the data set before any pixel decoding.
+
+use std::fmt;
+
+use dicom::dictionary_std::tags;
+use dicom::object::{FileDicomObject, InMemDicomObject};
+
+use dicom::core::header::HasLength;
+use dicom::core::Tag;
+
+use super::DecodeError;
+
+pub(crate) type Obj = FileDicomObject<InMemDicomObject>;
+
+/// Photometric interpretation of the decoded [`super::Frame`]s.
+///
+/// YBR_* inputs are converted to RGB by the decoder, so only these three remain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Photometric {
+    /// Minimum stored value is white.
+    Monochrome1,
+    /// Minimum stored value is black.
+    Monochrome2,
+    /// Three interleaved samples R, G, B.
+    Rgb,
+}
+
+/// A VOI window from the file (first value of Window Center / Window Width).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub center: f64,
+    pub width: f64,
+}
+
+/// Metadata of one DICOM instance.
+///
+/// `patient_id` is a patient identifier: it must never be logged. The manual
+/// `Debug` impl redacts it, so `{:?}` on this struct is safe to log.
+#[derive(Clone)]
+pub struct InstanceMeta {
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    /// Study Instance UID; empty string when absent from the file.
+    pub study_instance_uid: String,
+    /// Series Instance UID; empty string when absent from the file.
+    pub series_instance_uid: String,
+    /// Patient ID (0010,0020). Never log this.
+    pub patient_id: Option<String>,
+    /// Transfer syntax UID from the file meta group.
+    pub transfer_syntax: String,
+    pub modality: Option<String>,
+    pub rows: u32,
+    pub cols: u32,
+    /// Number of Frames, 1 when absent.
+    pub number_of_frames: u32,
+    pub samples_per_pixel: u16,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    /// 0 unsigned, 1 two's complement.
+    pub pixel_representation: u16,
+    /// Photometric interpretation of the decoded frames (after YBR -> RGB).
+    pub photometric: Photometric,
+    /// Photometric Interpretation (0028,0004) as written in the file.
+    pub photometric_original: String,
+    /// Pixel Spacing (0028,0030): [row spacing, column spacing] in mm.
+    pub pixel_spacing: Option<[f64; 2]>,
+    pub image_position: Option<[f64; 3]>,
+    pub image_orientation: Option<[f64; 6]>,
+    pub instance_number: Option<i32>,
+    /// Rescale Slope, 1 when absent.
+    pub rescale_slope: f64,
+    /// Rescale Intercept, 0 when absent.
+    pub rescale_intercept: f64,
+    /// First Window Center / Window Width pair, if both present.
+    pub window: Option<Window>,
+}
+
+impl fmt::Debug for InstanceMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceMeta")
+            .field("sop_instance_uid", &self.sop_instance_uid)
+            .field("sop_class_uid", &self.sop_class_uid)
+            .field("study_instance_uid", &self.study_instance_uid)
+            .field("series_instance_uid", &self.series_instance_uid)
+            .field(
+                "patient_id",
+                &self.patient_id.as_ref().map(|_| "<redacted>"),
+            )
+            .field("transfer_syntax", &self.transfer_syntax)
+            .field("modality", &self.modality)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("number_of_frames", &self.number_of_frames)
+            .field("samples_per_pixel", &self.samples_per_pixel)
+            .field("bits_allocated", &self.bits_allocated)
+            .field("bits_stored", &self.bits_stored)
+            .field("pixel_representation", &self.pixel_representation)
+            .field("photometric", &self.photometric)
+            .field("photometric_original", &self.photometric_original)
+            .field("pixel_spacing", &self.pixel_spacing)
+            .field("image_position", &self.image_position)
+            .field("image_orientation", &self.image_orientation)
+            .field("instance_number", &self.instance_number)
+            .field("rescale_slope", &self.rescale_slope)
+            .field("rescale_intercept", &self.rescale_intercept)
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+fn trim(s: &str) -> &str {
+    s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+}
+
+/// Optional string attribute; empty values count as absent.
+pub(crate) fn opt_str(obj: &Obj, tag: Tag) -> Option<String> {
+    let e = obj.element_opt(tag).ok().flatten()?;
+    let s = match e.value() {
+        // text stored with a binary VR (e.g. UN / OB): take the bytes as ASCII
+        dicom::core::value::Value::Primitive(dicom::core::PrimitiveValue::U8(b)) => {
+            String::from_utf8_lossy(b).into_owned().into()
+        }
+        _ => e.to_str().ok()?,
+    };
+    let t = trim(&s);
+    if t.is_empty() {
+        None
+    } else {
+        Some(t.to_string())
+    }
+}
+
+fn req_str(obj: &Obj, tag: Tag, name: &'static str) -> Result<String, DecodeError> {
+    opt_str(obj, tag).ok_or(DecodeError::MissingAttribute { name })
+}
+
+/// Optional integer attribute: absent/empty -> Ok(None), unparsable or out of
+/// range for `T` -> Malformed.
+fn opt_int<T: TryFrom<i64>>(
+    obj: &Obj,
+    tag: Tag,
+    name: &'static str,
+) -> Result<Option<T>, DecodeError> {
+    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+        return Ok(None);
+    };
+    if e.value().length().0 == 0 {
+        return Ok(None);
+    }
+    let v: i64 = e.to_int::<i64>().map_err(|err| DecodeError::Malformed {
+        detail: format!("{name}: invalid value ({err})"),
+    })?;
+    T::try_from(v)
+        .map(Some)
+        .map_err(|_| DecodeError::Malformed {
+            detail: format!("{name}: value {v} out of range"),
+        })
+}
+
+fn req_int<T: TryFrom<i64>>(obj: &Obj, tag: Tag, name: &'static str) -> Result<T, DecodeError> {
+    opt_int(obj, tag, name)?.ok_or(DecodeError::MissingAttribute { name })
+}
+
+/// Optional multi-valued float attribute with at least N values; anything
+/// unparsable or short is treated as absent (these are informational).
+fn opt_floats<const N: usize>(obj: &Obj, tag: Tag) -> Option<[f64; N]> {
+    let e = obj.element_opt(tag).ok().flatten()?;
+    let v = e.to_multi_float64().ok()?;
+    let mut out = [0.0; N];
+    for (o, x) in out.iter_mut().zip(v.iter()) {
+        *o = *x;
+    }
+    if v.len() >= N && out.iter().all(|x| x.is_finite()) {
+        Some(out)
+    } else {
+        None
+    }
+}
+
+fn opt_float(obj: &Obj, tag: Tag) -> Option<f64> {
+    opt_floats::<1>(obj, tag).map(|[x]| x)
+}
+
+/// Pixel-module attributes needed to decode, read before touching pixel data.
+pub(crate) struct PixelAttrs {
+    pub rows: u32,
+    pub cols: u32,
+    pub frames: u32,
+    pub samples: u16,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub pixel_representation: u16,
+    pub planar_configuration: u16,
+    pub photometric_original: String,
+}
+
+pub(crate) fn pixel_attrs(obj: &Obj) -> Result<PixelAttrs, DecodeError> {
+    let rows: u32 = req_int(obj, tags::ROWS, "Rows (0028,0010)")?;
+    let cols: u32 = req_int(obj, tags::COLUMNS, "Columns (0028,0011)")?;
+    let bits_allocated: u16 = req_int(obj, tags::BITS_ALLOCATED, "BitsAllocated (0028,0100)")?;
+    let bits_stored: u16 =
+        opt_int(obj, tags::BITS_STORED, "BitsStored (0028,0101)")?.unwrap_or(bits_allocated);
+    let samples: u16 =
+        opt_int(obj, tags::SAMPLES_PER_PIXEL, "SamplesPerPixel (0028,0002)")?.unwrap_or(1);
+    let pixel_representation: u16 = opt_int(
+        obj,
+        tags::PIXEL_REPRESENTATION,
+        "PixelRepresentation (0028,0103)",
+    )?
+    .unwrap_or(0);
+    let planar_configuration: u16 = opt_int(
+        obj,
+        tags::PLANAR_CONFIGURATION,
+        "PlanarConfiguration (0028,0006)",
+    )?
+    .unwrap_or(0);
+    // Number of Frames is IS; 0 or absent means a single frame (as pydicom does).
+    let frames: i64 =
+        opt_int(obj, tags::NUMBER_OF_FRAMES, "NumberOfFrames (0028,0008)")?.unwrap_or(1);
+    if frames < 0 || frames > u32::MAX as i64 {
+        return Err(DecodeError::Malformed {
+            detail: format!("NumberOfFrames (0028,0008) out of range: {frames}"),
+        });
+    }
+    let frames = (frames as u32).max(1);
+    let photometric_original = req_str(
+        obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        "PhotometricInterpretation (0028,0004)",
+    )?;
+    Ok(PixelAttrs {
+        rows,
+        cols,
+        frames,
+        samples,
+        bits_allocated,
+        bits_stored,
+        pixel_representation,
+        planar_configuration,
+        photometric_original,
+    })
+}
+
+/// Identification and geometry attributes (everything not needed to decode).
+pub(crate) fn instance_meta(
+    obj: &Obj,
+    transfer_syntax: &str,
+    px: &PixelAttrs,
+    photometric: Photometric,
+) -> Result<InstanceMeta, DecodeError> {
+    let sop_instance_uid = opt_str(obj, tags::SOP_INSTANCE_UID)
+        .or_else(|| non_empty(obj.meta().media_storage_sop_instance_uid()))
+        .ok_or(DecodeError::MissingAttribute {
+            name: "SOPInstanceUID (0008,0018)",
+        })?;
+    let sop_class_uid = opt_str(obj, tags::SOP_CLASS_UID)
+        .or_else(|| non_empty(obj.meta().media_storage_sop_class_uid()))
+        .ok_or(DecodeError::MissingAttribute {
+            name: "SOPClassUID (0008,0016)",
+        })?;
+    // Study / Series UIDs are type 1 but absent in some real files; they do not
+    // affect decoding, so an absent value is reported as "" rather than rejected.
+    let study_instance_uid = opt_str(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+    let series_instance_uid = opt_str(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
+    let window = match (
+        opt_float(obj, tags::WINDOW_CENTER),
+        opt_float(obj, tags::WINDOW_WIDTH),
+    ) {
+        (Some(center), Some(width)) => Some(Window { center, width }),
+        _ => None,
+    };
+    Ok(InstanceMeta {
+        sop_instance_uid,
+        sop_class_uid,
+        study_instance_uid,
+        series_instance_uid,
+        patient_id: opt_str(obj, tags::PATIENT_ID),
+        transfer_syntax: transfer_syntax.to_string(),
+        modality: opt_str(obj, tags::MODALITY),
+        rows: px.rows,
+        cols: px.cols,
+        number_of_frames: px.frames,
+        samples_per_pixel: px.samples,
+        bits_allocated: px.bits_allocated,
+        bits_stored: px.bits_stored,
+        pixel_representation: px.pixel_representation,
+        photometric,
+        photometric_original: px.photometric_original.clone(),
+        pixel_spacing: opt_floats::<2>(obj, tags::PIXEL_SPACING),
+        image_position: opt_floats::<3>(obj, tags::IMAGE_POSITION_PATIENT),
+        image_orientation: opt_floats::<6>(obj, tags::IMAGE_ORIENTATION_PATIENT),
+        instance_number: opt_int(obj, tags::INSTANCE_NUMBER, "InstanceNumber (0020,0013)")
+            .ok()
+            .flatten(),
+        rescale_slope: opt_float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0),
+        rescale_intercept: opt_float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+        window,
+    })
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let t = trim(s);
+    if t.is_empty() {
+        None
+    } else {
+        Some(t.to_string())
+    }
+}
