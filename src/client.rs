@@ -193,12 +193,8 @@ pub async fn push_and_print(
 }
 
 fn uid_tail(uid: &str) -> &str {
-    // The last two components are what tells slices apart on screen; the full UID is in --json.
-    let cut = uid
-        .rmatch_indices('.')
-        .nth(1)
-        .map(|(i, _)| i + 1)
-        .unwrap_or(0);
+    // The end of a UID is what tells instances apart on screen; the full UID is in --json.
+    let cut = uid.char_indices().rev().nth(9).map(|(i, _)| i).unwrap_or(0);
     &uid[cut..]
 }
 
