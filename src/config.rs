@@ -44,6 +44,8 @@ pub struct LimitsConfig {
     pub max_rows: u32,
     pub max_cols: u32,
     pub max_frames: u32,
+    /// Largest decoded pixel buffer per instance (f32 samples), in bytes.
+    pub max_decoded_bytes: usize,
     /// Instances being decoded or scored per stream before the stream stops reading (backpressure).
     pub max_in_flight_per_stream: usize,
 }
@@ -88,6 +90,7 @@ impl Default for LimitsConfig {
             max_rows: d.max_rows,
             max_cols: d.max_cols,
             max_frames: d.max_frames,
+            max_decoded_bytes: d.max_decoded_bytes,
             max_in_flight_per_stream: 32,
         }
     }
@@ -167,6 +170,7 @@ impl Config {
             max_rows: self.limits.max_rows,
             max_cols: self.limits.max_cols,
             max_frames: self.limits.max_frames,
+            max_decoded_bytes: self.limits.max_decoded_bytes,
         }
     }
 

@@ -63,6 +63,9 @@ pub struct Limits {
     pub max_rows: u32,
     pub max_cols: u32,
     pub max_frames: u32,
+    /// Maximum size of the decoded pixels (as f32 samples), in bytes. Compressed pixel data can expand
+    /// by orders of magnitude, so this is checked from Rows × Columns × frames × samples before decoding.
+    pub max_decoded_bytes: usize,
 }
 
 impl Default for Limits {
@@ -72,6 +75,7 @@ impl Default for Limits {
             max_rows: 8192,
             max_cols: 8192,
             max_frames: 4096,
+            max_decoded_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -115,6 +119,18 @@ pub enum DecodeError {
         max_cols: u32,
         max_frames: u32,
     },
+    #[error(
+        "decoded pixels would take {bytes} bytes ({rows} x {cols} x {frames} frames x {samples} samples \
+         as f32), over the limit of {limit} bytes"
+    )]
+    DecodedTooLarge {
+        bytes: u64,
+        limit: usize,
+        rows: u32,
+        cols: u32,
+        frames: u32,
+        samples: u16,
+    },
     #[error("missing required attribute {name}")]
     MissingAttribute { name: &'static str },
     #[error("no Pixel Data (7FE0,0010) in the instance")]
@@ -138,6 +154,7 @@ impl DecodeError {
             DecodeError::Malformed { .. } => "malformed",
             DecodeError::TooLarge { .. } => "too_large",
             DecodeError::DimensionsTooLarge { .. } => "dimensions_too_large",
+            DecodeError::DecodedTooLarge { .. } => "decoded_too_large",
             DecodeError::MissingAttribute { .. } => "missing_attribute",
             DecodeError::MissingPixelData => "missing_pixel_data",
             DecodeError::UnsupportedTransferSyntax { .. } => "unsupported_transfer_syntax",
@@ -399,6 +416,21 @@ fn decode_inner(
             max_rows: limits.max_rows,
             max_cols: limits.max_cols,
             max_frames: limits.max_frames,
+        });
+    }
+    let decoded_bytes = u64::from(px.rows)
+        * u64::from(px.cols)
+        * u64::from(px.frames)
+        * u64::from(px.samples)
+        * std::mem::size_of::<f32>() as u64;
+    if decoded_bytes > limits.max_decoded_bytes as u64 {
+        return Err(DecodeError::DecodedTooLarge {
+            bytes: decoded_bytes,
+            limit: limits.max_decoded_bytes,
+            rows: px.rows,
+            cols: px.cols,
+            frames: px.frames,
+            samples: px.samples,
         });
     }
     if px.rows == 0 || px.cols == 0 {

@@ -251,6 +251,24 @@ fn dims_over_limit_before_decoding() {
 }
 
 #[test]
+fn decoded_size_over_limit_before_decoding() {
+    // 300 x 3 x 1 sample as f32 = 3600 bytes; pixel data deliberately too short.
+    let bytes = build(Spec {
+        rows: 300,
+        cols: 3,
+        pixels: Some(vec![0; 4]),
+        ..Spec::default()
+    });
+    let limits = Limits {
+        max_decoded_bytes: 3599,
+        ..Limits::default()
+    };
+    let e = err(&bytes, &limits);
+    assert_eq!(e.code(), "decoded_too_large");
+    assert!(e.to_string().contains("3600 bytes"), "{e}");
+}
+
+#[test]
 fn missing_pixel_data() {
     let bytes = build(Spec {
         pixels: None,

@@ -87,7 +87,9 @@ pub fn reject_reason(error: &DecodeError) -> pb::RejectReason {
         DecodeError::NotDicom { .. } => R::NotDicom,
         DecodeError::Malformed { .. } => R::Malformed,
         DecodeError::TooLarge { .. } => R::TooLarge,
-        DecodeError::DimensionsTooLarge { .. } => R::DimensionsTooLarge,
+        DecodeError::DimensionsTooLarge { .. } | DecodeError::DecodedTooLarge { .. } => {
+            R::DimensionsTooLarge
+        }
         DecodeError::MissingAttribute { .. } => R::MissingAttribute,
         DecodeError::MissingPixelData => R::MissingPixelData,
         DecodeError::UnsupportedTransferSyntax { .. } => R::UnsupportedTransferSyntax,
