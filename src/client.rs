@@ -2,7 +2,10 @@
 //! `Analyze` stream (read lazily, so a large folder is never held in memory at once) and renders the
 //! responses as they arrive, readable by default or one JSON object per line.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -12,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     error::{Error, Result},
     proto::v1::{self as pb, analysis_client::AnalysisClient, analyze_response::Event},
+    results::overlay,
 };
 
 /// Lists the files to push: files as given, folders walked recursively, in path order. Hidden files and
@@ -157,13 +161,20 @@ pub async fn push(
     Ok(report)
 }
 
-/// `push` with a progress bar and printed responses, as the CLI does it.
+/// `push` with a progress bar and printed responses, as the CLI does it. With `overlays`, a PNG of every
+/// slice with a positive finding (box and peak drawn on the windowed slice) is written there.
 pub async fn push_and_print(
     endpoint: &str,
     source: Source,
     max_message_bytes: usize,
     format: OutputFormat,
+    overlays: Option<&Path>,
 ) -> Result<PushReport> {
+    // In-memory instances are kept for their overlays; files are read again from their paths.
+    let kept: Option<HashMap<String, Vec<u8>>> = match (&overlays, &source) {
+        (Some(_), Source::Memory(items)) => Some(items.iter().cloned().collect()),
+        _ => None,
+    };
     let bar = ProgressBar::new(source.len() as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -189,7 +200,32 @@ pub async fn push_and_print(
     })
     .await;
     bar.finish_and_clear();
-    report
+    let report = report?;
+    if let Some(dir) = overlays {
+        write_overlays(dir, &report, kept.as_ref());
+    }
+    Ok(report)
+}
+
+fn write_overlays(dir: &Path, report: &PushReport, kept: Option<&HashMap<String, Vec<u8>>>) {
+    for finding in report
+        .findings
+        .iter()
+        .filter(|f| f.scores.iter().any(|s| s.positive))
+    {
+        let bytes = match kept {
+            Some(items) => items.get(&finding.client_ref).cloned(),
+            None => std::fs::read(&finding.client_ref).ok(),
+        };
+        match bytes.map(|b| overlay::write(dir, &b, finding)) {
+            Some(Ok(path)) => eprintln!("overlay: {}", path.display()),
+            Some(Err(e)) => eprintln!("warning: {e}"),
+            None => eprintln!(
+                "warning: cannot read {} again for its overlay",
+                finding.client_ref
+            ),
+        }
+    }
 }
 
 fn uid_tail(uid: &str) -> &str {

@@ -2,7 +2,7 @@
 //! loopback port, pushes the bundled sample study over a real gRPC stream, prints what comes back, and
 //! stops — the shortest way to see radstream work end to end.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use crate::{
     client::{self, OutputFormat, PushReport, Source},
@@ -13,8 +13,13 @@ use crate::{
 
 include!(concat!(env!("OUT_DIR"), "/sample_study.rs"));
 
-/// Runs the demo with `config` (its listen address is replaced by a free loopback port).
-pub async fn run(mut config: Config, format: OutputFormat) -> Result<PushReport> {
+/// Runs the demo with `config` (its listen address is replaced by a free loopback port); with
+/// `overlays`, PNGs of the positive slices are written there.
+pub async fn run(
+    mut config: Config,
+    format: OutputFormat,
+    overlays: Option<&Path>,
+) -> Result<PushReport> {
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     let readable = format == OutputFormat::Readable;
     let server = server::start(config.clone()).await?;
@@ -33,7 +38,8 @@ pub async fn run(mut config: Config, format: OutputFormat) -> Result<PushReport>
             .collect(),
     );
     let max_message = config.limits.max_instance_bytes.saturating_add(1 << 20);
-    let report = client::push_and_print(&server.endpoint(), source, max_message, format).await;
+    let report =
+        client::push_and_print(&server.endpoint(), source, max_message, format, overlays).await;
     server.stop().await?;
     let report = report?;
     if readable {

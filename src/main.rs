@@ -35,6 +35,9 @@ enum Command {
         /// One JSON object per response instead of readable lines.
         #[arg(long)]
         json: bool,
+        /// Write a PNG of every positive slice (box and peak on the windowed slice) into this folder.
+        #[arg(long)]
+        overlays: Option<PathBuf>,
     },
 }
 
@@ -111,6 +114,9 @@ struct PushArgs {
     /// One JSON object per response instead of readable lines.
     #[arg(long)]
     json: bool,
+    /// Write a PNG of every positive slice (box and peak on the windowed slice) into this folder.
+    #[arg(long)]
+    overlays: Option<PathBuf>,
     /// Largest message the client sends or accepts, in bytes.
     #[arg(long, default_value_t = 513 << 20)]
     max_message_bytes: usize,
@@ -150,6 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Source::Files(files),
                 args.max_message_bytes,
                 format(args.json),
+                args.overlays.as_deref(),
             )
             .await?;
             if !args.json {
@@ -162,9 +169,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Demo { service, json } => {
+        Command::Demo {
+            service,
+            json,
+            overlays,
+        } => {
             let config = service.into_config()?;
-            let report = demo::run(config, format(json)).await?;
+            let report = demo::run(config, format(json), overlays.as_deref()).await?;
             anyhow::ensure!(
                 !report.summaries.is_empty(),
                 "the demo study produced no summary"

@@ -140,3 +140,46 @@ fn a_model_that_does_not_fit_stops_start_up_with_the_reason() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_overlays_box_the_lesion_slices_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args(["demo", "--overlays"])
+        .arg(dir.path())
+        .env("RADSTREAM_LOG", "warn")
+        .output()
+        .expect("run demo");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("overlay dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let expected: Vec<String> = LESION_SLICES
+        .map(|n| format!("slice-{n:02}-frame0.png"))
+        .collect();
+    assert_eq!(
+        names, expected,
+        "one overlay per positive slice, the lesion slices"
+    );
+    let img = image::open(dir.path().join(&expected[1]))
+        .expect("png")
+        .to_rgb8();
+    let red = img.pixels().filter(|p| p.0 == [255, 40, 40]).count();
+    assert!(red > 100, "a box is drawn ({red} box pixels)");
+    let decoded = radstream::decode::decode_instance(
+        &sample_study()[5].1,
+        &radstream::decode::Limits::default(),
+    )
+    .expect("sample decodes");
+    assert_eq!(
+        (img.width(), img.height()),
+        (decoded.meta.cols, decoded.meta.rows),
+        "native resolution"
+    );
+}

@@ -4,6 +4,8 @@
 //! (row r, column c) is `IPP + c·Δc·X + r·Δr·Y`, with X/Y the row/column direction cosines of
 //! ImageOrientationPatient and Δr/Δc the PixelSpacing row/column spacing.
 
+pub mod overlay;
+
 use std::time::SystemTime;
 
 use crate::{

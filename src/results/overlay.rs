@@ -1,0 +1,180 @@
+//! A picture a radiologist can check at a glance: the slice at native resolution, windowed as the file
+//! says (else its min/max — the default model's own rule), with each positive label's box and map peak
+//! drawn on it. Rendering goes through the CPU reference preprocessor at the slice's own size, so what is
+//! shown is exactly the specification's windowed image, not a second implementation of it.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+
+use crate::{
+    decode::{decode_instance, DecodedInstance, Limits},
+    preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
+    proto::v1 as pb,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("cannot decode {name} for its overlay: {detail}")]
+    Decode { name: String, detail: String },
+    #[error("frame {frame} does not exist in {name}")]
+    NoFrame { name: String, frame: u32 },
+    #[error("cannot window {name} for its overlay: {0}", name = .1)]
+    Preprocess(PreprocessError, String),
+    #[error("cannot write {path}: {detail}")]
+    Write { path: PathBuf, detail: String },
+}
+
+const BOX: Rgb<u8> = Rgb([255, 40, 40]);
+const PEAK: Rgb<u8> = Rgb([255, 220, 0]);
+
+/// Renders `frame` of `instance` with the boxes and peaks of the positive scores in `finding`.
+pub fn render(
+    instance: &DecodedInstance,
+    frame: u32,
+    finding: &pb::SliceFinding,
+    name: &str,
+) -> Result<RgbImage, OverlayError> {
+    let m = &instance.meta;
+    let f = instance
+        .frames
+        .get(frame as usize)
+        .ok_or_else(|| OverlayError::NoFrame {
+            name: name.to_string(),
+            frame,
+        })?;
+    let spec = PreprocessSpec {
+        channels: 1,
+        height: m.rows,
+        width: m.cols,
+        window: None,
+        mean: vec![0.0],
+        std: vec![1.0],
+    };
+    let view = SliceView {
+        pixels: &f.pixels,
+        rows: m.rows,
+        cols: m.cols,
+        samples: u32::from(m.samples_per_pixel),
+        photometric: m.photometric,
+        rescale_slope: m.rescale_slope,
+        rescale_intercept: m.rescale_intercept,
+        file_window: m.window,
+        min: f.min,
+        max: f.max,
+        bits_stored: m.bits_stored,
+    };
+    let mut gray = vec![0.0f32; (m.rows * m.cols) as usize];
+    CpuPreprocessor
+        .preprocess(&spec, std::slice::from_ref(&view), &mut gray)
+        .map_err(|e| OverlayError::Preprocess(e, name.to_string()))?;
+    let mut img = RgbImage::from_fn(m.cols, m.rows, |x, y| {
+        let v = (gray[(y * m.cols + x) as usize].clamp(0.0, 1.0) * 255.0).round() as u8;
+        Rgb([v, v, v])
+    });
+    for score in finding.scores.iter().filter(|s| s.positive) {
+        if let Some(b) = &score.bounding_box {
+            draw_box(&mut img, b);
+        }
+        if let Some(p) = &score.peak {
+            draw_cross(&mut img, p.row, p.col);
+        }
+    }
+    Ok(img)
+}
+
+fn put(img: &mut RgbImage, x: i64, y: i64, color: Rgb<u8>) {
+    if x >= 0 && y >= 0 && (x as u32) < img.width() && (y as u32) < img.height() {
+        img.put_pixel(x as u32, y as u32, color);
+    }
+}
+
+fn draw_box(img: &mut RgbImage, b: &pb::BoundingBox) {
+    let (r0, c0, r1, c1) = (
+        b.row_min.round() as i64,
+        b.col_min.round() as i64,
+        b.row_max.round() as i64,
+        b.col_max.round() as i64,
+    );
+    for t in 0..2 {
+        for c in c0..=c1 {
+            put(img, c, r0 - t, BOX);
+            put(img, c, r1 + t, BOX);
+        }
+        for r in r0..=r1 {
+            put(img, c0 - t, r, BOX);
+            put(img, c1 + t, r, BOX);
+        }
+    }
+}
+
+fn draw_cross(img: &mut RgbImage, row: f64, col: f64) {
+    let (r, c) = (row.round() as i64, col.round() as i64);
+    for d in -6..=6 {
+        put(img, c + d, r, PEAK);
+        put(img, c, r + d, PEAK);
+    }
+}
+
+/// A file name for the overlay of `client_ref` (a path or any label) and frame.
+pub fn file_name(client_ref: &str, frame: u32) -> String {
+    let stem = Path::new(client_ref)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let clean: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "{}-frame{frame}.png",
+        if clean.is_empty() { "instance" } else { &clean }
+    )
+}
+
+/// Decodes `dicom`, renders the finding's slice and writes it as PNG into `dir`; returns the path.
+pub fn write(
+    dir: &Path,
+    dicom: &[u8],
+    finding: &pb::SliceFinding,
+) -> Result<PathBuf, OverlayError> {
+    let name = finding.client_ref.clone();
+    let frame = finding.slice.as_ref().map(|s| s.frame).unwrap_or(0);
+    let instance =
+        decode_instance(dicom, &Limits::default()).map_err(|r| OverlayError::Decode {
+            name: name.clone(),
+            detail: r.error.to_string(),
+        })?;
+    let img = render(&instance, frame, finding, &name)?;
+    let path = dir.join(file_name(&name, frame));
+    std::fs::create_dir_all(dir).map_err(|e| OverlayError::Write {
+        path: dir.to_owned(),
+        detail: e.to_string(),
+    })?;
+    img.save(&path).map_err(|e| OverlayError::Write {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_safe_and_distinct_per_frame() {
+        assert_eq!(
+            file_name("/data/study 1/slice-05.dcm", 0),
+            "slice-05-frame0.png"
+        );
+        assert_eq!(file_name("x/../a b.dcm", 3), "a_b-frame3.png");
+        assert_eq!(file_name("", 1), "instance-frame1.png");
+    }
+}
