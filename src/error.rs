@@ -31,6 +31,8 @@ pub enum Error {
     Connect { endpoint: String, detail: String },
     #[error("the server ended the stream: {0}")]
     Stream(#[from] tonic::Status),
+    #[error("the server task failed: {0}")]
+    ServerTask(String),
     #[error("cannot read {path}: {source}")]
     Input {
         path: std::path::PathBuf,

@@ -97,7 +97,7 @@ impl RunningServer {
         }
         match self.handle.await {
             Ok(result) => result,
-            Err(join) => Err(Error::Reflection(format!("server task failed: {join}"))),
+            Err(join) => Err(Error::ServerTask(join.to_string())),
         }
     }
 }

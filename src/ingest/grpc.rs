@@ -102,7 +102,7 @@ fn engine_reason(error: &EngineError) -> pb::RejectReason {
     match error {
         EngineError::Preprocess(_) | EngineError::GpuRequired(_) => pb::RejectReason::Preprocess,
         EngineError::Inference(_) => pb::RejectReason::Inference,
-        EngineError::ShutDown => pb::RejectReason::Overloaded,
+        EngineError::ShutDown | EngineError::Thread(_) => pb::RejectReason::Overloaded,
     }
 }
 

@@ -38,6 +38,8 @@ pub enum EngineError {
     GpuRequired(PreprocessError),
     #[error("the scoring engine has shut down")]
     ShutDown,
+    #[error("cannot start the scoring engine's worker thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// One frame of a decoded instance, waiting to be scored.
@@ -136,12 +138,7 @@ impl Engine {
         let handle = std::thread::Builder::new()
             .name("radstream-engine".into())
             .spawn(move || worker.run(runtime))
-            .map_err(|e| {
-                EngineError::Inference(InferenceError::Run {
-                    model: "engine".into(),
-                    detail: e.to_string(),
-                })
-            })?;
+            .map_err(EngineError::Thread)?;
         Ok(Self {
             tx: Some(tx),
             info,
