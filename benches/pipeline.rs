@@ -32,21 +32,7 @@ fn sample() -> Vec<Vec<u8>> {
 fn views(decoded: &[DecodedInstance]) -> Vec<SliceView<'_>> {
     decoded
         .iter()
-        .flat_map(|d| {
-            d.frames.iter().map(move |f| SliceView {
-                pixels: &f.pixels,
-                rows: d.meta.rows,
-                cols: d.meta.cols,
-                samples: u32::from(d.meta.samples_per_pixel),
-                photometric: d.meta.photometric,
-                rescale_slope: d.meta.rescale_slope,
-                rescale_intercept: d.meta.rescale_intercept,
-                file_window: d.meta.window,
-                min: f.min,
-                max: f.max,
-                bits_stored: d.meta.bits_stored,
-            })
-        })
+        .flat_map(|d| (0..d.frames.len()).filter_map(move |i| SliceView::of(d, i)))
         .collect()
 }
 

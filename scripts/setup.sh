@@ -33,7 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+# A venv (with its own pip) is how PyPI packages are fetched, so the system Python stays untouched.
+venv_works() { local d; d="$(mktemp -d)"; python3 -m venv "$d/v" >/dev/null 2>&1; local r=$?; rm -rf "$d"; return $r; }
+if ! venv_works; then
   say "installing python3-venv"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
@@ -45,7 +47,9 @@ if [ ! -f "$ORT_LIB" ]; then
   say "fetching libonnxruntime $ORT_VERSION from the onnxruntime wheel"
   tmp="$(mktemp -d)"
   trap 'rm -rf "$tmp"' EXIT
-  python3 -m pip download -q --no-deps --only-binary=:all: --dest "$tmp" "onnxruntime==$ORT_VERSION"
+  python3 -m venv "$tmp/venv"
+  "$tmp/venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --dest "$tmp" "onnxruntime==$ORT_VERSION"
   mkdir -p "$(dirname "$ORT_LIB")"
   python3 - "$tmp" "$ORT_LIB" <<'PY'
 import glob, shutil, sys, zipfile

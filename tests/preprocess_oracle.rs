@@ -112,23 +112,10 @@ fn check(manifest_path: &std::path::Path) {
                 "unsigned"
             }
         ));
-        let views: Vec<SliceView<'_>> = decoded
-            .frames
-            .iter()
-            .map(|f| SliceView {
-                pixels: &f.pixels,
-                rows: m.rows,
-                cols: m.cols,
-                samples: u32::from(m.samples_per_pixel),
-                photometric: m.photometric,
-                rescale_slope: m.rescale_slope,
-                rescale_intercept: m.rescale_intercept,
-                file_window: m.window,
-                min: f.min,
-                max: f.max,
-                bits_stored: m.bits_stored,
-            })
+        let views: Vec<SliceView<'_>> = (0..decoded.frames.len())
+            .filter_map(|i| SliceView::of(&decoded, i))
             .collect();
+
         let mut on_cpu = vec![0.0; views.len() * per];
         let mut on_gpu = vec![0.0; views.len() * per];
         cpu.preprocess(&spec, &views, &mut on_cpu).expect("cpu");

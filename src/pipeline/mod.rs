@@ -215,24 +215,6 @@ struct Worker {
     input: Vec<f32>,
 }
 
-fn view(instance: &DecodedInstance, frame: usize) -> Option<SliceView<'_>> {
-    let f = instance.frames.get(frame)?;
-    let m = &instance.meta;
-    Some(SliceView {
-        pixels: &f.pixels,
-        rows: m.rows,
-        cols: m.cols,
-        samples: u32::from(m.samples_per_pixel),
-        photometric: m.photometric,
-        rescale_slope: m.rescale_slope,
-        rescale_intercept: m.rescale_intercept,
-        file_window: m.window,
-        min: f.min,
-        max: f.max,
-        bits_stored: m.bits_stored,
-    })
-}
-
 impl Worker {
     fn run(mut self, runtime: tokio::runtime::Handle) {
         // Timers are created on this thread: they need the runtime's context.
@@ -303,7 +285,7 @@ impl Worker {
         let views: Vec<SliceView<'_>> = batch
             .iter()
             .map(|job| {
-                view(&job.instance, job.frame).ok_or_else(|| {
+                SliceView::of(&job.instance, job.frame).ok_or_else(|| {
                     EngineError::Preprocess(PreprocessError::InvalidSlice {
                         index: 0,
                         detail: format!("frame {} does not exist", job.frame),

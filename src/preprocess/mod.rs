@@ -95,6 +95,27 @@ pub struct SliceView<'a> {
     pub bits_stored: u16,
 }
 
+impl<'a> SliceView<'a> {
+    /// Frame `frame` of a decoded instance; `None` when the instance has no such frame.
+    pub fn of(instance: &'a crate::decode::DecodedInstance, frame: usize) -> Option<Self> {
+        let f = instance.frames.get(frame)?;
+        let m = &instance.meta;
+        Some(Self {
+            pixels: &f.pixels,
+            rows: m.rows,
+            cols: m.cols,
+            samples: u32::from(m.samples_per_pixel),
+            photometric: m.photometric,
+            rescale_slope: m.rescale_slope,
+            rescale_intercept: m.rescale_intercept,
+            file_window: m.window,
+            min: f.min,
+            max: f.max,
+            bits_stored: m.bits_stored,
+        })
+    }
+}
+
 /// Fallible work to hand to a preprocessor; `out` is N*C*H*W, NCHW.
 pub trait Preprocessor: Send {
     fn name(&self) -> &'static str;

@@ -36,13 +36,11 @@ pub fn render(
     name: &str,
 ) -> Result<RgbImage, OverlayError> {
     let m = &instance.meta;
-    let f = instance
-        .frames
-        .get(frame as usize)
-        .ok_or_else(|| OverlayError::NoFrame {
-            name: name.to_string(),
-            frame,
-        })?;
+    let view = SliceView::of(instance, frame as usize).ok_or_else(|| OverlayError::NoFrame {
+        name: name.to_string(),
+        frame,
+    })?;
+    // The slice at its own size, windowed, in [0, 1]: the specification with an identity resize.
     let spec = PreprocessSpec {
         channels: 1,
         height: m.rows,
@@ -50,19 +48,6 @@ pub fn render(
         window: None,
         mean: vec![0.0],
         std: vec![1.0],
-    };
-    let view = SliceView {
-        pixels: &f.pixels,
-        rows: m.rows,
-        cols: m.cols,
-        samples: u32::from(m.samples_per_pixel),
-        photometric: m.photometric,
-        rescale_slope: m.rescale_slope,
-        rescale_intercept: m.rescale_intercept,
-        file_window: m.window,
-        min: f.min,
-        max: f.max,
-        bits_stored: m.bits_stored,
     };
     let mut gray = vec![0.0f32; (m.rows * m.cols) as usize];
     CpuPreprocessor
