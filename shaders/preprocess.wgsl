@@ -1,7 +1,7 @@
 // Fused preprocessing kernel: one invocation per output pixel (x, y) of slice z
 // computes all C channels, so each stored value is read and windowed once per
 // bilinear tap. Must stay formula-for-formula identical to
-// src/preprocess/cpu.rs (the reference) and to the spec in SPEC.md.
+// src/preprocess/cpu.rs (the reference) and to the specification in src/preprocess/mod.rs.
 
 struct Spec {
     n: u32,

@@ -1,14 +1,25 @@
 //! Pixel preprocessing: stored DICOM values -> normalized NCHW model input.
 //!
-//! The preprocessing definition (rescale, window, invert, channel map, bilinear
-//! resize, normalize) is implemented twice: a CPU reference ([`cpu`]) that
-//! serves as the oracle and the fallback when no adapter exists, and a fused
-//! WGSL kernel ([`gpu`]) for throughput. Both must agree to ~1e-4, which is only
-//! realistic if they see bit-identical parameters. That is why all per-slice
-//! parameter resolution (which window applies, its f64 arithmetic, the cast to
-//! f32, the resize scale factors) happens once, here, into [`SliceParams`] —
-//! the exact `#[repr(C)]` struct the shader reads — and the CPU path consumes
-//! the same struct instead of re-deriving anything.
+//! The preprocessing definition is implemented twice: a CPU reference ([`cpu`]) that serves as the
+//! oracle and the fallback when no adapter exists, and a fused WGSL kernel ([`gpu`]) for throughput.
+//! Both must agree to ~1e-4, which is only realistic if they see bit-identical parameters. That is why
+//! all per-slice parameter resolution (which window applies, its f64 arithmetic, the cast to f32)
+//! happens once, here, into [`SliceParams`] — the exact `#[repr(C)]` struct the shader reads — and the
+//! CPU path consumes the same struct instead of re-deriving anything. `tests/oracle/spec.py` is an
+//! independent numpy implementation of the same definition.
+//!
+//! # The specification
+//! Per slice (one frame of stored values, samples interleaved), for each output pixel of `[C, H, W]`:
+//! 1. Monochrome: modality rescale `v = stored·slope + intercept`; window `(c, w)` = the manifest's,
+//!    else the file's first WindowCenter/WindowWidth, else the frame's rescaled min/max
+//!    (`c = (lo + hi)/2 + 0.5`, `w = hi − lo + 1`); DICOM PS3.3 C.11.2.1.2.1 linear function to [0, 1]:
+//!    `w ≤ 1 ? (v > c − 0.5 ? 1 : 0) : clamp((v − (c − 0.5))/(w − 1) + 0.5, 0, 1)`; MONOCHROME1: `1 − y`.
+//!    Colour (RGB; YBR was converted by the decoder): each sample `clamp(stored/(2^BitsStored − 1), 0, 1)`.
+//! 2. Channels: mono → C copies; RGB → C = 3 as is, C = 1 as `0.299 R + 0.587 G + 0.114 B`.
+//! 3. Bilinear resize with half-pixel centres (align_corners = false, no antialiasing): the source
+//!    position `(i + 0.5)·n/out − 0.5` clamped to `[0, n − 1]`; steps 1–2 are applied to each of the
+//!    four taps before interpolating.
+//! 4. Normalize `(x − mean[c]) / std[c]` with the manifest's values; NCHW float32, batch contiguous.
 
 pub mod cpu;
 pub mod gpu;
