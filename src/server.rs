@@ -50,7 +50,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let service = AnalysisService::new(
-        engine,
+        engine.clone(),
         config.decode_limits(),
         config.idle_timeout(),
         config.limits.max_in_flight_per_stream,

@@ -101,7 +101,7 @@ pub fn reject_reason(error: &DecodeError) -> pb::RejectReason {
 fn engine_reason(error: &EngineError) -> pb::RejectReason {
     match error {
         EngineError::Preprocess(_) | EngineError::GpuRequired(_) => pb::RejectReason::Preprocess,
-        EngineError::Inference(_) => pb::RejectReason::Inference,
+        EngineError::Inference(_) | EngineError::Panicked(_) => pb::RejectReason::Inference,
         EngineError::ShutDown | EngineError::Thread(_) => pb::RejectReason::Overloaded,
     }
 }

@@ -38,6 +38,8 @@ pub enum EngineError {
     GpuRequired(PreprocessError),
     #[error("the scoring engine has shut down")]
     ShutDown,
+    #[error("scoring this slice crashed inside the engine ({0}); the engine goes on")]
+    Panicked(String),
     #[error("cannot start the scoring engine's worker thread: {0}")]
     Thread(std::io::Error),
 }
@@ -167,6 +169,11 @@ impl Engine {
         &self.info
     }
 
+    /// False once the worker thread has ended (it only ends when the engine is dropped, or on a bug).
+    pub fn is_healthy(&self) -> bool {
+        self.worker.as_ref().is_some_and(|w| !w.is_finished())
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -250,7 +257,7 @@ impl Worker {
             return;
         }
         let started = Instant::now();
-        match self.score(batch) {
+        match self.score_guarded(batch) {
             Ok(results) => {
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(Ok(result));
@@ -263,7 +270,7 @@ impl Worker {
                 );
                 for job in batch.drain(..) {
                     let result = self
-                        .score(std::slice::from_ref(&job))
+                        .score_guarded(std::slice::from_ref(&job))
                         .map(|mut r| r.remove(0));
                     let _ = job.reply.send(result);
                 }
@@ -278,6 +285,21 @@ impl Worker {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "batch done"
         );
+    }
+
+    /// `score`, with a panic in a codec, driver or runtime turned into this batch's error: the worker
+    /// (shared by every stream) must outlive any one bad slice.
+    fn score_guarded(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.score(batch))).unwrap_or_else(
+            |payload| {
+                let detail = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(EngineError::Panicked(detail))
+            },
+        )
     }
 
     fn score(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
@@ -317,5 +339,83 @@ impl Worker {
                 batch_size: n,
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::Config, decode, inference};
+
+    /// The CPU reference, with a fault injected: it panics on any batch holding a 1×1 slice.
+    struct PanicsOnTinySlices;
+
+    impl Preprocessor for PanicsOnTinySlices {
+        fn name(&self) -> &'static str {
+            "cpu"
+        }
+        fn preprocess(
+            &mut self,
+            spec: &PreprocessSpec,
+            slices: &[SliceView<'_>],
+            out: &mut [f32],
+        ) -> Result<(), PreprocessError> {
+            assert!(slices.iter().all(|s| s.rows > 1), "injected fault");
+            CpuPreprocessor.preprocess(spec, slices, out)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashing_slice_fails_alone_and_the_engine_goes_on() {
+        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+        let package = ModelPackage::embedded_default().expect("model");
+        let session = ModelSession::load(env, &package, 1).expect("session");
+        let batching = BatchingConfig {
+            max_batch: 4,
+            max_wait_ms: 200,
+            queue_depth: 8,
+        };
+        let engine =
+            Engine::start(session, Box::new(PanicsOnTinySlices), &batching).expect("engine");
+
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lesion-demo/sample-study/slice-06.dcm"
+        );
+        let bytes = std::fs::read(path).expect("sample slice");
+        let good =
+            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let mut tiny = (*good).clone();
+        tiny.meta.rows = 1;
+        tiny.meta.cols = 1;
+        tiny.frames[0].pixels = vec![0.0];
+        let tiny = Arc::new(tiny);
+
+        // One batch: good, tiny, good.
+        let a = engine.submit(good.clone(), 0).await.expect("queued");
+        let b = engine.submit(tiny, 0).await.expect("queued");
+        let c = engine.submit(good.clone(), 0).await.expect("queued");
+        let (a, b, c) = (
+            a.await.expect("answer"),
+            b.await.expect("answer"),
+            c.await.expect("answer"),
+        );
+        let a = a.expect("a good slice is scored despite its neighbour");
+        assert!(
+            matches!(b, Err(EngineError::Panicked(ref m)) if m.contains("injected fault")),
+            "{b:?}"
+        );
+        let c = c.expect("a good slice is scored despite its neighbour");
+        assert_eq!(a.scores, c.scores);
+        assert!(a.scores[0] > 0.5, "slice 6 carries the lesion");
+
+        assert!(engine.is_healthy());
+        let again = engine
+            .submit(good, 0)
+            .await
+            .expect("queued")
+            .await
+            .expect("answer");
+        assert!(again.is_ok(), "the engine still scores after the crash");
     }
 }
