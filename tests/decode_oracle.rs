@@ -298,3 +298,19 @@ fn compare(test_dir: &Path) -> Summary {
         names: records.iter().map(|r| r.name.clone()).collect(),
     }
 }
+
+/// pydicom-data's `emri_small_jpeg_2k_lossless_too_short.dcm` lacks only the final sequence delimiter of
+/// its encapsulated pixel data (pydicom then reads nothing). Every fragment is there, so radstream
+/// decodes it — and must produce exactly the pixels of the complete file.
+#[test]
+fn a_missing_final_delimiter_still_yields_the_complete_files_pixels() {
+    let dir = pydicom_data_files();
+    let limits = Limits::default();
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("test file");
+    let whole =
+        decode_instance(&read("emri_small_jpeg_2k_lossless.dcm"), &limits).expect("complete file");
+    let short = decode_instance(&read("emri_small_jpeg_2k_lossless_too_short.dcm"), &limits)
+        .expect("all fragments are present");
+    assert_eq!(short.frames.len(), whole.frames.len());
+    assert!(short.frames == whole.frames, "pixels differ");
+}
