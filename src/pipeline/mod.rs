@@ -203,11 +203,16 @@ impl Engine {
 }
 
 impl Drop for Engine {
-    /// Closing the queue ends the worker once it has answered what is queued. It is not joined here:
-    /// the last handle may be dropped on a runtime thread, and the worker waits through that runtime.
+    /// Closes the queue and waits for the worker to answer what is queued and release the model: a
+    /// detached worker could still be inside ONNX Runtime while the process tears the library down.
+    /// Joining cannot deadlock on the runtime: a closed channel wakes the worker without any timer.
     fn drop(&mut self) {
         self.tx.take();
-        self.worker.take();
+        if let Some(worker) = self.worker.take() {
+            if worker.join().is_err() {
+                tracing::error!("the scoring engine's worker panicked while shutting down");
+            }
+        }
     }
 }
 
