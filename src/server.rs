@@ -5,8 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{server::TcpIncoming, Server};
 
 use crate::{
     config::Config,
@@ -71,7 +70,12 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AnalysisServer::new(service).max_decoding_message_size(max_message))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Findings are small writes that must leave at once: Nagle's algorithm would hold them
+            // back for the peer's delayed ACK.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }
