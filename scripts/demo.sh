@@ -9,5 +9,5 @@ CACHE="${RADSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/radstream}"
 export RADSTREAM_ORT_LIB="${RADSTREAM_ORT_LIB:-$CACHE/onnxruntime/libonnxruntime.so.1.31.1}"
 # Mesa's software Vulkan driver complains on stderr when this is unset (headless machines, CI).
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-export RADSTREAM_LOG="${RADSTREAM_LOG:-warn,radstream=info}"
+export RADSTREAM_LOG="${RADSTREAM_LOG:-warn,radstream::server=info,radstream::preprocess=info}"
 cargo run --release --locked --quiet -- demo "$@"

@@ -281,7 +281,7 @@ pub fn render(response: &pb::AnalyzeResponse) -> Option<String> {
             let t = f.timings.unwrap_or_default();
             let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
             Some(format!(
-                "slice {:>4}  {} …{}{}  {}  [decode {:.1} ms, preprocess({}) {:.1} ms, score {:.1} ms, batch {}]",
+                "slice {:>4}  {} …{}{}  {}  [decode {:.1} ms, queue+preprocess({}) {:.1} ms, score {:.1} ms, batch {}]",
                 slice.instance_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
                 slice.modality,
                 uid_tail(&slice.sop_instance_uid),
