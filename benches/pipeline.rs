@@ -83,7 +83,7 @@ fn stages(c: &mut Criterion) {
 
     let env = inference::runtime(&Config::default().ort_library_path())
         .expect("ONNX Runtime (scripts/setup.sh)");
-    let mut session = ModelSession::load(env, &package, 1).expect("session");
+    let mut session = ModelSession::load(env, &package, &Default::default()).expect("session");
     let mut g = c.benchmark_group("score");
     for n in [1usize, 4, 16] {
         let input = vec![0.1f32; n * per];

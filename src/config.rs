@@ -34,6 +34,29 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub study: StudyConfig,
     pub batching: BatchingConfig,
+    pub inference: InferenceConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// ONNX Runtime intra-op threads; 0 = one per core.
+    pub intra_threads: usize,
+    /// Let ORT's threads spin-wait between runs (lower latency on a host with cores to spare; on a small
+    /// host they take the cores decoding needs).
+    pub spinning: bool,
+}
+
+impl InferenceConfig {
+    /// The thread count to give ORT.
+    pub fn threads(&self) -> usize {
+        match self.intra_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +101,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             study: StudyConfig::default(),
             batching: BatchingConfig::default(),
+            inference: InferenceConfig::default(),
         }
     }
 }
@@ -210,7 +234,7 @@ mod tests {
     #[test]
     fn toml_overrides_only_what_it_names() {
         let cfg: Config = toml::from_str(
-            "listen = \"0.0.0.0:6000\"\n[batching]\nmax_batch = 4\n[study]\nidle_timeout_secs = 2.5\n",
+            "listen = \"0.0.0.0:6000\"\n[batching]\nmax_batch = 4\n[study]\nidle_timeout_secs = 2.5\n[inference]\nintra_threads = 1\n",
         )
         .expect("valid toml");
         assert_eq!(cfg.listen.port(), 6000);
@@ -220,6 +244,12 @@ mod tests {
             BatchingConfig::default().max_wait_ms
         );
         assert_eq!(cfg.idle_timeout(), Duration::from_millis(2500));
+        assert_eq!(cfg.inference.threads(), 1);
+        assert!(!cfg.inference.spinning);
+        assert!(
+            Config::default().inference.threads() >= 1,
+            "0 means one per core"
+        );
         cfg.validate().expect("valid");
     }
 

@@ -29,7 +29,13 @@ pub fn build_engine(config: &Config) -> Result<Arc<Engine>> {
         None => ModelPackage::embedded_default()?,
     };
     let env = inference::runtime(&config.ort_library_path())?;
-    let engine = Engine::from_package(&package, env, config.preprocess, &config.batching)?;
+    let engine = Engine::from_package(
+        &package,
+        env,
+        config.preprocess,
+        &config.batching,
+        &config.inference,
+    )?;
     let info = engine.model();
     tracing::info!(
         model = %info.name,

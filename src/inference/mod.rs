@@ -109,7 +109,7 @@ impl ModelSession {
     pub fn load(
         env: &Environment,
         package: &ModelPackage,
-        intra_threads: usize,
+        options: &crate::config::InferenceConfig,
     ) -> Result<Self, InferenceError> {
         let model = format!("{} {}", package.info.name, package.info.version);
         let load_err = |detail: String| InferenceError::ModelLoad {
@@ -117,13 +117,13 @@ impl ModelSession {
             detail,
         };
         let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-        // No spinning: ORT's pool threads otherwise busy-wait after every run, taking the cores that
-        // decoding and the transport need. Measured on 2 cores (`cargo bench -- analyze_stream`): the
-        // sample-study stream took 21.3 ms with spinning, 18.4 ms without.
+        // Spinning is off by default: ORT's pool threads otherwise busy-wait after every run, taking the
+        // cores that decoding and the transport need. Measured on 2 cores (`cargo bench -- analyze_stream`):
+        // the sample-study stream took 21.3 ms with spinning, 18.4 ms without.
         builder = builder
-            .with_intra_threads(intra_threads.max(1))
+            .with_intra_threads(options.threads())
             .map_err(|e| load_err(e.to_string()))?
-            .with_intra_op_spinning(false)
+            .with_intra_op_spinning(options.spinning)
             .map_err(|e| load_err(e.to_string()))?;
         let session = builder
             .commit_from_memory(&package.onnx)
@@ -293,8 +293,8 @@ mod tests {
     #[test]
     fn the_default_model_loads_and_scores_a_batch() {
         let package = ModelPackage::embedded_default().expect("embedded manifest");
-        let mut session =
-            ModelSession::load(env(), &package, 1).expect("default model fits its manifest");
+        let mut session = ModelSession::load(env(), &package, &Default::default())
+            .expect("default model fits its manifest");
         let i = &package.manifest.input;
         let per = (i.channels * i.height * i.width) as usize;
         let out = session.run(&vec![0.0; 3 * per], 3).expect("scores");
@@ -317,7 +317,7 @@ mod tests {
     fn a_model_that_does_not_fit_its_manifest_is_refused_by_name() {
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.manifest.input.height = 128;
-        let err = ModelSession::load(env(), &package, 1)
+        let err = ModelSession::load(env(), &package, &Default::default())
             .expect_err("size mismatch")
             .to_string();
         assert!(
@@ -327,7 +327,7 @@ mod tests {
 
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.manifest.input.name = "pixels".into();
-        let err = ModelSession::load(env(), &package, 1)
+        let err = ModelSession::load(env(), &package, &Default::default())
             .expect_err("name mismatch")
             .to_string();
         assert!(
@@ -340,14 +340,14 @@ mod tests {
             name: "extra".into(),
             threshold: 0.5,
         });
-        let err = ModelSession::load(env(), &package, 1)
+        let err = ModelSession::load(env(), &package, &Default::default())
             .expect_err("label count")
             .to_string();
         assert!(err.contains("2 labels"), "{err}");
 
         let mut package = ModelPackage::embedded_default().expect("embedded manifest");
         package.onnx = b"not an onnx graph".to_vec();
-        let err = ModelSession::load(env(), &package, 1)
+        let err = ModelSession::load(env(), &package, &Default::default())
             .expect_err("garbage")
             .to_string();
         assert!(err.contains("cannot load the graph"), "{err}");

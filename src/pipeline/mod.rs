@@ -17,7 +17,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    config::{BatchingConfig, PreprocessBackend},
+    config::{BatchingConfig, InferenceConfig, PreprocessBackend},
     decode::DecodedInstance,
     inference::{BatchScores, InferenceError, ModelSession},
     model::{Manifest, ModelInfo, ModelPackage},
@@ -156,11 +156,9 @@ impl Engine {
         env: &ort::environment::Environment,
         backend: PreprocessBackend,
         batching: &BatchingConfig,
+        inference: &InferenceConfig,
     ) -> Result<Self, EngineError> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        let session = ModelSession::load(env, package, threads)?;
+        let session = ModelSession::load(env, package, inference)?;
         let preprocessor = select_preprocessor(backend)?;
         Self::start(session, preprocessor, batching)
     }
@@ -374,7 +372,8 @@ mod tests {
     async fn a_crashing_slice_fails_alone_and_the_engine_goes_on() {
         let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
         let package = ModelPackage::embedded_default().expect("model");
-        let session = ModelSession::load(env, &package, 1).expect("session");
+        let session =
+            ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
         let batching = BatchingConfig {
             max_batch: 4,
             max_wait_ms: 200,
