@@ -198,6 +198,13 @@ impl Config {
         }
     }
 
+    /// The largest gRPC message: `max_instance_bytes` plus 1 MiB of headroom, so an instance just over
+    /// the limit reaches the decoder and is rejected by name instead of failing the whole stream at the
+    /// transport. Clients use the same figure.
+    pub fn max_message_bytes(&self) -> usize {
+        self.limits.max_instance_bytes.saturating_add(1 << 20)
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.study.idle_timeout_secs)
     }

@@ -37,7 +37,7 @@ pub async fn run(
             .map(|(name, bytes)| (name.to_string(), bytes.to_vec()))
             .collect(),
     );
-    let max_message = config.limits.max_instance_bytes.saturating_add(1 << 20);
+    let max_message = config.max_message_bytes();
     let report =
         client::push_and_print(&server.endpoint(), source, max_message, format, overlays).await;
     server.stop().await?;

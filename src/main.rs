@@ -118,7 +118,7 @@ struct PushArgs {
     #[arg(long)]
     overlays: Option<PathBuf>,
     /// Largest message the client sends or accepts, in bytes.
-    #[arg(long, default_value_t = 513 << 20)]
+    #[arg(long, default_value_t = Config::default().max_message_bytes())]
     max_message_bytes: usize,
     /// DICOM files or folders.
     #[arg(required = true)]

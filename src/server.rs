@@ -17,10 +17,6 @@ use crate::{
     proto::{v1::analysis_server::AnalysisServer, FILE_DESCRIPTOR_SET},
 };
 
-/// Headroom over `max_instance_bytes` for the gRPC frame, so an instance just over the limit reaches the
-/// decoder and is rejected by name instead of failing the whole stream at the transport.
-const FRAME_HEADROOM: usize = 1 << 20;
-
 /// Loads the configured model (or the built-in default) and starts the scoring engine.
 pub fn build_engine(config: &Config) -> Result<Arc<Engine>> {
     config.validate()?;
@@ -68,10 +64,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| Error::Reflection(e.to_string()))?;
-    let max_message = config
-        .limits
-        .max_instance_bytes
-        .saturating_add(FRAME_HEADROOM);
+    let max_message = config.max_message_bytes();
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)

@@ -221,15 +221,20 @@ fn too_large_checked_first() {
     assert_eq!(e.code(), "too_large");
 }
 
-#[test]
-fn dims_over_limit_before_decoding() {
-    // pixel data deliberately too short: the limit must trigger first
-    let bytes = build(Spec {
+/// 300 rows x 3 columns x 1 sample (3600 bytes as f32) with pixel data deliberately too short: a
+/// limit must reject it before decoding is attempted.
+fn oversized() -> Vec<u8> {
+    build(Spec {
         rows: 300,
         cols: 3,
         pixels: Some(vec![0; 4]),
         ..Spec::default()
-    });
+    })
+}
+
+#[test]
+fn dims_over_limit_before_decoding() {
+    let bytes = oversized();
     let limits = Limits {
         max_rows: 256,
         ..Limits::default()
@@ -252,13 +257,7 @@ fn dims_over_limit_before_decoding() {
 
 #[test]
 fn decoded_size_over_limit_before_decoding() {
-    // 300 x 3 x 1 sample as f32 = 3600 bytes; pixel data deliberately too short.
-    let bytes = build(Spec {
-        rows: 300,
-        cols: 3,
-        pixels: Some(vec![0; 4]),
-        ..Spec::default()
-    });
+    let bytes = oversized();
     let limits = Limits {
         max_decoded_bytes: 3599,
         ..Limits::default()

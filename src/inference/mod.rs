@@ -13,7 +13,7 @@ use std::{
 use ort::{
     environment::Environment,
     session::Session,
-    value::{TensorRef, ValueType},
+    value::{Outlet, TensorRef, ValueType},
 };
 
 use crate::model::{Manifest, ModelInfo, ModelPackage};
@@ -149,9 +149,10 @@ impl ModelSession {
     pub fn run(&mut self, input: &[f32], n: usize) -> Result<BatchScores, InferenceError> {
         let i = &self.manifest.input;
         let (c, h, w) = (i.channels as usize, i.height as usize, i.width as usize);
-        let model = format!("{} {}", self.info.name, self.info.version);
+        // Runs per batch: the model's name is only formatted when there is an error to report.
+        let info = &self.info;
         let run_err = |detail: String| InferenceError::Run {
-            model: model.clone(),
+            model: format!("{} {}", info.name, info.version),
             detail,
         };
         if input.len() != n * c * h * w {
@@ -206,24 +207,18 @@ impl ModelSession {
     }
 }
 
+/// The graph input or output named by the manifest, or what the graph has instead.
+fn outlet<'a>(outlets: &'a [Outlet], name: &str, kind: &str) -> Result<&'a Outlet, String> {
+    outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
+        format!("manifest {kind} {name:?} is not an {kind} of the graph (it has {names:?})")
+    })
+}
+
 /// Compares the graph's declared inputs and outputs with the manifest; returns what does not fit.
 fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
     let i = &manifest.input;
-    let input = session
-        .inputs()
-        .iter()
-        .find(|o| o.name() == i.name)
-        .ok_or_else(|| {
-            let names: Vec<_> = session
-                .inputs()
-                .iter()
-                .map(|o| o.name().to_string())
-                .collect();
-            format!(
-                "manifest input {:?} is not an input of the graph (it has {names:?})",
-                i.name
-            )
-        })?;
+    let input = outlet(session.inputs(), &i.name, "input")?;
     let d = dims(input.dtype()).ok_or_else(|| format!("input {:?} is not a tensor", i.name))?;
     let expected = [i.channels as usize, i.height as usize, i.width as usize];
     if d.len() != 4 || !d[1..].iter().zip(expected).all(|(a, e)| dim_ok(*a, e)) {
@@ -248,18 +243,7 @@ fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
     }
     let labels = manifest.labels.len();
     let output_dims = |name: &str| -> Result<Vec<i64>, String> {
-        let o = session
-            .outputs()
-            .iter()
-            .find(|o| o.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = session
-                    .outputs()
-                    .iter()
-                    .map(|o| o.name().to_string())
-                    .collect();
-                format!("manifest output {name:?} is not an output of the graph (it has {names:?})")
-            })?;
+        let o = outlet(session.outputs(), name, "output")?;
         dims(o.dtype()).ok_or_else(|| format!("output {name:?} is not a tensor"))
     };
     let s = output_dims(&manifest.outputs.scores)?;

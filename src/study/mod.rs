@@ -81,9 +81,18 @@ impl StudyTracker {
     }
 
     fn state(&mut self, study: &str, now: Instant) -> &mut StudyState {
-        let n = self.labels.len();
-        let state = self
-            .studies
+        Self::entry(&mut self.studies, self.labels.len(), study, now)
+    }
+
+    /// The open study `study` (created on first sight), marked active at `now`. A function of the map
+    /// alone so callers can hold the label list at the same time.
+    fn entry<'a>(
+        studies: &'a mut HashMap<String, StudyState>,
+        n: usize,
+        study: &str,
+        now: Instant,
+    ) -> &'a mut StudyState {
+        let state = studies
             .entry(study.to_string())
             .or_insert_with(|| StudyState {
                 first_received: now,
@@ -116,12 +125,16 @@ impl StudyTracker {
 
     /// A slice was scored: `scores` in manifest label order.
     pub fn scored(&mut self, slice: &SliceId, scores: &[f32], now: Instant) {
-        let labels = self.labels.clone();
-        let s = self.state(&slice.study_instance_uid, now);
+        let s = Self::entry(
+            &mut self.studies,
+            self.labels.len(),
+            &slice.study_instance_uid,
+            now,
+        );
         s.pending_slices = s.pending_slices.saturating_sub(1);
         s.scored += 1;
         s.last_scored = Some(now);
-        for (i, ((_, threshold), score)) in labels.iter().zip(scores).enumerate() {
+        for (i, ((_, threshold), score)) in self.labels.iter().zip(scores).enumerate() {
             if *score >= *threshold {
                 s.positives[i] += 1;
             }

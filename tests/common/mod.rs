@@ -200,54 +200,28 @@ impl Stream {
     }
 }
 
+/// The payloads of one kind of event, in order.
+macro_rules! select {
+    ($events:expr, $variant:path) => {
+        $events
+            .iter()
+            .filter_map(|e| if let $variant(x) = e { Some(x) } else { None })
+            .collect()
+    };
+}
+
 pub fn findings(events: &[Event]) -> Vec<&pb::SliceFinding> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Finding(f) = e {
-                Some(f)
-            } else {
-                None
-            }
-        })
-        .collect()
+    select!(events, Event::Finding)
 }
 
 pub fn rejections(events: &[Event]) -> Vec<&pb::InstanceRejected> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Rejected(r) = e {
-                Some(r)
-            } else {
-                None
-            }
-        })
-        .collect()
+    select!(events, Event::Rejected)
 }
 
 pub fn summaries(events: &[Event]) -> Vec<&pb::StudySummary> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Summary(s) = e {
-                Some(s)
-            } else {
-                None
-            }
-        })
-        .collect()
+    select!(events, Event::Summary)
 }
 
 pub fn accepted(events: &[Event]) -> Vec<&pb::InstanceAccepted> {
-    events
-        .iter()
-        .filter_map(|e| {
-            if let Event::Accepted(a) = e {
-                Some(a)
-            } else {
-                None
-            }
-        })
-        .collect()
+    select!(events, Event::Accepted)
 }
