@@ -19,5 +19,6 @@ pub mod preprocess;
 pub mod proto;
 pub mod results;
 pub mod server;
+pub mod shutdown;
 pub mod study;
 pub mod telemetry;

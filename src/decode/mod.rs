@@ -39,6 +39,7 @@ mod scan;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dicom::core::value::DicomValueType;
@@ -96,6 +97,34 @@ pub struct Frame {
 pub struct DecodedInstance {
     pub meta: InstanceMeta,
     pub frames: Vec<Frame>,
+    /// The share of the global decoded-bytes budget this instance holds; given back when the last
+    /// clone of the instance is dropped (after its last frame was scored or skipped).
+    pub reservation: Option<Arc<Reservation>>,
+}
+
+/// Memory held against a [`DecodeBudget`]; dropping it gives the memory back.
+pub struct Reservation(Box<dyn Send + Sync>);
+
+impl Reservation {
+    /// Wraps whatever gives the memory back on drop (e.g. a semaphore permit).
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(guard))
+    }
+}
+
+impl fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reservation")
+    }
+}
+
+/// One budget of decoded bytes shared by every stream, so memory stays flat as streams grow.
+///
+/// [`decode_instance_with_budget`] calls `reserve` once per instance, after the header told how much
+/// the decode will hold and before any pixel is decoded; it may block (it runs on a blocking thread).
+pub trait DecodeBudget: Send + Sync {
+    /// Waits until `bytes` may be held. An error rejects the instance (e.g. larger than the budget).
+    fn reserve(&self, bytes: u64) -> Result<Reservation, DecodeError>;
 }
 
 /// Why an instance could not be decoded.
@@ -543,7 +572,11 @@ fn decode_inner(
         }
     };
 
-    Ok(DecodedInstance { meta, frames })
+    Ok(DecodedInstance {
+        meta,
+        frames,
+        reservation: None,
+    })
 }
 
 /// Checks the pixel format and decides the output photometric and colour handling.
