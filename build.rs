@@ -9,6 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_path = out_dir.join("radstream_descriptor.bin");
     fs::write(&descriptor_path, prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure()
+        // The instance's Part-10 bytes as `bytes::Bytes`: prost then takes them out of tonic's receive
+        // buffer by reference (`BytesMut::split_to`) instead of copying them into a `Vec<u8>`, so a
+        // message costs its size once, not twice, and the copy that no budget could see is gone.
+        .bytes(".radstream.v1.Instance.dicom")
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .compile_fds(fds)?;

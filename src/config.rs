@@ -35,6 +35,43 @@ pub struct Config {
     pub study: StudyConfig,
     pub batching: BatchingConfig,
     pub inference: InferenceConfig,
+    pub shutdown: ShutdownConfig,
+    pub health: HealthConfig,
+}
+
+/// How the service stops on SIGTERM/SIGINT (see `shutdown.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long a drain may take (answering accepted slices, sending summaries) before what is left is
+    /// cancelled. Keep it below the orchestrator's grace period (Kubernetes 30 s, Docker 10 s by
+    /// default), or SIGKILL ends the process before the cancelled streams hear why.
+    pub drain_deadline_secs: f64,
+}
+
+/// When gRPC health reports NOT_SERVING besides a stopped engine.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// A preprocess or model call running longer than this marks the engine stalled (NOT_SERVING) until
+    /// it returns.
+    pub stall_timeout_secs: f64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_deadline_secs: 20.0,
+        }
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            stall_timeout_secs: 30.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,8 +106,30 @@ pub struct LimitsConfig {
     pub max_frames: u32,
     /// Largest decoded pixel buffer per instance (f32 samples), in bytes.
     pub max_decoded_bytes: usize,
+    /// Deepest accepted nesting of sequences in an instance; deeper is rejected (MALFORMED). Real data
+    /// uses a handful of levels; the limit keeps the DICOM parser's recursion shallow.
+    pub max_sequence_depth: u32,
     /// Instances being decoded or scored per stream before the stream stops reading (backpressure).
     pub max_in_flight_per_stream: usize,
+    /// Decoded pixels (f32) held between decode and scoring, across all streams. An instance over it is
+    /// not refused (`max_decoded_bytes` does that): it waits for the whole budget and runs alone.
+    /// 64 MiB: four batches of 16 CT slices of 512², enough to keep the engine busy.
+    pub max_decoded_bytes_in_flight: usize,
+    /// Received Part-10 bytes not yet decoded, across all streams; when it is used up every stream stops
+    /// reading until decodes finish. A message over it waits for the whole budget. 16 MiB: two CT
+    /// slices waiting per decode slot on a 16-core host.
+    pub max_request_bytes_in_flight: usize,
+    /// Concurrent `Analyze` streams in the whole service; one more is refused with RESOURCE_EXHAUSTED.
+    pub max_streams: usize,
+    /// Concurrent HTTP/2 streams per connection (the SETTINGS_MAX_CONCURRENT_STREAMS the server
+    /// advertises); a client opening more waits.
+    pub max_streams_per_connection: u32,
+    /// Longest `client_ref` accepted; an instance with a longer one is rejected (TOO_LARGE) unread.
+    pub max_client_ref_bytes: usize,
+    /// HTTP/2 receive window per stream: what a client may send before the server reads it, held by
+    /// the server per stream. The HTTP/2 default, 65,535, keeps a LAN link full (1 Gbit/s x 0.5 ms);
+    /// raise it for long-RTT links.
+    pub stream_window_bytes: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +161,8 @@ impl Default for Config {
             study: StudyConfig::default(),
             batching: BatchingConfig::default(),
             inference: InferenceConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -115,7 +176,14 @@ impl Default for LimitsConfig {
             max_cols: d.max_cols,
             max_frames: d.max_frames,
             max_decoded_bytes: d.max_decoded_bytes,
+            max_sequence_depth: d.max_sequence_depth,
             max_in_flight_per_stream: 32,
+            max_decoded_bytes_in_flight: 64 << 20,
+            max_request_bytes_in_flight: 16 << 20,
+            max_streams: 256,
+            max_streams_per_connection: 64,
+            max_client_ref_bytes: 256,
+            stream_window_bytes: 65_535,
         }
     }
 }
@@ -185,6 +253,31 @@ impl Config {
         if self.limits.max_instance_bytes == 0 {
             return bad("limits.max_instance_bytes must be positive");
         }
+        if self.limits.max_sequence_depth == 0 {
+            return bad("limits.max_sequence_depth must be at least 1");
+        }
+        if self.limits.max_decoded_bytes_in_flight == 0
+            || self.limits.max_request_bytes_in_flight == 0
+        {
+            return bad("limits.max_decoded_bytes_in_flight and limits.max_request_bytes_in_flight must be positive");
+        }
+        // HTTP/2 (RFC 9113 6.5.2): a window below the default is legal, above 2^31-1 is not.
+        if !(1024..=(i32::MAX as u32)).contains(&self.limits.stream_window_bytes) {
+            return bad("limits.stream_window_bytes must be between 1024 and 2147483647");
+        }
+        if self.limits.max_streams == 0 || self.limits.max_streams_per_connection == 0 {
+            return bad(
+                "limits.max_streams and limits.max_streams_per_connection must be at least 1",
+            );
+        }
+        if !(self.shutdown.drain_deadline_secs.is_finite()
+            && self.shutdown.drain_deadline_secs >= 0.0)
+        {
+            return bad("shutdown.drain_deadline_secs must be a number of seconds, 0 or more");
+        }
+        if !(self.health.stall_timeout_secs.is_finite() && self.health.stall_timeout_secs > 0.0) {
+            return bad("health.stall_timeout_secs must be a positive number of seconds");
+        }
         Ok(())
     }
 
@@ -195,6 +288,7 @@ impl Config {
             max_cols: self.limits.max_cols,
             max_frames: self.limits.max_frames,
             max_decoded_bytes: self.limits.max_decoded_bytes,
+            max_sequence_depth: self.limits.max_sequence_depth,
         }
     }
 
@@ -207,6 +301,14 @@ impl Config {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.study.idle_timeout_secs)
+    }
+
+    pub fn drain_deadline(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown.drain_deadline_secs)
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.health.stall_timeout_secs)
     }
 
     /// Where the set-up scripts put downloaded runtime files (`RADSTREAM_CACHE`, else `~/.cache/radstream`).
@@ -267,5 +369,56 @@ mod tests {
         cfg.batching.max_batch = 0;
         let err = cfg.validate().expect_err("zero batch refused").to_string();
         assert!(err.contains("max_batch"), "{err}");
+        let mut cfg = Config::default();
+        cfg.shutdown.drain_deadline_secs = f64::NAN;
+        let err = cfg
+            .validate()
+            .expect_err("NaN deadline refused")
+            .to_string();
+        assert!(err.contains("drain_deadline_secs"), "{err}");
+        let mut cfg = Config::default();
+        cfg.health.stall_timeout_secs = 0.0;
+        let err = cfg
+            .validate()
+            .expect_err("zero stall timeout refused")
+            .to_string();
+        assert!(err.contains("stall_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn stream_and_memory_limits_are_read_and_checked() {
+        let cfg: Config = toml::from_str(
+            "[limits]\nmax_streams = 8\nmax_streams_per_connection = 2\nmax_client_ref_bytes = 16\n\
+             max_decoded_bytes_in_flight = 1048576\nmax_request_bytes_in_flight = 524288\n\
+             stream_window_bytes = 131072\n",
+        )
+        .expect("valid toml");
+        assert_eq!(cfg.limits.max_streams, 8);
+        assert_eq!(cfg.limits.max_streams_per_connection, 2);
+        assert_eq!(cfg.limits.max_client_ref_bytes, 16);
+        assert_eq!(cfg.limits.max_decoded_bytes_in_flight, 1 << 20);
+        assert_eq!(cfg.limits.max_request_bytes_in_flight, 1 << 19);
+        assert_eq!(cfg.limits.stream_window_bytes, 128 << 10);
+        cfg.validate().expect("valid");
+        for (name, bad) in [
+            ("max_streams", {
+                let mut c = Config::default();
+                c.limits.max_streams = 0;
+                c
+            }),
+            ("max_decoded_bytes_in_flight", {
+                let mut c = Config::default();
+                c.limits.max_decoded_bytes_in_flight = 0;
+                c
+            }),
+            ("stream_window_bytes", {
+                let mut c = Config::default();
+                c.limits.stream_window_bytes = u32::MAX;
+                c
+            }),
+        ] {
+            let err = bad.validate().expect_err(name).to_string();
+            assert!(err.contains(name), "{err}");
+        }
     }
 }

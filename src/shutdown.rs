@@ -7,13 +7,34 @@
 //! passed, or a second signal) cancels what is left and ends every stream with a clear status.
 //! Both are level-triggered and idempotent: a task that starts late still sees them.
 
+use std::sync::{Arc, OnceLock};
+
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+/// Why the drain was cut short; streams say it in their final status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// `[shutdown] drain_deadline_secs` passed.
+    DeadlinePassed,
+    /// Stopped at once (a second signal, or a caller that would not wait).
+    Forced,
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AbortReason::DeadlinePassed => "the drain deadline passed",
+            AbortReason::Forced => "the server was told to stop at once",
+        })
+    }
+}
 
 /// The process-wide shutdown state. Cheap to clone; every clone sees the same state.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     drain: CancellationToken,
     abort: CancellationToken,
+    reason: Arc<OnceLock<AbortReason>>,
 }
 
 impl Shutdown {
@@ -26,10 +47,21 @@ impl Shutdown {
         self.drain.cancel();
     }
 
-    /// Cancel what is left (implies drain).
+    /// Cancel what is left (implies drain), now.
     pub fn abort(&self) {
+        self.abort_because(AbortReason::Forced);
+    }
+
+    /// Cancel what is left (implies drain); the first reason given is the one reported.
+    pub fn abort_because(&self, reason: AbortReason) {
+        let _ = self.reason.set(reason);
         self.drain.cancel();
         self.abort.cancel();
+    }
+
+    /// Why the drain was cut short; `None` while it was not.
+    pub fn abort_reason(&self) -> Option<AbortReason> {
+        self.reason.get().copied()
     }
 
     pub fn is_draining(&self) -> bool {
@@ -64,8 +96,14 @@ mod tests {
         assert!(seen_by_task.is_draining() && !seen_by_task.is_aborted());
         seen_by_task.draining().await; // resolves at once: level-triggered
         let late = s.clone();
+        late.abort_because(AbortReason::DeadlinePassed);
         late.abort();
         assert!(s.is_aborted());
+        assert_eq!(
+            s.abort_reason(),
+            Some(AbortReason::DeadlinePassed),
+            "the first reason stands"
+        );
         s.aborted().await;
     }
 }

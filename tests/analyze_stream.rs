@@ -463,3 +463,146 @@ async fn health_and_reflection_are_served() {
     );
     server.stop().await.expect("stop");
 }
+
+/// A configuration whose streams answer fast on this machine (CPU preprocessing).
+fn cpu_config() -> radstream::config::Config {
+    let mut config = test_config();
+    config.preprocess = radstream::config::PreprocessBackend::Cpu;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_size_limit_ends_the_stream_resource_exhausted_after_the_summary() {
+    let mut config = cpu_config();
+    // Messages up to 1 MiB + 1 MiB pass the transport; a sample slice is ~0.5 MB.
+    config.limits.max_instance_bytes = 1 << 20;
+    let server = start(config).await;
+    let study = sample_study();
+    let mut stream = Stream::open(&server).await;
+    for (name, bytes) in &study {
+        stream.send(instance(name, bytes.clone())).await;
+    }
+    stream.send(instance("huge.dcm", vec![0u8; 3 << 20])).await;
+    let (events, end) = stream.drain_with_status().await;
+
+    assert_eq!(
+        findings(&events).len(),
+        study.len(),
+        "every slice read before the oversize message is answered"
+    );
+    let summaries = summaries(&events);
+    assert_eq!(
+        summaries.len(),
+        1,
+        "the study of those slices is summarised"
+    );
+    assert_eq!(summaries[0].slices_scored as usize, study.len());
+    assert!(
+        matches!(events.last(), Some(Event::Summary(_))),
+        "the summary comes before the stream's end"
+    );
+    let status = end.expect_err("the stream ends with an error, not OK");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("size limit") && status.message().contains("max_instance_bytes"),
+        "the message names the limit: {}",
+        status.message()
+    );
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ref_over_the_limit_is_rejected_unechoed_and_the_stream_goes_on() {
+    let mut config = cpu_config();
+    config.limits.max_client_ref_bytes = 64;
+    let server = start(config).await;
+    let study = sample_study();
+    let mut stream = Stream::open(&server).await;
+    let long = format!("PATIENT-SMITH-{}", "x".repeat(51)); // 65 bytes
+    let allowed = "y".repeat(64);
+    stream.send(instance(&long, study[0].1.clone())).await;
+    stream.send(instance(&allowed, study[1].1.clone())).await;
+    stream.close();
+    let events = stream.drain().await;
+
+    let rejected = rejections(&events);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let r = rejected[0];
+    assert_eq!(r.reason, pb::RejectReason::TooLarge as i32);
+    assert!(r.client_ref.is_empty(), "the long client_ref is not echoed");
+    assert!(
+        r.message.contains("client_ref") && r.message.contains("max_client_ref_bytes"),
+        "{}",
+        r.message
+    );
+    assert!(!r.message.contains("SMITH"), "{}", r.message);
+    let found = findings(&events);
+    assert_eq!(found.len(), 1, "the next instance is analysed");
+    assert_eq!(found[0].client_ref, allowed);
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_max_streams_are_refused_at_once_naming_the_limit() {
+    let mut config = cpu_config();
+    config.limits.max_streams = 3;
+    let server = start(config).await;
+    let study = sample_study();
+    let mut open = Vec::new();
+    for (name, bytes) in study.iter().take(3) {
+        let mut stream = Stream::open(&server).await;
+        stream.send(instance(name, bytes.clone())).await;
+        // Accepted: its session holds one of the three places.
+        stream
+            .until(WAIT, |e| matches!(e, Event::Accepted(_)))
+            .await;
+        open.push(stream);
+    }
+    let refused = Stream::try_open_at(server.endpoint())
+        .await
+        .err()
+        .expect("a fourth stream is refused");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        refused.message().contains("max_streams") && refused.message().contains('3'),
+        "{}",
+        refused.message()
+    );
+    // A stream that ends gives its place back.
+    let mut first = open.remove(0);
+    first.close();
+    let events = first.drain().await;
+    assert_eq!(summaries(&events).len(), 1);
+    let mut again = Stream::try_open_at(server.endpoint())
+        .await
+        .expect("a place was freed");
+    again.send(instance(&study[3].0, study[3].1.clone())).await;
+    again.close();
+    assert_eq!(findings(&again.drain().await).len(), 1);
+    for mut stream in open {
+        stream.close();
+        stream.drain().await;
+    }
+    server.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_advertises_max_streams_per_connection_to_http2_clients() {
+    let mut config = cpu_config();
+    config.limits.max_streams_per_connection = 5;
+    let server = start(config).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let (_client, mut connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let mut ping = connection.ping_pong().expect("ping-pong handle");
+    // The server's SETTINGS precede its answer to our PING: once the PONG is in, they are applied.
+    tokio::select! {
+        _ = &mut connection => panic!("the connection ended before the PONG"),
+        pong = ping.ping(h2::Ping::opaque()) => {
+            pong.expect("pong");
+        }
+    }
+    assert_eq!(connection.max_concurrent_send_streams(), 5);
+    server.stop().await.expect("stop");
+}

@@ -183,3 +183,76 @@ fn demo_overlays_box_the_lesion_slices_only() {
         "native resolution"
     );
 }
+
+#[test]
+fn push_sends_files_whose_paths_exceed_the_client_ref_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Folders nested until every file's path is well past the server's client_ref limit (256 bytes
+    // by default), as in a deep archive tree.
+    let mut deep = dir.path().to_path_buf();
+    for level in 0..4 {
+        deep.push(format!("{level}-{}", "d".repeat(100)));
+    }
+    std::fs::create_dir_all(&deep).expect("deep folders");
+    let study = sample_study();
+    for (name, bytes) in &study {
+        std::fs::write(deep.join(name), bytes).expect("copy a slice");
+    }
+    let shortest = study
+        .iter()
+        .map(|(name, _)| deep.join(name).as_os_str().len())
+        .min()
+        .expect("files");
+    assert!(shortest > 400, "paths of {shortest} bytes");
+
+    let server = ServedProcess::start(&[("RADSTREAM_PREPROCESS", "cpu")]);
+    let overlays = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .args([
+            "push",
+            "--json",
+            "--endpoint",
+            &server.endpoint(),
+            "--overlays",
+        ])
+        .arg(overlays.path())
+        .arg(dir.path())
+        .output()
+        .expect("run push");
+    drop(server);
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect();
+    let of =
+        |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
+    assert!(of("rejected").is_empty(), "{:?}", of("rejected"));
+    assert_eq!(of("accepted").len(), study.len());
+    // Every answer names its file by the path pushed, though the wire carried a short ref.
+    let mut named: Vec<String> = of("finding")
+        .iter()
+        .map(|f| f["client_ref"].as_str().expect("client_ref").to_string())
+        .collect();
+    named.sort();
+    let mut expected: Vec<String> = study
+        .iter()
+        .map(|(name, _)| deep.join(name).display().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(named, expected);
+    // Overlays read each positive slice again from its path: one per lesion slice.
+    let mut written: Vec<String> = std::fs::read_dir(overlays.path())
+        .expect("overlay dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let lesions: Vec<String> = LESION_SLICES
+        .map(|n| format!("slice-{n:02}-frame0.png"))
+        .collect();
+    assert_eq!(written, lesions);
+}

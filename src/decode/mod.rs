@@ -28,27 +28,38 @@
 //! uncompressed monochrome; values 0/1). Anything else is rejected with
 //! [`DecodeError::UnsupportedTransferSyntax`] or [`DecodeError::UnsupportedPixelFormat`].
 //!
-//! Before `dicom-rs` parses the bytes, a cheap header walk (`scan`) rejects any element
-//! whose declared length exceeds the input: dicom-rs allocates and zero-fills declared
-//! lengths before reading, so a few hundred bytes could otherwise cost gigabytes.
+//! Hostile input costs little. Before `dicom-rs` parses anything, an iterative structural walk
+//! (`walk`) goes over the whole data set: every declared length is checked against the bytes left in
+//! its enclosing container and sequence nesting is limited ([`Limits::max_sequence_depth`]), because
+//! dicom-rs allocates and zero-fills declared lengths before reading (a few hundred bytes could cost
+//! gigabytes) and builds nested sequences by recursion (deep nesting overflows the stack and aborts
+//! the process). Deflated data sets are inflated here with a byte cap, then walked the same way.
+//! Codestream headers (JPEG, JPEG-LS, JPEG 2000) must agree with Rows / Columns / Samples per Pixel
+//! before a codec runs (`codestream`), so codec output is bounded by the decoded-size limit, which
+//! is reserved from an optional global [`DecodeBudget`] before any pixel is decoded. Trailing zero
+//! padding after the last element is not parsed.
+//!
+//! Messages never quote element values: only pixel-module numbers, defined terms and UIDs that
+//! validate (PS3.5 9.1) appear in them; anything else is described (`uid`).
 
+mod codestream;
 mod meta;
 mod pixels;
 mod rle;
-mod scan;
+mod uid;
+mod walk;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use dicom::core::value::DicomValueType;
 use dicom::core::value::{PrimitiveValue, Value};
 use dicom::dictionary_std::tags;
 use dicom::encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
-use dicom::object::file::ReadPreamble;
 use dicom::object::meta::FileMetaTable;
-use dicom::object::OpenFileOptions;
+use dicom::object::InMemDicomObject;
 use dicom::transfer_syntax::TransferSyntaxRegistry;
 
 pub use meta::{InstanceMeta, Photometric, Window};
@@ -67,6 +78,10 @@ pub struct Limits {
     /// Maximum size of the decoded pixels (as f32 samples), in bytes. Compressed pixel data can expand
     /// by orders of magnitude, so this is checked from Rows × Columns × frames × samples before decoding.
     pub max_decoded_bytes: usize,
+    /// Deepest accepted nesting of sequences (SQ, UN and implicit VR sequences of undefined length,
+    /// encapsulated Pixel Data). Real data stays within a handful of levels; dicom-rs reads nested
+    /// sequences by recursion, so this also keeps its stack use small.
+    pub max_sequence_depth: u32,
 }
 
 impl Default for Limits {
@@ -77,6 +92,7 @@ impl Default for Limits {
             max_cols: 8192,
             max_frames: 4096,
             max_decoded_bytes: 2 * 1024 * 1024 * 1024,
+            max_sequence_depth: 32,
         }
     }
 }
@@ -103,7 +119,10 @@ pub struct DecodedInstance {
 }
 
 /// Memory held against a [`DecodeBudget`]; dropping it gives the memory back.
-pub struct Reservation(Box<dyn Send + Sync>);
+pub struct Reservation(
+    // held only to be dropped
+    #[allow(dead_code)] Box<dyn Send + Sync>,
+);
 
 impl Reservation {
     /// Wraps whatever gives the memory back on drop (e.g. a semaphore permit).
@@ -134,8 +153,13 @@ pub enum DecodeError {
     NotDicom { detail: String },
     #[error("malformed DICOM: {detail}")]
     Malformed { detail: String },
-    #[error("instance of {bytes} bytes exceeds the limit of {limit} bytes")]
-    TooLarge { bytes: usize, limit: usize },
+    #[error("{}", too_large_message(*.bytes, *.limit, *.inflated))]
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+        /// The limit was crossed while inflating a deflated data set (`bytes` is where inflating stopped).
+        inflated: bool,
+    },
     #[error(
         "image dimensions {rows} rows x {cols} columns x {frames} frames exceed the limits \
          ({max_rows} x {max_cols} x {max_frames}) (Rows (0028,0010), Columns (0028,0011), NumberOfFrames (0028,0008))"
@@ -165,7 +189,11 @@ pub enum DecodeError {
     #[error("no Pixel Data (7FE0,0010) in the instance")]
     MissingPixelData,
     #[error("unsupported transfer syntax {uid} ({name})")]
-    UnsupportedTransferSyntax { uid: String, name: String },
+    UnsupportedTransferSyntax {
+        uid: String,
+        /// A registry name (static: keeps the error, and so [`Rejection`], small).
+        name: &'static str,
+    },
     #[error("unsupported pixel format: {detail}")]
     UnsupportedPixelFormat { detail: String },
     #[error("pixel data decoding failed for transfer syntax {transfer_syntax}: {detail}")]
@@ -193,12 +221,26 @@ impl DecodeError {
     }
 }
 
-/// A rejected instance: the error plus the SOP Instance UID when it could be read.
+fn too_large_message(bytes: usize, limit: usize, inflated: bool) -> String {
+    if inflated {
+        format!(
+            "the deflated data set inflates past {limit} bytes (limits.max_instance_bytes); inflating stopped there"
+        )
+    } else {
+        format!("instance of {bytes} bytes exceeds the limit of {limit} bytes")
+    }
+}
+
+/// A rejected instance: the error plus the identifying UIDs that could be read and are valid UIDs
+/// (PS3.5 9.1; a malformed UID is described in the error, never carried here).
 #[derive(Debug)]
 pub struct Rejection {
+    /// SOPInstanceUID (0008,0018), else MediaStorageSOPInstanceUID (0002,0003).
     pub sop_instance_uid: Option<String>,
-    /// StudyInstanceUID (0020,000D) when the data set could be read, so the rejection counts in its study.
+    /// StudyInstanceUID (0020,000D), so the rejection counts in its study.
     pub study_instance_uid: Option<String>,
+    /// SeriesInstanceUID (0020,000E).
+    pub series_instance_uid: Option<String>,
     pub error: DecodeError,
 }
 
@@ -298,12 +340,29 @@ fn check_jpeg_rgb(frag: &[u8]) -> Result<(), DecodeError> {
 
 /// Decodes one Part-10 instance (with the 128-byte preamble, or starting at `DICM`).
 pub fn decode_instance(bytes: &[u8], limits: &Limits) -> Result<DecodedInstance, Rejection> {
-    let mut uid: Option<String> = None;
-    let mut study: Option<String> = None;
+    decode_instance_with_budget(bytes, limits, None)
+}
+
+/// The identifying UIDs read so far (valid ones only), carried by a rejection.
+#[derive(Debug, Default)]
+struct Ids {
+    sop: Option<String>,
+    study: Option<String>,
+    series: Option<String>,
+}
+
+/// [`decode_instance`], holding the decoded size against `budget` (when given) from the moment the
+/// header told it until the returned instance is dropped ([`DecodedInstance::reservation`]).
+pub fn decode_instance_with_budget(
+    bytes: &[u8],
+    limits: &Limits,
+    budget: Option<&dyn DecodeBudget>,
+) -> Result<DecodedInstance, Rejection> {
+    let mut ids = Ids::default();
     // Last line of defence: nothing in here should panic, but dicom-rs and the codec
     // crates are not under our control.
     let result = catch_unwind(AssertUnwindSafe(|| {
-        decode_inner(bytes, limits, &mut uid, &mut study)
+        decode_inner(bytes, limits, budget, &mut ids)
     }));
     let result = match result {
         Ok(r) => r,
@@ -312,41 +371,102 @@ pub fn decode_instance(bytes: &[u8], limits: &Limits) -> Result<DecodedInstance,
         }),
     };
     result.map_err(|error| Rejection {
-        sop_instance_uid: uid,
-        study_instance_uid: study,
+        sop_instance_uid: ids.sop,
+        study_instance_uid: ids.study,
+        series_instance_uid: ids.series,
         error,
     })
 }
 
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
+    let raw = if let Some(s) = payload.downcast_ref::<&str>() {
+        s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
+        s.as_str()
     } else {
-        "unknown panic".to_string()
+        "unknown panic"
+    };
+    uid::redact(raw)
+}
+
+const TS_IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+const TS_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+/// Inflates a deflated data set (raw deflate, PS3.5 A.5), stopping after `cap` bytes. Returns the
+/// inflated bytes and whether the cap was crossed (then the bytes are only its first `cap + 1`).
+fn inflate_capped(deflated: &[u8], cap: usize) -> Result<(Vec<u8>, bool), DecodeError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    // a guess at the final size, bounded by the cap; growth beyond it is amortised
+    out.try_reserve(deflated.len().saturating_mul(4).min(cap))
+        .map_err(|_| DecodeError::TooLarge {
+            bytes: deflated.len().saturating_mul(4),
+            limit: cap,
+            inflated: true,
+        })?;
+    let mut reader = flate2::read::DeflateDecoder::new(deflated).take(cap as u64 + 1);
+    reader
+        .read_to_end(&mut out)
+        .map_err(|e| DecodeError::Malformed {
+            detail: format!(
+                "the deflated data set could not be inflated: {}",
+                uid::redact(&e.to_string())
+            ),
+        })?;
+    let over = out.len() > cap;
+    Ok((out, over))
+}
+
+/// Takes the top-level UIDs the walk found into `ids`: valid ones as they are, malformed ones as
+/// their stand-in (`uid::identity`), so even an instance rejected later is named without echoing them.
+fn take_uids(buf: &[u8], found: &walk::TopUids, ids: &mut Ids) {
+    for (range, slot, name) in [
+        (
+            found.sop_instance,
+            &mut ids.sop,
+            "SOPInstanceUID (0008,0018)",
+        ),
+        (
+            found.study_instance,
+            &mut ids.study,
+            "StudyInstanceUID (0020,000D)",
+        ),
+        (
+            found.series_instance,
+            &mut ids.series,
+            "SeriesInstanceUID (0020,000E)",
+        ),
+    ] {
+        let Some((start, len)) = range else {
+            continue;
+        };
+        let raw = buf.get(start..start.saturating_add(len)).unwrap_or(&[]);
+        if let Some(id) = uid::identity(raw, name) {
+            *slot = Some(id.uid);
+        }
     }
 }
 
 fn decode_inner(
     bytes: &[u8],
     limits: &Limits,
-    uid_out: &mut Option<String>,
-    study_out: &mut Option<String>,
+    budget: Option<&dyn DecodeBudget>,
+    ids: &mut Ids,
 ) -> Result<DecodedInstance, DecodeError> {
     // 1. size limit before anything else
     if bytes.len() > limits.max_instance_bytes {
         return Err(DecodeError::TooLarge {
             bytes: bytes.len(),
             limit: limits.max_instance_bytes,
+            inflated: false,
         });
     }
 
     // 2. magic: preamble + DICM, or DICM at offset 0
-    let body = if bytes.get(128..132) == Some(b"DICM") {
-        &bytes[128..]
+    let (body, body_offset) = if bytes.get(128..132) == Some(b"DICM") {
+        (&bytes[128..], 128)
     } else if bytes.get(0..4) == Some(b"DICM") {
-        bytes
+        (bytes, 0)
     } else {
         return Err(DecodeError::NotDicom {
             detail: format!(
@@ -355,67 +475,154 @@ fn decode_inner(
             ),
         });
     };
+    let in_file = walk::Origin {
+        base: body_offset,
+        what: "file",
+    };
 
     // 3. file meta group -> transfer syntax, checked before parsing the data set.
-    // Lengths are pre-checked: dicom-rs allocates declared lengths before reading.
-    let meta_end = scan::check_lengths(body, 4, true, false, true)?;
-    let file_meta = FileMetaTable::from_reader(body).map_err(|e| DecodeError::Malformed {
-        detail: format!("file meta information group (0002,xxxx): {e}"),
-    })?;
-    let ms_uid = file_meta.media_storage_sop_instance_uid().trim();
-    if !ms_uid.is_empty() {
-        *uid_out = Some(ms_uid.to_string());
+    let dataset_start = walk::walk_meta(body, in_file)?;
+    let file_meta =
+        FileMetaTable::from_reader(&body[..dataset_start]).map_err(|e| DecodeError::Malformed {
+            detail: format!(
+                "file meta information group (0002,xxxx) could not be read: {}",
+                uid::redact_chain(&e)
+            ),
+        })?;
+    let media_uid = uid::identity(
+        file_meta.media_storage_sop_instance_uid().as_bytes(),
+        "MediaStorageSOPInstanceUID (0002,0003)",
+    );
+    if let Some(id) = &media_uid {
+        ids.sop = Some(id.uid.clone());
     }
-    let ts_uid = file_meta.transfer_syntax().trim().to_string();
-    if ts_uid.is_empty() {
-        return Err(DecodeError::MissingAttribute {
-            name: "TransferSyntaxUID (0002,0010)",
-        });
-    }
+    let ts_uid = match uid::validate(
+        file_meta.transfer_syntax().as_bytes(),
+        "TransferSyntaxUID (0002,0010)",
+    ) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            return Err(DecodeError::MissingAttribute {
+                name: "TransferSyntaxUID (0002,0010)",
+            })
+        }
+        Err(detail) => return Err(DecodeError::Malformed { detail }),
+    };
     let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else {
         return Err(DecodeError::UnsupportedTransferSyntax {
             uid: ts_uid,
-            name: "unknown transfer syntax".to_string(),
+            name: "unknown transfer syntax",
         });
     };
     let unsupported = || DecodeError::UnsupportedTransferSyntax {
         uid: ts.uid().to_string(),
-        name: ts.name().to_string(),
+        name: ts.name(),
     };
+    let deflated = is_deflated(&ts_uid);
     let encapsulated = match ts.codec() {
         Codec::None => false,
+        Codec::Dataset(_) if deflated => false,
         Codec::Dataset(Some(_)) => false,
         Codec::Dataset(None) => return Err(unsupported()),
         Codec::EncapsulatedPixelData(Some(_), _) => true,
         Codec::EncapsulatedPixelData(None, _) => return Err(unsupported()),
     };
 
-    // 4. parse the data set (after the same length pre-check; deflated data cannot be
-    // checked this way and relies on the parser)
-    if !is_deflated(&ts_uid) {
-        scan::check_lengths(
+    // 4. walk the whole data set (inflated first when deflated), then let dicom-rs parse exactly the
+    // checked bytes
+    let encoding = if deflated {
+        walk::Encoding::ExplicitLe
+    } else if ts_uid == TS_IMPLICIT_VR_LITTLE_ENDIAN {
+        walk::Encoding::ImplicitLe
+    } else if ts_uid == TS_EXPLICIT_VR_BIG_ENDIAN {
+        walk::Encoding::ExplicitBe
+    } else {
+        walk::Encoding::ExplicitLe
+    };
+    let mut top = walk::TopUids::default();
+    // `walked_buf` holds the walked bytes from walk position `base` on
+    let (walked_buf, base, walked): (Cow<'_, [u8]>, usize, walk::Walk) = if deflated {
+        let (mut inflated, over) =
+            inflate_capped(&body[dataset_start..], limits.max_instance_bytes)?;
+        let origin = walk::Origin {
+            base: 0,
+            what: "inflated data set",
+        };
+        let walked = walk::walk_dataset(
+            &inflated,
+            0,
+            encoding,
+            limits.max_sequence_depth,
+            origin,
+            &mut top,
+        );
+        if over {
+            // the walk of what was inflated only serves to name the instance
+            take_uids(&inflated, &top, ids);
+            return Err(DecodeError::TooLarge {
+                bytes: inflated.len(),
+                limit: limits.max_instance_bytes,
+                inflated: true,
+            });
+        }
+        take_uids(&inflated, &top, ids);
+        let walked = walked?;
+        inflated.truncate(walked.end);
+        walked.apply_patches(&mut inflated, 0, encoding);
+        (Cow::Owned(inflated), 0, walked)
+    } else {
+        let walked = walk::walk_dataset(
             body,
-            meta_end,
-            ts_uid != "1.2.840.10008.1.2",
-            ts_uid == TS_EXPLICIT_VR_BIG_ENDIAN,
-            false,
-        )?;
-    }
-    let obj: Obj = OpenFileOptions::new()
-        .read_preamble(ReadPreamble::Never)
-        .from_reader(body)
+            dataset_start,
+            encoding,
+            limits.max_sequence_depth,
+            in_file,
+            &mut top,
+        );
+        take_uids(body, &top, ids);
+        let walked = walked?;
+        if walked.un_patches.is_empty() {
+            (Cow::Borrowed(body), 0, walked)
+        } else {
+            // rare: UN of undefined length in explicit VR; rewrite a copy (see walk.rs)
+            let mut copy = body[dataset_start..walked.end].to_vec();
+            walked.apply_patches(&mut copy, dataset_start, encoding);
+            (Cow::Owned(copy), dataset_start, walked)
+        }
+    };
+    let ds_start = if deflated { 0 } else { dataset_start };
+    // Native Pixel Data at the top level is taken straight from the walked bytes: dicom-rs parses the
+    // data set up to it (nothing after Pixel Data is needed), so it never holds a copy of the pixels.
+    let raw_pixels = match walked.pixel_data {
+        Some(p) if !encapsulated => Some(p),
+        _ => None,
+    };
+    let parse_end = raw_pixels.map_or(walked.end, |p| p.header);
+    let read_ts = if deflated {
+        TransferSyntaxRegistry
+            .get(TS_EXPLICIT_VR_LITTLE_ENDIAN)
+            .ok_or_else(unsupported)?
+    } else {
+        ts
+    };
+    let to_parse = walked_buf
+        .get(ds_start - base..parse_end - base)
+        .unwrap_or(&[]);
+    let obj: Obj = InMemDicomObject::read_dataset_with_ts(to_parse, read_ts)
         .map_err(|e| DecodeError::Malformed {
-            detail: format!("data set could not be parsed: {}", error_chain(&e)),
-        })?;
-    if let Some(u) = meta::opt_str(&obj, tags::SOP_INSTANCE_UID) {
-        *uid_out = Some(u);
-    }
-    *study_out = meta::opt_str(&obj, tags::STUDY_INSTANCE_UID);
+            detail: format!("data set could not be parsed: {}", uid::redact_chain(&e)),
+        })?
+        .with_exact_meta(file_meta);
+    let raw_pixels: Option<(&[u8], Option<[u8; 2]>)> = raw_pixels.map(|p| {
+        let start = p.value - base;
+        (walked_buf.get(start..start + p.len).unwrap_or(&[]), p.vr)
+    });
 
     // 5. pixel data presence and attributes
-    let pixel_elem = match obj.element_opt(tags::PIXEL_DATA).ok().flatten() {
-        Some(e) => e,
-        None => {
+    let pixel_elem = match (raw_pixels, obj.element_opt(tags::PIXEL_DATA).ok().flatten()) {
+        (Some(_), _) => None,
+        (None, Some(e)) => Some(e),
+        (None, None) => {
             for (tag, name) in [
                 (tags::FLOAT_PIXEL_DATA, "Float Pixel Data (7FE0,0008)"),
                 (
@@ -471,9 +678,43 @@ fn decode_inner(
         });
     }
     let (photometric, color) = validate_format(&px, &ts_uid, encapsulated)?;
-    let meta = meta::instance_meta(&obj, &ts_uid, &px, photometric)?;
+    let mut meta = meta::instance_meta(&obj, &ts_uid, &px, photometric)?;
+    // Modality is echoed in every finding: only a value of the Code String form (PS3.5 6.2: at most 16
+    // upper case letters, digits, spaces and '_') is kept, so free text never leaves here.
+    meta.modality = meta.modality.filter(|m| {
+        m.len() <= 16
+            && m.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
+    });
+    // The identifying UIDs are echoed in every response and log line: the instance is named by what the
+    // walk took from the same elements (valid values as they are, malformed ones as their stand-in).
+    for (slot, taken) in [
+        (&mut meta.sop_instance_uid, &ids.sop),
+        (&mut meta.study_instance_uid, &ids.study),
+        (&mut meta.series_instance_uid, &ids.series),
+    ] {
+        if let Some(uid) = taken {
+            slot.clone_from(uid);
+        } else if !slot.is_empty() {
+            // read by dicom-rs but not seen by the walk: never echo what was not checked
+            *slot = uid::identity(slot.as_bytes(), "UID attribute")
+                .map(|id| id.uid)
+                .unwrap_or_default();
+        }
+    }
 
-    // 7. decode
+    // 7. the codestream headers must agree with the DICOM header before any codec runs
+    if let (Some(family), Some(Value::PixelSequence(seq))) =
+        (codestream_family(&ts_uid), pixel_elem.map(|e| e.value()))
+    {
+        codestream::check_fragments(seq.fragments(), family, px.rows, px.cols, px.samples)?;
+    }
+
+    // 8. hold the decoded size against the global budget, then decode
+    let reservation = match budget {
+        Some(b) => Some(Arc::new(b.reserve(decoded_bytes)?)),
+        None => None,
+    };
     let layout = Layout {
         rows: px.rows,
         cols: px.cols,
@@ -493,6 +734,9 @@ fn decode_inner(
         };
         let Some(reader) = ts.pixel_data_reader() else {
             return Err(unsupported());
+        };
+        let Some(pixel_elem) = pixel_elem else {
+            return Err(DecodeError::MissingPixelData);
         };
         if !matches!(pixel_elem.value(), Value::PixelSequence(_)) {
             return Err(DecodeError::Malformed {
@@ -527,7 +771,7 @@ fn decode_inner(
             let r = catch_unwind(AssertUnwindSafe(|| reader.decode(&obj, &mut data)));
             match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(pixel_decode(error_chain(&e))),
+                Ok(Err(e)) => return Err(pixel_decode(uid::redact_chain(&e))),
                 Err(p) => {
                     return Err(pixel_decode(format!(
                         "codec panicked: {}",
@@ -546,11 +790,14 @@ fn decode_inner(
         }
         pixels::to_frames(&data, &layout)?
     } else {
-        let stream = match pixel_elem.value() {
-            Value::Primitive(p) => {
+        let stream: Cow<'_, [u8]> = match (raw_pixels, pixel_elem.map(|e| e.value())) {
+            (Some((bytes, vr)), _) => {
+                raw_stream_bytes(bytes, vr, layout.big_endian, layout.bytes_per_sample)?
+            }
+            (None, Some(Value::Primitive(p))) => {
                 native_stream_bytes(p, layout.big_endian, layout.bytes_per_sample)?
             }
-            Value::PixelSequence(_) => {
+            (None, Some(Value::PixelSequence(_))) => {
                 return Err(DecodeError::Malformed {
                     detail: format!(
                     "Pixel Data (7FE0,0010) is encapsulated but transfer syntax {} ({}) is native",
@@ -559,11 +806,12 @@ fn decode_inner(
                 ),
                 })
             }
-            Value::Sequence(_) => {
+            (None, Some(Value::Sequence(_))) => {
                 return Err(DecodeError::Malformed {
                     detail: "Pixel Data (7FE0,0010) is a sequence".to_string(),
                 })
             }
+            (None, None) => return Err(DecodeError::MissingPixelData),
         };
         if px.bits_allocated == 1 {
             pixels::to_frames_1bit(&stream, px.rows, px.cols, px.frames)?
@@ -575,7 +823,7 @@ fn decode_inner(
     Ok(DecodedInstance {
         meta,
         frames,
-        reservation: None,
+        reservation,
     })
 }
 
@@ -676,8 +924,71 @@ fn validate_format(
             want_samples(3).map(|_| (Photometric::Rgb, Color::AsIs))
         }
         other => Err(unsupported(format!(
-            "PhotometricInterpretation (0028,0004) '{other}' is not supported (MONOCHROME1, MONOCHROME2, RGB, YBR_FULL, YBR_FULL_422; YBR_ICT/YBR_RCT in JPEG 2000)"
+            "PhotometricInterpretation (0028,0004) {} is not supported (MONOCHROME1, MONOCHROME2, RGB, YBR_FULL, YBR_FULL_422; YBR_ICT/YBR_RCT in JPEG 2000)",
+            describe_photometric(other)
         ))),
+    }
+}
+
+/// Defined terms of Photometric Interpretation (PS3.3 C.7.6.3.1.2), the only values quoted in messages.
+const PHOTOMETRIC_DEFINED_TERMS: &[&str] = &[
+    "MONOCHROME1",
+    "MONOCHROME2",
+    "PALETTE COLOR",
+    "RGB",
+    "HSV",
+    "ARGB",
+    "CMYK",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_PARTIAL_422",
+    "YBR_PARTIAL_420",
+    "YBR_ICT",
+    "YBR_RCT",
+    "XYB",
+];
+
+/// A Photometric Interpretation for a message: quoted when it is a defined term, else described.
+fn describe_photometric(value: &str) -> String {
+    if PHOTOMETRIC_DEFINED_TERMS.contains(&value) {
+        format!("'{value}'")
+    } else {
+        format!(
+            "(a value of {} characters that is not a defined term)",
+            value.chars().count()
+        )
+    }
+}
+
+/// Native Pixel Data taken from the walked bytes, as the sample stream [`native_stream_bytes`] would
+/// give for the value dicom-rs reads from them: the file's bytes, except 8-bit (and bit-packed)
+/// samples held in OW words of a big endian file, which are the little endian bytes of the words.
+fn raw_stream_bytes(
+    bytes: &[u8],
+    vr: Option<[u8; 2]>,
+    big_endian: bool,
+    bytes_per_sample: usize,
+) -> Result<Cow<'_, [u8]>, DecodeError> {
+    // implicit VR: OW (dicom-rs's rule for Pixel Data); unknown VR bytes: read as UN
+    let vr = vr.map_or(Some(dicom::core::VR::OW), dicom::core::VR::from_binary);
+    match vr {
+        Some(dicom::core::VR::OW) if big_endian && bytes_per_sample <= 1 => {
+            let mut swapped = bytes.to_vec();
+            for pair in swapped.chunks_exact_mut(2) {
+                pair.swap(0, 1);
+            }
+            Ok(Cow::Owned(swapped))
+        }
+        None
+        | Some(dicom::core::VR::OB)
+        | Some(dicom::core::VR::OW)
+        | Some(dicom::core::VR::OL)
+        | Some(dicom::core::VR::UN) => Ok(Cow::Borrowed(bytes)),
+        Some(other) => Err(DecodeError::Malformed {
+            detail: format!(
+                "Pixel Data (7FE0,0010) has the unexpected VR {other:?} (OB or OW expected)"
+            ),
+        }),
     }
 }
 
@@ -747,26 +1058,38 @@ fn native_stream_bytes(
     })
 }
 
+/// Which codestream family an encapsulated transfer syntax carries, for the header check.
+fn codestream_family(ts_uid: &str) -> Option<codestream::Family> {
+    let process = ts_uid
+        .strip_prefix("1.2.840.10008.1.2.4.")
+        .and_then(|p| p.parse::<u32>().ok());
+    match process {
+        // JPEG processes (baseline, extended, lossless; retired ones too) and JPEG-LS
+        Some(50..=70) | Some(80) | Some(81) => Some(codestream::Family::Jpeg),
+        _ if JPEG2000_TS.contains(&ts_uid) => Some(codestream::Family::J2k),
+        _ => None,
+    }
+}
+
 fn is_deflated(ts_uid: &str) -> bool {
     ts_uid == "1.2.840.10008.1.2.1.99"
 }
 
-/// Error message with its source chain, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    let mut depth = 0;
-    while let Some(c) = cur {
-        if depth > 8 {
-            break;
-        }
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-        depth += 1;
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests;
+
+/// The RLE Lossless decoder on its own, for the fuzz target (`fuzz/fuzz_targets/rle.rs`) and the
+/// regression tests of what it found: the decoder takes attacker-controlled fragments and sizes, and
+/// reaching it through a whole Part-10 file would spend most fuzzing time in the parser. Returns the
+/// decoded little endian, sample-interleaved bytes of all frames. Not part of the API.
+#[doc(hidden)]
+pub fn rle_decode_for_fuzzing(
+    fragments: &[Vec<u8>],
+    frames: u32,
+    rows: u32,
+    cols: u32,
+    samples: u16,
+    bytes_per_sample: usize,
+) -> Result<Vec<u8>, String> {
+    rle::decode(fragments, frames, rows, cols, samples, bytes_per_sample)
+}

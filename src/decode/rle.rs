@@ -12,6 +12,18 @@ pub(crate) fn decode(
     samples: u16,
     bytes_per_sample: usize,
 ) -> Result<Vec<u8>, String> {
+    if frames == 0 {
+        return Err("no frames to decode".to_string());
+    }
+    let spp = usize::from(samples);
+    let nseg = spp.saturating_mul(bytes_per_sample);
+    // PS3.5 G.5: the header holds at most 15 segment offsets. Checked first: the sizes below
+    // bound the allocations only when every pixel has at least one segment.
+    if !(1..=15).contains(&nseg) {
+        return Err(format!(
+            "{spp} sample(s) of {bytes_per_sample} byte(s) would need {nseg} RLE segments; 1 to 15 are possible"
+        ));
+    }
     let frames = frames as usize;
     let frame_data: Vec<std::borrow::Cow<'_, [u8]>> = if fragments.len() == frames {
         fragments
@@ -30,12 +42,24 @@ pub(crate) fn decode(
     let px = (rows as usize)
         .checked_mul(cols as usize)
         .ok_or("image size overflows")?;
-    let spp = usize::from(samples);
-    let nseg = spp * bytes_per_sample;
     let frame_len = px.checked_mul(nseg).ok_or("frame size overflows")?;
     let total = frame_len
         .checked_mul(frames)
         .ok_or("pixel data size overflows")?;
+    // Every frame starts with a 64-byte header naming its segment count: checked for all frames
+    // before the output is allocated, so empty or foreign fragments cost nothing.
+    for (f, data) in frame_data.iter().enumerate() {
+        let n = data
+            .get(0..4)
+            .filter(|_| data.len() >= 64)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            .ok_or(format!("frame {f}: RLE header truncated"))?;
+        if n != nseg {
+            return Err(format!(
+                "frame {f}: RLE header has {n} segments, {nseg} expected for {spp} sample(s) of {bytes_per_sample} byte(s)"
+            ));
+        }
+    }
     // PackBits expands 2 input bytes to at most 128 output bytes: refuse declared sizes
     // the data cannot possibly fill before allocating for them.
     let input: usize = frame_data.iter().map(|d| d.len()).sum();

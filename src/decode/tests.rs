@@ -18,6 +18,8 @@ struct Spec {
     pi: &'static str,
     pixels: Option<Vec<u8>>,
     with_rows: bool,
+    sop_uid: &'static str,
+    study_uid: &'static str,
 }
 
 impl Default for Spec {
@@ -34,11 +36,22 @@ impl Default for Spec {
             pi: "MONOCHROME2",
             pixels: Some((0u16..6).flat_map(|v| (v * 100).to_le_bytes()).collect()),
             with_rows: true,
+            sop_uid: "1.2.3.4.5",
+            study_uid: "1.2.3.4",
         }
     }
 }
 
 fn build(s: Spec) -> Vec<u8> {
+    let file = object(s)
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE))
+        .expect("meta");
+    let mut out = Vec::new();
+    file.write_all(&mut out).expect("write");
+    out
+}
+
+fn object(s: Spec) -> InMemDicomObject {
     let mut obj = InMemDicomObject::new_empty();
     let put_str = |obj: &mut InMemDicomObject, tag, vr, v: &str| {
         obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
@@ -52,8 +65,8 @@ fn build(s: Spec) -> Vec<u8> {
         VR::UI,
         "1.2.840.10008.5.1.4.1.1.7",
     );
-    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.4.5");
-    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, "1.2.3.4");
+    put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, s.sop_uid);
+    put_str(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, s.study_uid);
     put_str(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, "1.2.3.4.1");
     put_str(&mut obj, tags::PATIENT_ID, VR::LO, "SECRET-ID");
     put_str(&mut obj, tags::MODALITY, VR::CS, "OT");
@@ -83,12 +96,7 @@ fn build(s: Spec) -> Vec<u8> {
             PrimitiveValue::from(px),
         ));
     }
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE))
-        .expect("meta");
-    let mut out = Vec::new();
-    file.write_all(&mut out).expect("write");
-    out
+    obj
 }
 
 fn err(bytes: &[u8], limits: &Limits) -> DecodeError {
@@ -107,11 +115,17 @@ fn decodes_small_unsigned() {
     assert_eq!(d.meta.photometric, Photometric::Monochrome2);
     assert_eq!(d.meta.sop_instance_uid, "1.2.3.4.5");
     assert_eq!(
-        d.meta.window,
-        Some(Window {
-            center: 40.0,
-            width: 400.0
-        })
+        d.meta.windows,
+        vec![
+            Window {
+                center: 40.0,
+                width: 400.0
+            },
+            Window {
+                center: 50.0,
+                width: 500.0
+            }
+        ]
     );
     assert_eq!(d.meta.pixel_spacing, Some([0.5, 0.25]));
     assert_eq!(d.meta.rescale_slope, 1.0);
@@ -215,7 +229,8 @@ fn too_large_checked_first() {
         e,
         DecodeError::TooLarge {
             bytes: 11,
-            limit: 10
+            limit: 10,
+            inflated: false
         }
     ));
     assert_eq!(e.code(), "too_large");
@@ -418,5 +433,565 @@ fn one_bit_packed_multiframe() {
             vec![1.0, 0.0, 1.0],
             vec![0.0, 1.0, 1.0]
         ]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hostile structure: raw Part-10 files assembled byte by byte.
+// ---------------------------------------------------------------------------------------------
+
+const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+
+/// A short explicit VR little endian element (meta group style), value padded to even length.
+fn explicit_short(group: u16, elem: u16, vr: &[u8; 2], value: &[u8], pad: u8) -> Vec<u8> {
+    let mut v = value.to_vec();
+    if v.len() % 2 == 1 {
+        v.push(pad);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&group.to_le_bytes());
+    out.extend_from_slice(&elem.to_le_bytes());
+    out.extend_from_slice(vr);
+    out.extend_from_slice(&(v.len() as u16).to_le_bytes());
+    out.extend_from_slice(&v);
+    out
+}
+
+/// Preamble, `DICM` and a file meta group naming `ts`, followed by `dataset`.
+fn part10(ts: &str, dataset: &[u8]) -> Vec<u8> {
+    let mut group = Vec::new();
+    group.extend_from_slice(&[0x02, 0x00, 0x01, 0x00, b'O', b'B', 0, 0, 2, 0, 0, 0, 0, 1]);
+    group.extend(explicit_short(2, 2, b"UI", b"1.2.840.10008.5.1.4.1.1.7", 0));
+    group.extend(explicit_short(2, 3, b"UI", b"1.2.3.4.5", 0));
+    group.extend(explicit_short(2, 0x10, b"UI", ts.as_bytes(), 0));
+    group.extend(explicit_short(2, 0x12, b"UI", b"1.2.3.999", 0));
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    out.extend(explicit_short(
+        2,
+        0,
+        b"UL",
+        &(group.len() as u32).to_le_bytes(),
+        0,
+    ));
+    out.extend(group);
+    out.extend_from_slice(dataset);
+    out
+}
+
+/// The data set of `s` encoded in `ts` (explicit or implicit VR little endian).
+fn dataset(s: Spec, ts: &str) -> Vec<u8> {
+    let ts = TransferSyntaxRegistry.get(ts).expect("known ts");
+    let mut out = Vec::new();
+    object(s)
+        .write_dataset_with_ts(&mut out, ts)
+        .expect("write");
+    out
+}
+
+/// Inserts raw element bytes right before Pixel Data (the last element of [`dataset`]).
+fn insert_before_pixel_data(mut ds: Vec<u8>, raw: &[u8]) -> Vec<u8> {
+    let at = ds
+        .windows(4)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+        .expect("pixel data");
+    ds.splice(at..at, raw.iter().copied());
+    ds
+}
+
+const ITEM_UNDEFINED: [u8; 8] = [0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF];
+const ITEM_END: [u8; 8] = [0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0];
+const SEQ_END: [u8; 8] = [0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0];
+
+/// `depth` nested sequences of undefined length (ContentSequence (0040,A730)), each in an item of
+/// undefined length, built without recursion.
+fn nested(depth: usize, explicit: bool) -> Vec<u8> {
+    let mut open = vec![0x40, 0x00, 0x30, 0xA7];
+    if explicit {
+        open.extend_from_slice(&[b'S', b'Q', 0, 0]);
+    }
+    open.extend_from_slice(&[0xFF; 4]);
+    open.extend_from_slice(&ITEM_UNDEFINED);
+    let mut out = Vec::with_capacity(depth * 28);
+    for _ in 0..depth {
+        out.extend_from_slice(&open);
+    }
+    for _ in 0..depth {
+        out.extend_from_slice(&ITEM_END);
+        out.extend_from_slice(&SEQ_END);
+    }
+    out
+}
+
+fn nested_file(depth: usize, ts: &str) -> Vec<u8> {
+    let enc_ts = if ts == IMPLICIT_LE {
+        IMPLICIT_LE
+    } else {
+        EXPLICIT_LE
+    };
+    let ds = insert_before_pixel_data(
+        dataset(Spec::default(), enc_ts),
+        &nested(depth, ts != IMPLICIT_LE),
+    );
+    if ts == DEFLATED {
+        part10(ts, &deflate(&ds))
+    } else {
+        part10(ts, &ds)
+    }
+}
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).expect("deflate");
+    enc.finish().expect("deflate")
+}
+
+fn reject(bytes: &[u8], limits: &Limits) -> Rejection {
+    match decode_instance(bytes, limits) {
+        Ok(_) => panic!("expected a rejection"),
+        Err(r) => r,
+    }
+}
+
+#[test]
+fn raw_builders_produce_files_that_decode() {
+    for ts in [EXPLICIT_LE, IMPLICIT_LE, DEFLATED] {
+        let d = decode_instance(&nested_file(0, ts), &Limits::default())
+            .unwrap_or_else(|r| panic!("{ts}: {r}"));
+        assert_eq!(
+            d.frames[0].pixels,
+            vec![0.0, 100.0, 200.0, 300.0, 400.0, 500.0],
+            "{ts}"
+        );
+    }
+}
+
+#[test]
+fn sequence_depth_limit_is_exact() {
+    for ts in [EXPLICIT_LE, IMPLICIT_LE, DEFLATED] {
+        for max in [3u32, 32] {
+            let limits = Limits {
+                max_sequence_depth: max,
+                ..Limits::default()
+            };
+            let ok = decode_instance(&nested_file(max as usize, ts), &limits);
+            assert!(ok.is_ok(), "{ts}: depth {max} of {max}: {:?}", ok.err());
+            let r = reject(&nested_file(max as usize + 1, ts), &limits);
+            assert_eq!(r.error.code(), "malformed", "{ts}");
+            let msg = r.error.to_string();
+            assert!(
+                msg.contains(&format!("nested deeper than {max} levels"))
+                    && msg.contains("max_sequence_depth"),
+                "{ts}: {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_is_rejected_without_recursion() {
+    // 10,000 levels: dicom-rs would recurse once per level and overflow this 2 MiB test thread stack
+    for ts in [EXPLICIT_LE, IMPLICIT_LE, DEFLATED] {
+        let r = reject(&nested_file(10_000, ts), &Limits::default());
+        assert_eq!(r.error.code(), "malformed", "{ts}");
+        assert!(
+            r.error.to_string().contains("nested deeper than 32"),
+            "{ts}: {}",
+            r.error
+        );
+        // the UIDs read before the bomb still name the instance
+        assert_eq!(r.sop_instance_uid.as_deref(), Some("1.2.3.4.5"), "{ts}");
+        assert_eq!(r.study_instance_uid.as_deref(), Some("1.2.3.4"), "{ts}");
+        assert_eq!(r.series_instance_uid.as_deref(), Some("1.2.3.4.1"), "{ts}");
+    }
+}
+
+/// An explicit VR UN element of undefined length (private (0009,1010)) whose implicit VR content is
+/// `content`, inserted into the default instance.
+fn un_file(content: &[u8]) -> Vec<u8> {
+    let mut raw = vec![
+        0x09, 0x00, 0x10, 0x10, b'U', b'N', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    raw.extend_from_slice(content);
+    raw.extend_from_slice(&SEQ_END);
+    part10(
+        EXPLICIT_LE,
+        &insert_before_pixel_data(dataset(Spec::default(), EXPLICIT_LE), &raw),
+    )
+}
+
+#[test]
+fn un_of_undefined_length_is_read_as_implicit_vr() {
+    // well-formed content: an item holding (0010,0010) "AB^C" in implicit VR. Read as explicit VR (as
+    // dicom-rs does) its bytes 'AB^C' would be a 1.1 GB length.
+    let mut item = ITEM_UNDEFINED.to_vec();
+    item.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, 4, 0, 0, 0, b'A', b'B', b'^', b'C']);
+    item.extend_from_slice(&ITEM_END);
+    let d = decode_instance(&un_file(&item), &Limits::default()).expect("decodes");
+    assert_eq!(
+        d.frames[0].pixels,
+        vec![0.0, 100.0, 200.0, 300.0, 400.0, 500.0]
+    );
+}
+
+#[test]
+fn un_of_undefined_length_with_a_huge_inner_length_is_rejected() {
+    let mut item = ITEM_UNDEFINED.to_vec();
+    item.extend_from_slice(&[0x09, 0x00, 0x11, 0x10, 0xF0, 0xFF, 0xFF, 0xFF]);
+    let r = reject(&un_file(&item), &Limits::default());
+    assert_eq!(r.error.code(), "malformed");
+    let msg = r.error.to_string();
+    assert!(
+        msg.contains("(0009,1011)") && msg.contains("4294967280"),
+        "{msg}"
+    );
+    assert_eq!(r.sop_instance_uid.as_deref(), Some("1.2.3.4.5"));
+}
+
+#[test]
+fn implicit_vr_undefined_length_sequence_with_a_huge_inner_length_is_rejected() {
+    let mut raw = vec![0x40, 0x00, 0x30, 0xA7, 0xFF, 0xFF, 0xFF, 0xFF];
+    raw.extend_from_slice(&ITEM_UNDEFINED);
+    raw.extend_from_slice(&[0x08, 0x00, 0x04, 0x01, 0x00, 0xFF, 0xFF, 0xFF]); // ~4 GB
+    let ds = insert_before_pixel_data(dataset(Spec::default(), IMPLICIT_LE), &raw);
+    let r = reject(&part10(IMPLICIT_LE, &ds), &Limits::default());
+    assert_eq!(r.error.code(), "malformed");
+    assert!(r.error.to_string().contains("(0008,0104)"), "{}", r.error);
+    assert_eq!(r.study_instance_uid.as_deref(), Some("1.2.3.4"));
+}
+
+#[test]
+fn deflated_data_set_is_inflated_with_a_cap() {
+    // 512 x 512 x 16-bit zeros: 512 KiB inflated, about 1 KiB deflated
+    let ds = dataset(
+        Spec {
+            rows: 512,
+            cols: 512,
+            pixels: Some(vec![0; 512 * 512 * 2]),
+            ..Spec::default()
+        },
+        EXPLICIT_LE,
+    );
+    let file = part10(DEFLATED, &deflate(&ds));
+    assert!(file.len() < 8 << 10, "{} bytes", file.len());
+    let d = decode_instance(&file, &Limits::default()).expect("under the cap");
+    assert_eq!(d.frames[0].pixels.len(), 512 * 512);
+    let limits = Limits {
+        max_instance_bytes: 64 << 10,
+        ..Limits::default()
+    };
+    let r = reject(&file, &limits);
+    assert_eq!(r.error.code(), "too_large");
+    assert!(matches!(
+        r.error,
+        DecodeError::TooLarge { inflated: true, .. }
+    ));
+    assert!(
+        r.error.to_string().contains("inflates past 65536 bytes"),
+        "{}",
+        r.error
+    );
+    // not a deflate stream at all
+    let r = reject(&part10(DEFLATED, &[0xFF; 64]), &Limits::default());
+    assert_eq!(r.error.code(), "malformed");
+}
+
+/// An 8-bit monochrome `rows` x `cols` instance in `ts` whose only fragment is `fragment`.
+fn encapsulated(ts: &str, rows: u16, cols: u16, fragment: &[u8]) -> Vec<u8> {
+    let mut ds = dataset(
+        Spec {
+            rows,
+            cols,
+            bits_allocated: 8,
+            bits_stored: 8,
+            pixels: None,
+            ..Spec::default()
+        },
+        EXPLICIT_LE,
+    );
+    ds.extend_from_slice(&[
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ]);
+    ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+    let mut frag = fragment.to_vec();
+    if frag.len() % 2 == 1 {
+        frag.push(0);
+    }
+    ds.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+    ds.extend_from_slice(&(frag.len() as u32).to_le_bytes());
+    ds.extend_from_slice(&frag);
+    ds.extend_from_slice(&SEQ_END);
+    part10(ts, &ds)
+}
+
+fn jpeg_header(sof: u8, width: u16, height: u16) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, sof, 0x00, 11, 8];
+    v.extend_from_slice(&height.to_be_bytes());
+    v.extend_from_slice(&width.to_be_bytes());
+    v.extend_from_slice(&[1, 1, 0x11, 0]);
+    v.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 1, 1, 0, 0, 63, 0, 0xFF, 0xD9]);
+    v
+}
+
+fn j2k_header(width: u32, height: u32) -> Vec<u8> {
+    let mut v = vec![0xFF, 0x4F, 0xFF, 0x51, 0x00, 41, 0x00, 0x00];
+    for x in [width, height, 0, 0, width, height, 0, 0] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v.extend_from_slice(&[0, 1, 7, 1, 1]);
+    v
+}
+
+#[test]
+fn codestream_larger_than_the_dicom_header_never_reaches_the_codec() {
+    for (ts, frag, name) in [
+        (
+            "1.2.840.10008.1.2.4.50",
+            jpeg_header(0xC0, 65535, 65535),
+            "JPEG",
+        ),
+        (
+            "1.2.840.10008.1.2.4.70",
+            jpeg_header(0xC3, 65535, 65535),
+            "JPEG",
+        ),
+        (
+            "1.2.840.10008.1.2.4.80",
+            jpeg_header(0xF7, 65535, 65535),
+            "JPEG",
+        ),
+        (
+            "1.2.840.10008.1.2.4.90",
+            j2k_header(65535, 65535),
+            "JPEG 2000",
+        ),
+    ] {
+        let r = reject(&encapsulated(ts, 64, 64, &frag), &Limits::default());
+        assert_eq!(r.error.code(), "malformed", "{ts}");
+        let msg = r.error.to_string();
+        assert!(
+            msg.contains(&format!("the {name} codestream"))
+                && msg.contains("65535 columns x 65535 rows x 1 components")
+                && msg.contains("64 x 64 x 1"),
+            "{ts}: {msg}"
+        );
+        // a header that agrees passes the check and reaches the codec (which fails on the empty scan)
+        let r = reject(
+            &encapsulated(
+                ts,
+                64,
+                64,
+                &match name {
+                    "JPEG" => jpeg_header(frag[3], 64, 64),
+                    _ => j2k_header(64, 64),
+                },
+            ),
+            &Limits::default(),
+        );
+        assert_eq!(r.error.code(), "pixel_decode", "{ts}: {}", r.error);
+    }
+}
+
+#[test]
+fn trailing_zero_padding_is_not_parsed() {
+    let bytes = build(Spec::default());
+    let want = decode_instance(&bytes, &Limits::default()).expect("original");
+    let mut padded = bytes.clone();
+    padded.resize(bytes.len() + 2_500_000, 0);
+    let got = decode_instance(&padded, &Limits::default()).expect("padded");
+    assert_eq!(got.frames, want.frames);
+    // padding that is not all zeros is still data: rejected
+    let mut junk = padded.clone();
+    let last = junk.len() - 1;
+    junk[last] = 1;
+    assert!(decode_instance(&junk, &Limits::default()).is_err());
+}
+
+#[test]
+fn malformed_uids_are_replaced_by_stand_ins_never_echoed() {
+    let bad = "1.2.840.99999.1234567890.1234567890.1234567890.1234567890.12345678"; // 66 chars
+                                                                                    // the instance is read (pydicom and dcmtk read such files), under a stand-in identity
+    let ok = decode_instance(
+        &build(Spec {
+            sop_uid: bad,
+            study_uid: "DOE^JOHN",
+            ..Spec::default()
+        }),
+        &Limits::default(),
+    )
+    .expect("a malformed UID alone does not reject the instance");
+    let m = &ok.meta;
+    assert!(m.sop_instance_uid.starts_with("2.25."), "{m:?}");
+    assert!(m.study_instance_uid.starts_with("2.25."), "{m:?}");
+    assert_eq!(m.series_instance_uid, "1.2.3.4.1", "a valid UID is kept");
+    let shown = format!("{m:?}");
+    assert!(!shown.contains(bad) && !shown.contains("DOE"), "{shown}");
+    // the same bad value always names the same study
+    let again = decode_instance(
+        &build(Spec {
+            study_uid: "DOE^JOHN",
+            ..Spec::default()
+        }),
+        &Limits::default(),
+    )
+    .expect("decodes");
+    assert_eq!(again.meta.study_instance_uid, m.study_instance_uid);
+
+    // a rejection for another reason is named by the stand-ins, and quotes neither value
+    let r = reject(
+        &build(Spec {
+            sop_uid: bad,
+            study_uid: "DOE^JOHN",
+            pi: "PALETTE COLOR",
+            ..Spec::default()
+        }),
+        &Limits::default(),
+    );
+    let msg = r.to_string();
+    assert!(!msg.contains(bad) && !msg.contains("DOE"), "{msg}");
+    assert_eq!(
+        r.sop_instance_uid.as_deref(),
+        Some(m.sop_instance_uid.as_str())
+    );
+    assert_eq!(
+        r.study_instance_uid.as_deref(),
+        Some(m.study_instance_uid.as_str())
+    );
+    assert_eq!(r.series_instance_uid.as_deref(), Some("1.2.3.4.1"));
+}
+
+#[test]
+fn photometric_values_are_quoted_only_when_defined_terms() {
+    let msg = reject(
+        &build(Spec {
+            pi: "DOE^JANE",
+            ..Spec::default()
+        }),
+        &Limits::default(),
+    )
+    .to_string();
+    assert!(!msg.contains("DOE") && !msg.contains("JANE"), "{msg}");
+    assert!(
+        msg.contains("PhotometricInterpretation (0028,0004) (a value of 8 characters"),
+        "{msg}"
+    );
+    let msg = reject(
+        &build(Spec {
+            pi: "PALETTE COLOR",
+            ..Spec::default()
+        }),
+        &Limits::default(),
+    )
+    .to_string();
+    assert!(msg.contains("'PALETTE COLOR'"), "{msg}");
+}
+
+/// Counts what the decoder reserves; refuses when told to.
+#[derive(Default)]
+struct CountingBudget {
+    reserved: std::sync::Mutex<Vec<u64>>,
+    refuse: bool,
+}
+
+impl DecodeBudget for CountingBudget {
+    fn reserve(&self, bytes: u64) -> Result<Reservation, DecodeError> {
+        self.reserved.lock().expect("lock").push(bytes);
+        if self.refuse {
+            Err(DecodeError::DecodedTooLarge {
+                bytes,
+                limit: 0,
+                rows: 0,
+                cols: 0,
+                frames: 0,
+                samples: 0,
+            })
+        } else {
+            Ok(Reservation::new(()))
+        }
+    }
+}
+
+#[test]
+fn decoded_size_is_reserved_once_before_decoding() {
+    let budget = CountingBudget::default();
+    let d = decode_instance_with_budget(&build(Spec::default()), &Limits::default(), Some(&budget))
+        .expect("decodes");
+    assert!(d.reservation.is_some());
+    assert_eq!(*budget.reserved.lock().expect("lock"), vec![2 * 3 * 4]);
+    assert!(decode_instance(&build(Spec::default()), &Limits::default())
+        .expect("decodes")
+        .reservation
+        .is_none());
+
+    // nothing is reserved for an instance rejected from its header
+    let budget = CountingBudget::default();
+    let missing = build(Spec {
+        pixels: None,
+        ..Spec::default()
+    });
+    assert!(decode_instance_with_budget(&missing, &Limits::default(), Some(&budget)).is_err());
+    assert!(budget.reserved.lock().expect("lock").is_empty());
+
+    // a refusal rejects the instance, under its UIDs
+    let budget = CountingBudget {
+        refuse: true,
+        ..CountingBudget::default()
+    };
+    let r = decode_instance_with_budget(&build(Spec::default()), &Limits::default(), Some(&budget))
+        .expect_err("refused");
+    assert_eq!(r.error.code(), "decoded_too_large");
+    assert_eq!(r.series_instance_uid.as_deref(), Some("1.2.3.4.1"));
+}
+
+#[test]
+fn raw_native_pixels_match_what_dicom_rs_would_give() {
+    // 8-bit samples in OW words of a big endian file are the words' little endian bytes
+    let be_ow = raw_stream_bytes(&[1, 2, 3, 4], Some(*b"OW"), true, 1).expect("OW");
+    assert_eq!(&be_ow[..], &[2, 1, 4, 3]);
+    // otherwise the file's bytes, in place
+    for (vr, be, bps) in [
+        (Some(*b"OW"), true, 2),
+        (Some(*b"OB"), true, 1),
+        (Some(*b"OW"), false, 1),
+        (None, false, 2),
+        (Some(*b"ZZ"), false, 2),
+    ] {
+        let out = raw_stream_bytes(&[1, 2, 3, 4], vr, be, bps).expect("bytes");
+        assert!(matches!(out, Cow::Borrowed(_)), "{vr:?}");
+        assert_eq!(&out[..], &[1, 2, 3, 4]);
+    }
+    let e = raw_stream_bytes(&[0; 4], Some(*b"FL"), false, 4).expect_err("FL");
+    assert!(e.to_string().contains("unexpected VR FL"), "{e}");
+}
+
+#[test]
+fn only_code_string_modalities_are_kept() {
+    let kept = decode_instance(&build(Spec::default()), &Limits::default()).expect("decodes");
+    assert_eq!(kept.meta.modality.as_deref(), Some("OT"));
+    let mut obj = object(Spec::default());
+    obj.put(DataElement::new(
+        tags::MODALITY,
+        VR::CS,
+        PrimitiveValue::from("Doe, John"),
+    ));
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE))
+        .expect("meta");
+    let mut out = Vec::new();
+    file.write_all(&mut out).expect("write");
+    let d = decode_instance(&out, &Limits::default()).expect("decodes");
+    assert_eq!(d.meta.modality, None);
+}
+
+#[test]
+fn rejection_stays_small() {
+    // returned by value from every decode (and from closures around it): keep it under clippy's
+    // large-error threshold of 128 bytes
+    assert!(
+        std::mem::size_of::<Rejection>() < 128,
+        "{}",
+        std::mem::size_of::<Rejection>()
     );
 }

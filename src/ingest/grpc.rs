@@ -5,29 +5,57 @@
 //! its session: its tasks are aborted and its queued slices are skipped by the engine; other streams
 //! are untouched. Every error about one instance becomes an `InstanceRejected` for that instance; the
 //! stream goes on.
+//!
+//! Shutdown (`shutdown.rs`): on a drain a session stops reading as if its client had closed its side,
+//! answers what it read, summarises its studies and ends the stream (UNAVAILABLE if the client had not
+//! closed, since what it sent after was not read); on an abort it cancels its tasks and ends
+//! UNAVAILABLE with the count cancelled. New streams during a drain are refused UNAVAILABLE.
+//!
+//! What one stream may cost is bounded by configuration, not by the client (see `budget.rs`): streams
+//! in total and per connection are capped; received bytes not yet decoded and decoded pixels not yet
+//! scored each draw from one budget shared by all streams; a decode keeps its slot and its shares until
+//! the decode itself ends (aborting the task of a vanished client does not free them early); events
+//! carry the instance's metadata, never its pixels, so a client that stops reading holds no decoded
+//! pixels; `client_ref` is bounded and shared by all frames of an instance. An inbound failure (a
+//! message over the size limit, a broken frame) ends the stream with its gRPC status, after what was
+//! accepted has been answered and its studies summarised.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
+use futures::{future::OptionFuture, stream::BoxStream, StreamExt};
 use tokio::{
     sync::{mpsc, OwnedSemaphorePermit, Semaphore},
     task::JoinSet,
 };
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::budget::ByteBudget;
 use crate::{
-    decode::{decode_instance, DecodeError, DecodedInstance, Limits, Rejection},
+    config::LimitsConfig,
+    decode::{decode_instance_with_budget, DecodeError, InstanceMeta, Limits, Rejection},
     pipeline::{Engine, EngineError, ScoredSlice},
     proto::v1::{self as pb, analysis_server::Analysis},
     results::{self, Arrival},
+    shutdown::{AbortReason, Shutdown},
     study::StudyTracker,
 };
 
 /// Responses buffered per stream before the session waits for the client to read.
 const RESPONSE_BUFFER: usize = 64;
+
+/// A session's wait for its next message's share of the request budget.
+type ShareWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemaphorePermit> + Send>>;
+
+/// The request-budget share taken before a stream's first message is read (then: the last message's
+/// size). A CT slice is ~0.5 MB: guessing low would make every first message wait in hand.
+const FIRST_MESSAGE_GUESS: u64 = 1 << 20;
 
 /// The `radstream.v1.Analysis` service.
 #[derive(Debug, Clone)]
@@ -38,6 +66,16 @@ pub struct AnalysisService {
     max_in_flight: usize,
     /// Caps concurrent decodes across all streams (decode is CPU-bound).
     decode_slots: Arc<Semaphore>,
+    /// Drain: refuse new streams, stop reading open ones, finish what they accepted. Abort: cancel.
+    shutdown: Shutdown,
+    /// Decoded pixels between decode and scoring, across all streams.
+    decoded_budget: Arc<ByteBudget>,
+    /// Received Part-10 bytes not yet decoded, across all streams.
+    request_budget: Arc<ByteBudget>,
+    /// Open `Analyze` streams, across all connections.
+    streams: Arc<Semaphore>,
+    max_streams: usize,
+    max_client_ref_bytes: usize,
 }
 
 impl AnalysisService {
@@ -56,27 +94,80 @@ impl AnalysisService {
             idle_timeout,
             max_in_flight,
             decode_slots: Arc::new(Semaphore::new(cores)),
+            shutdown: Shutdown::new(),
+            decoded_budget: Arc::new(ByteBudget::new("decoded bytes", 1)),
+            request_budget: Arc::new(ByteBudget::new("request bytes", 1)),
+            streams: Arc::new(Semaphore::new(1)),
+            max_streams: 1,
+            max_client_ref_bytes: 0,
         }
+        .with_limits(&LimitsConfig::default())
+    }
+
+    /// Applies the service-wide limits of `[limits]`: budgets, stream cap, `client_ref` length.
+    pub fn with_limits(mut self, limits: &LimitsConfig) -> Self {
+        self.decoded_budget = Arc::new(ByteBudget::new(
+            "decoded bytes",
+            limits.max_decoded_bytes_in_flight,
+        ));
+        self.request_budget = Arc::new(ByteBudget::new(
+            "request bytes",
+            limits.max_request_bytes_in_flight,
+        ));
+        self.max_streams = limits.max_streams.max(1);
+        self.streams = Arc::new(Semaphore::new(self.max_streams));
+        self.max_client_ref_bytes = limits.max_client_ref_bytes;
+        self
+    }
+
+    /// Follow `shutdown` (the server's); without it the service never drains.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 
 #[tonic::async_trait]
 impl Analysis for AnalysisService {
-    type AnalyzeStream = ReceiverStream<Result<pb::AnalyzeResponse, Status>>;
+    /// The session's responses, then the stream's final status when it is not OK. The status travels
+    /// on its own channel so it is never stuck behind a full response buffer, yet reaches the client
+    /// after every response sent before it.
+    type AnalyzeStream = BoxStream<'static, Result<pb::AnalyzeResponse, Status>>;
 
     async fn analyze(
         &self,
         request: Request<Streaming<pb::AnalyzeRequest>>,
     ) -> Result<Response<Self::AnalyzeStream>, Status> {
+        if self.shutdown.is_draining() {
+            return Err(Status::unavailable(
+                "server shutting down: no new streams are accepted; send to another instance",
+            ));
+        }
+        // Refused at once rather than queued: a PACS retries or spreads the load; a queue would hide it.
+        let Ok(stream_permit) = self.streams.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "too many open Analyze streams: the server's limit is {} (limits.max_streams); \
+                 close a stream or retry later",
+                self.max_streams
+            )));
+        };
         let peer = request.remote_addr();
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let (final_status, final_rx) = tokio::sync::oneshot::channel::<Status>();
         let session = Session::new(self.clone(), out);
         tokio::spawn(async move {
             let outcome = session.run(inbound).await;
+            // Given back before the client can see the stream end, so it may open another at once.
+            drop(stream_permit);
             tracing::info!(?peer, "analyze stream ended: {outcome}");
+            if let Some(status) = outcome.final_status() {
+                let _ = final_status.send(status);
+            }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let status = futures::stream::once(final_rx)
+            .filter_map(|sent| futures::future::ready(sent.ok().map(Err)));
+        Ok(Response::new(ReceiverStream::new(rx).chain(status).boxed()))
     }
 }
 
@@ -106,16 +197,18 @@ fn engine_reason(error: &EngineError) -> pb::RejectReason {
     }
 }
 
-/// What decode tasks report back to their session, in order per instance.
+/// What decode tasks report back to their session, in order per instance. Events carry the instance's
+/// metadata, not its pixels: a session that waits for a slow client must not keep decoded pixels (and
+/// their share of the decoded-bytes budget) alive.
 enum Event {
     Decoded {
-        client_ref: String,
-        result: Result<Arc<DecodedInstance>, Rejection>,
+        client_ref: ClientRef,
+        result: Result<(Arc<InstanceMeta>, u32), Rejection>,
     },
     Scored {
-        instance: Arc<DecodedInstance>,
+        meta: Arc<InstanceMeta>,
         frame: usize,
-        client_ref: String,
+        client_ref: ClientRef,
         arrival: Arrival,
         result: Result<ScoredSlice, EngineError>,
     },
@@ -126,8 +219,55 @@ enum Event {
 /// Why a session ended.
 #[derive(Debug)]
 enum Outcome {
-    Completed { instances: u64, summaries: u64 },
+    Completed {
+        instances: u64,
+        summaries: u64,
+    },
     ClientGone,
+    /// The inbound stream failed; what was read was answered and summarised first.
+    InboundFailed {
+        instances: u64,
+        summaries: u64,
+        status: Status,
+    },
+    /// The server drained while the client had not closed its side: the session stopped reading,
+    /// answered every instance it had read and summarised its studies.
+    Drained {
+        instances: u64,
+        summaries: u64,
+    },
+    /// The drain deadline passed (or a second signal came): the instances still in flight were
+    /// cancelled unanswered.
+    Aborted {
+        cancelled: usize,
+        reason: AbortReason,
+    },
+}
+
+impl Outcome {
+    /// The status that ends the stream when it is not OK.
+    ///
+    /// A drained stream whose client had not closed its side ends UNAVAILABLE even when everything
+    /// read was answered: the server cannot know whether the client had more to send, and OK would
+    /// tell it that everything it sent was analysed. Its responses say which instances were.
+    fn final_status(&self) -> Option<Status> {
+        match self {
+            Outcome::Completed { .. } | Outcome::ClientGone => None,
+            Outcome::InboundFailed { status, .. } => Some(status.clone()),
+            Outcome::Drained {
+                instances,
+                summaries,
+            } => Some(Status::unavailable(format!(
+                "server shutting down: stopped reading this stream after {instances} instances \
+                 (all answered, {summaries} study summaries sent); anything sent after them was not \
+                 read: send it again to another instance"
+            ))),
+            Outcome::Aborted { cancelled, reason } => Some(Status::unavailable(format!(
+                "server shutting down: {reason}; {cancelled} instances were cancelled before they \
+                 were answered: send them again to another instance"
+            ))),
+        }
+    }
 }
 
 impl std::fmt::Display for Outcome {
@@ -143,6 +283,28 @@ impl std::fmt::Display for Outcome {
                 )
             }
             Outcome::ClientGone => write!(f, "client went away; its in-flight work was cancelled"),
+            Outcome::InboundFailed {
+                instances,
+                summaries,
+                status,
+            } => write!(
+                f,
+                "inbound stream failed ({:?}: {}) after {instances} instances, all answered \
+                 ({summaries} study summaries)",
+                status.code(),
+                status.message()
+            ),
+            Outcome::Drained {
+                instances,
+                summaries,
+            } => write!(
+                f,
+                "drained for shutdown ({instances} instances read and answered, {summaries} study summaries)"
+            ),
+            Outcome::Aborted { cancelled, reason } => write!(
+                f,
+                "cut off: {reason} ({cancelled} instances cancelled)"
+            ),
         }
     }
 }
@@ -158,6 +320,15 @@ struct Session {
     /// Instance tasks not finished yet.
     in_flight: usize,
     input_closed: bool,
+    /// The drain stopped reading before the client closed its side.
+    stopped_reading: bool,
+    /// The inbound stream failed (oversize message, broken frame): the status that ends the stream once
+    /// what was read has been answered.
+    inbound_failure: Option<Status>,
+    /// The request budget's share taken for the next message, before it is read.
+    request_share: Option<OwnedSemaphorePermit>,
+    /// The size the next message is expected to have (the last one's).
+    expected_message: u64,
     instances: u64,
     summaries: u64,
 }
@@ -181,16 +352,38 @@ impl Session {
             undecoded: 0,
             in_flight: 0,
             input_closed: false,
+            stopped_reading: false,
+            inbound_failure: None,
+            request_share: None,
+            expected_message: FIRST_MESSAGE_GUESS,
             instances: 0,
             summaries: 0,
         }
     }
 
+    /// Sends one response; waits while the client does not read, but never past an abort.
     async fn send(&self, event: pb::analyze_response::Event) -> Result<(), ClientGone> {
-        self.out
-            .send(Ok(pb::AnalyzeResponse { event: Some(event) }))
-            .await
-            .map_err(|_| ClientGone)
+        let response = Ok(pb::AnalyzeResponse { event: Some(event) });
+        tokio::select! {
+            sent = self.out.send(response) => sent.map_err(|_| ClientGone),
+            () = self.service.shutdown.aborted() => Err(ClientGone),
+        }
+    }
+
+    /// How a session that must stop now ends: aborted by the shutdown, or because its client left.
+    fn cut_off(&self) -> Outcome {
+        if self.service.shutdown.is_aborted() {
+            Outcome::Aborted {
+                cancelled: self.in_flight,
+                reason: self
+                    .service
+                    .shutdown
+                    .abort_reason()
+                    .unwrap_or(AbortReason::Forced),
+            }
+        } else {
+            Outcome::ClientGone
+        }
     }
 
     async fn run(mut self, mut inbound: Streaming<pb::AnalyzeRequest>) -> Outcome {
@@ -203,16 +396,52 @@ impl Session {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let out = self.out.clone();
+        let shutdown = self.service.shutdown.clone();
+        // Kept across turns of the loop: the budget is a FIFO queue, and a wait dropped whenever an
+        // event or a tick comes would lose its place in it.
+        let mut share_wait: Option<ShareWait> = None;
         loop {
+            if share_wait.is_none()
+                && !self.input_closed
+                && permit.is_some()
+                && self.request_share.is_none()
+            {
+                let budget = self.service.request_budget.clone();
+                let expected = self.expected_message;
+                share_wait = Some(Box::pin(async move { budget.acquire(expected).await }));
+            }
             let step = tokio::select! {
                 biased;
                 _ = out.closed() => Err(ClientGone),
+                () = shutdown.aborted() => Err(ClientGone),
+                // Drain: stop reading as if the client had closed its side; what was read is finished.
+                () = shutdown.draining(), if !self.input_closed => {
+                    self.input_closed = true;
+                    self.stopped_reading = true;
+                    Ok(())
+                }
                 Some(event) = events.recv() => self.on_event(event).await,
+                // Reap finished tasks as they finish, not when the stream ends.
+                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                    self.on_task_end(joined);
+                    Ok(())
+                }
                 p = slots.clone().acquire_owned(), if !self.input_closed && permit.is_none() => {
                     permit = p.ok();
                     Ok(())
                 }
-                msg = inbound.message(), if !self.input_closed && permit.is_some() => match msg {
+                // The next message's share of the request budget is taken before reading it (sized as
+                // the last one): a session waiting for the budget leaves its bytes with the client.
+                Some(share) = OptionFuture::from(share_wait.as_mut()),
+                    if share_wait.is_some() && !self.input_closed =>
+                {
+                    share_wait = None;
+                    self.request_share = Some(share);
+                    Ok(())
+                }
+                msg = inbound.message(),
+                    if !self.input_closed && permit.is_some() && self.request_share.is_some() =>
+                match msg {
                     Ok(Some(request)) => {
                         self.on_request(request, &mut permit, &events_tx, &mut tasks).await
                     }
@@ -220,26 +449,67 @@ impl Session {
                         self.input_closed = true;
                         Ok(())
                     }
-                    Err(status) => {
-                        tracing::debug!("inbound stream failed: {status}");
-                        Err(ClientGone)
-                    }
+                    Err(status) => self.on_inbound_failure(status),
                 },
                 _ = ticker.tick() => Ok(()),
             };
             if step.is_err() {
                 tasks.abort_all();
-                return Outcome::ClientGone;
+                return self.cut_off();
             }
             if self.complete_studies().await.is_err() {
                 tasks.abort_all();
-                return Outcome::ClientGone;
+                return self.cut_off();
+            }
+            if self.input_closed && self.in_flight == 0 {
+                if let Some(status) = self.inbound_failure.take() {
+                    return Outcome::InboundFailed {
+                        instances: self.instances,
+                        summaries: self.summaries,
+                        status,
+                    };
+                }
+            }
+            if self.input_closed && self.in_flight == 0 && self.stopped_reading {
+                return Outcome::Drained {
+                    instances: self.instances,
+                    summaries: self.summaries,
+                };
             }
             if self.input_closed && self.in_flight == 0 {
                 return Outcome::Completed {
                     instances: self.instances,
                     summaries: self.summaries,
                 };
+            }
+        }
+    }
+
+    /// The inbound stream failed. A client that cancelled is gone; anything else (a message over the
+    /// size limit, a broken frame) stops the reading, lets what was read be answered and summarised,
+    /// and then ends the stream with the matching status.
+    fn on_inbound_failure(&mut self, status: Status) -> Result<(), ClientGone> {
+        if status.code() == Code::Cancelled {
+            tracing::debug!("inbound stream cancelled by the client: {status}");
+            return Err(ClientGone);
+        }
+        let status = inbound_status(status);
+        tracing::info!(
+            code = ?status.code(),
+            "inbound stream failed; finishing what was read: {}",
+            status.message()
+        );
+        self.input_closed = true;
+        self.inbound_failure = Some(status);
+        Ok(())
+    }
+
+    /// A task ended: its `Done` event already counted it, unless it panicked before sending it.
+    fn on_task_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
+        if let Err(join) = joined {
+            if join.is_panic() {
+                tracing::error!("an instance task panicked: {join}");
+                self.in_flight = self.in_flight.saturating_sub(1);
             }
         }
     }
@@ -257,16 +527,52 @@ impl Session {
                 let Some(permit) = permit.take() else {
                     return Ok(());
                 };
+                let received = SystemTime::now();
                 self.instances += 1;
+                let limit = self.service.max_client_ref_bytes;
+                if instance.client_ref.len() > limit {
+                    // Not echoed: a client_ref that long is not a label, and could be anything.
+                    return self
+                        .send(pb::analyze_response::Event::Rejected(
+                            pb::InstanceRejected {
+                                reason: pb::RejectReason::TooLarge as i32,
+                                message: format!(
+                                    "client_ref of {} bytes exceeds the limit of {limit} bytes \
+                                 (limits.max_client_ref_bytes); the instance was not read",
+                                    instance.client_ref.len()
+                                ),
+                                ..Default::default()
+                            },
+                        ))
+                        .await;
+                }
+                // The share taken before reading was sized as the last message: fit it to this one
+                // (waiting, with the message in hand, only when it grew).
+                let bytes = instance.dicom.len() as u64;
+                self.expected_message = bytes;
+                let budget = &self.service.request_budget;
+                let taken = self.request_share.take();
+                let request_share = async {
+                    match taken {
+                        Some(share) => budget.resize(share, bytes).await,
+                        None => budget.acquire(bytes).await,
+                    }
+                };
+                let request_share = tokio::select! {
+                    share = request_share => share,
+                    _ = self.out.closed() => return Err(ClientGone),
+                    () = self.service.shutdown.aborted() => return Err(ClientGone),
+                };
                 self.undecoded += 1;
                 self.in_flight += 1;
                 let task = InstanceTask {
                     engine: self.service.engine.clone(),
                     limits: self.service.limits,
                     decode_slots: self.service.decode_slots.clone(),
+                    decoded_budget: self.service.decoded_budget.clone(),
                     events: events.clone(),
                 };
-                tasks.spawn(task.run(instance, SystemTime::now(), permit));
+                tasks.spawn(task.run(instance, received, permit, request_share));
                 Ok(())
             }
             Some(Kind::EndOfStudy(end)) => {
@@ -299,13 +605,11 @@ impl Session {
             Event::Decoded { client_ref, result } => {
                 self.undecoded = self.undecoded.saturating_sub(1);
                 match result {
-                    Ok(instance) => {
-                        let meta = &instance.meta;
-                        let frames = instance.frames.len() as u32;
+                    Ok((meta, frames)) => {
                         self.tracker.accepted(&meta.study_instance_uid, frames, now);
-                        let slice = results::slice_id(meta, 0);
+                        let slice = results::slice_id(&meta, 0);
                         self.send(Ev::Accepted(pb::InstanceAccepted {
-                            client_ref,
+                            client_ref: client_ref.to_string(),
                             slice: Some(results::slice_ref(&slice)),
                             frames,
                         }))
@@ -325,13 +629,17 @@ impl Session {
                             rejection.error
                         );
                         self.send(Ev::Rejected(pb::InstanceRejected {
-                            client_ref,
+                            client_ref: client_ref.to_string(),
                             sop_instance_uid: rejection
                                 .sop_instance_uid
                                 .clone()
                                 .unwrap_or_default(),
                             study_instance_uid: rejection
                                 .study_instance_uid
+                                .clone()
+                                .unwrap_or_default(),
+                            series_instance_uid: rejection
+                                .series_instance_uid
                                 .clone()
                                 .unwrap_or_default(),
                             reason: reject_reason(&rejection.error) as i32,
@@ -343,13 +651,13 @@ impl Session {
                 }
             }
             Event::Scored {
-                instance,
+                meta,
                 frame,
                 client_ref,
                 arrival,
                 result,
             } => {
-                let meta = &instance.meta;
+                let meta = &*meta;
                 let id = results::slice_id(meta, frame as u32);
                 match result {
                     Ok(scored) => {
@@ -371,9 +679,10 @@ impl Session {
                         self.tracker.failed(&meta.study_instance_uid, now);
                         tracing::warn!(sop_instance_uid = %meta.sop_instance_uid, frame, "slice failed: {error}");
                         self.send(Ev::Rejected(pb::InstanceRejected {
-                            client_ref,
+                            client_ref: client_ref.to_string(),
                             sop_instance_uid: meta.sop_instance_uid.clone(),
                             study_instance_uid: meta.study_instance_uid.clone(),
+                            series_instance_uid: meta.series_instance_uid.clone(),
                             reason: engine_reason(&error) as i32,
                             message: error.to_string(),
                             frame: Some(frame as u32),
@@ -402,77 +711,246 @@ impl Session {
     }
 }
 
+/// The status an inbound failure ends the stream with. tonic reports a message over
+/// `max_decoding_message_size` as OUT_OF_RANGE; the contract (README) is RESOURCE_EXHAUSTED, the code
+/// gRPC itself uses for a message over the receive limit.
+fn inbound_status(status: Status) -> Status {
+    match status.code() {
+        Code::OutOfRange if status.message().contains("message length too large") => {
+            Status::resource_exhausted(format!(
+                "request message over the server's size limit (limits.max_instance_bytes + 1 MiB): \
+                 {}; the stream was ended after answering the instances before it",
+                status.message()
+            ))
+        }
+        code => Status::new(
+            code,
+            format!(
+                "the request stream failed: {}; the stream was ended after answering the instances \
+                 before it",
+                status.message()
+            ),
+        ),
+    }
+}
+
+/// A `client_ref`, shared by the acceptance and every frame's finding of its instance: one copy per
+/// instance, however many frames it has (it is copied only into the response being sent).
+#[derive(Clone)]
+struct ClientRef(Arc<probe::Counted>);
+
+impl ClientRef {
+    fn new(text: String) -> Self {
+        Self(Arc::new(probe::Counted::new(text)))
+    }
+}
+
+impl std::ops::Deref for ClientRef {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl std::fmt::Display for ClientRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// Counters the resource tests read. Not an API: the figures are process-wide and only meaningful to a
+/// test that runs one server in its process.
+#[doc(hidden)]
+pub mod probe {
+    use super::{AtomicUsize, Ordering};
+
+    static DECODES_RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static DECODES_PEAK: AtomicUsize = AtomicUsize::new(0);
+    static DECODES_STARTED: AtomicUsize = AtomicUsize::new(0);
+    static CLIENT_REFS_LIVE: AtomicUsize = AtomicUsize::new(0);
+    static CLIENT_REFS_PEAK: AtomicUsize = AtomicUsize::new(0);
+
+    /// Decodes running now (on the blocking pool).
+    pub fn decodes_running() -> usize {
+        DECODES_RUNNING.load(Ordering::SeqCst)
+    }
+
+    /// Most decodes that ever ran at once in this process.
+    pub fn decodes_peak() -> usize {
+        DECODES_PEAK.load(Ordering::SeqCst)
+    }
+
+    /// Decodes started in this process.
+    pub fn decodes_started() -> usize {
+        DECODES_STARTED.load(Ordering::SeqCst)
+    }
+
+    /// `client_ref` copies held by sessions and their tasks now.
+    pub fn client_refs_live() -> usize {
+        CLIENT_REFS_LIVE.load(Ordering::SeqCst)
+    }
+
+    /// Most `client_ref` copies ever held at once in this process.
+    pub fn client_refs_peak() -> usize {
+        CLIENT_REFS_PEAK.load(Ordering::SeqCst)
+    }
+
+    /// Restarts the peaks from what runs now.
+    pub fn reset_peaks() {
+        DECODES_PEAK.store(decodes_running(), Ordering::SeqCst);
+        CLIENT_REFS_PEAK.store(client_refs_live(), Ordering::SeqCst);
+    }
+
+    /// Held for the duration of one decode.
+    pub(super) struct Decoding(());
+
+    impl Decoding {
+        pub(super) fn start() -> Self {
+            DECODES_STARTED.fetch_add(1, Ordering::SeqCst);
+            let now = DECODES_RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+            DECODES_PEAK.fetch_max(now, Ordering::SeqCst);
+            Self(())
+        }
+    }
+
+    impl Drop for Decoding {
+        fn drop(&mut self) {
+            DECODES_RUNNING.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// One counted `client_ref` copy.
+    pub(super) struct Counted(String);
+
+    impl Counted {
+        pub(super) fn new(text: String) -> Self {
+            let now = CLIENT_REFS_LIVE.fetch_add(1, Ordering::SeqCst) + 1;
+            CLIENT_REFS_PEAK.fetch_max(now, Ordering::SeqCst);
+            Self(text)
+        }
+
+        pub(super) fn as_str(&self) -> &str {
+            &self.0
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            CLIENT_REFS_LIVE.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Decodes one instance and queues its frames; reports everything through the session's event channel.
 struct InstanceTask {
     engine: Arc<Engine>,
     limits: Limits,
     decode_slots: Arc<Semaphore>,
+    decoded_budget: Arc<ByteBudget>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl InstanceTask {
+    /// Always ends with `Done` (unless aborted with its session), so the session can count it.
     async fn run(
         self,
         instance: pb::Instance,
         received: SystemTime,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
+        request_share: OwnedSemaphorePermit,
+    ) {
+        let events = self.events.clone();
+        self.process(instance, received, request_share).await;
+        drop(permit);
+        let _ = events.send(Event::Done);
+    }
+
+    // The decode's `Rejection` is large; it crosses the blocking pool once per instance.
+    #[allow(clippy::result_large_err)]
+    async fn process(
+        self,
+        instance: pb::Instance,
+        received: SystemTime,
+        request_share: OwnedSemaphorePermit,
     ) {
         let pb::Instance { dicom, client_ref } = instance;
-        let decoded = {
-            let _slot = self.decode_slots.acquire().await;
-            let limits = self.limits;
-            tokio::task::spawn_blocking(move || decode_instance(&dicom, &limits)).await
-        };
+        let client_ref = ClientRef::new(client_ref);
+        // The slot is never closed; without one (impossible) the decode would still be bounded by the
+        // stream's in-flight limit.
+        let slot = self.decode_slots.clone().acquire_owned().await.ok();
+        let limits = self.limits;
+        let budget = self.decoded_budget.clone();
+        let decoded = tokio::task::spawn_blocking(move || {
+            // The decode slot and the request bytes' share belong to the decode itself: when the
+            // client vanishes this task is aborted, but the blocking decode runs on, and must go on
+            // counting against the global limits until it ends.
+            let _slot = slot;
+            let _running = probe::Decoding::start();
+            let decoded = decode_instance_with_budget(&dicom, &limits, Some(budget.as_ref()));
+            drop(dicom);
+            drop(request_share);
+            decoded
+        })
+        .await;
         let decoded_at = SystemTime::now();
-        let result = match decoded {
+        let instance = match decoded {
             Ok(Ok(instance)) => Ok(Arc::new(instance)),
             Ok(Err(rejection)) => Err(rejection),
             Err(join) => Err(Rejection {
                 sop_instance_uid: None,
                 study_instance_uid: None,
+                series_instance_uid: None,
                 error: DecodeError::PixelDecode {
                     transfer_syntax: String::new(),
                     detail: format!("decoder crashed: {join}"),
                 },
             }),
         };
-        let accepted = result.as_ref().ok().cloned();
-        if self
-            .events
-            .send(Event::Decoded {
-                client_ref: client_ref.clone(),
-                result,
-            })
-            .is_err()
-        {
+        let instance = match instance {
+            Ok(instance) => instance,
+            Err(rejection) => {
+                let _ = self.events.send(Event::Decoded {
+                    client_ref,
+                    result: Err(rejection),
+                });
+                return;
+            }
+        };
+        let meta = Arc::new(instance.meta.clone());
+        let frames = instance.frames.len();
+        let accepted = Event::Decoded {
+            client_ref: client_ref.clone(),
+            result: Ok((meta.clone(), frames as u32)),
+        };
+        if self.events.send(accepted).is_err() {
             return;
         }
-        if let Some(instance) = accepted {
-            let arrival = Arrival {
-                received,
-                decoded: decoded_at,
+        let arrival = Arrival {
+            received,
+            decoded: decoded_at,
+        };
+        let mut pending = Vec::with_capacity(frames);
+        for frame in 0..frames {
+            pending.push((frame, self.engine.submit(instance.clone(), frame).await));
+        }
+        // From here the engine's queued jobs hold the pixels: the last one scored (or skipped) gives the
+        // instance's decoded bytes back, whether or not this stream's client reads its findings.
+        drop(instance);
+        for (frame, submitted) in pending {
+            let result = match submitted {
+                Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
+                Err(e) => Err(e),
             };
-            let mut pending = Vec::with_capacity(instance.frames.len());
-            for frame in 0..instance.frames.len() {
-                pending.push((frame, self.engine.submit(instance.clone(), frame).await));
-            }
-            for (frame, submitted) in pending {
-                let result = match submitted {
-                    Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
-                    Err(e) => Err(e),
-                };
-                let event = Event::Scored {
-                    instance: instance.clone(),
-                    frame,
-                    client_ref: client_ref.clone(),
-                    arrival,
-                    result,
-                };
-                if self.events.send(event).is_err() {
-                    return;
-                }
+            let event = Event::Scored {
+                meta: meta.clone(),
+                frame,
+                client_ref: client_ref.clone(),
+                arrival,
+                result,
+            };
+            if self.events.send(event).is_err() {
+                return;
             }
         }
-        let _ = self.events.send(Event::Done);
     }
 }

@@ -41,7 +41,8 @@ pub struct InputSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSection {
-    /// Fixed window; absent: the file's first window, else the slice's min/max.
+    /// Fixed window (finite centre, finite width >= 1); absent: the file's first valid window, else the
+    /// slice's min/max.
     #[serde(default)]
     pub window: Option<WindowToml>,
     pub mean: Vec<f32>,
@@ -150,9 +151,17 @@ impl Manifest {
             ));
         }
         if let Some(w) = p.window {
-            if !(w.center.is_finite() && w.width.is_finite() && w.width >= 1.0) {
+            // The same rule as a file's window (PS3.3 C.11.2.1.2), but a manifest is fixed by whoever
+            // wrote it: refused at load, not skipped per slice.
+            if !w.center.is_finite() {
                 return Err(format!(
-                    "[preprocess] window width must be >= 1 (found {})",
+                    "[preprocess] window.center must be a finite number (found {})",
+                    w.center
+                ));
+            }
+            if !(w.width.is_finite() && w.width >= 1.0) {
+                return Err(format!(
+                    "[preprocess] window.width must be a finite number >= 1 (DICOM PS3.3 C.11.2.1.2; found {})",
                     w.width
                 ));
             }
@@ -242,5 +251,42 @@ threshold = 0.5
             .contains("outside 0..=1"));
         let bad = GOOD.replace("[outputs]", "[outputz]");
         assert!(Manifest::parse(&bad, "t").is_err());
+    }
+
+    #[test]
+    fn an_invalid_window_is_refused_at_load_naming_the_field() {
+        let with = |window: &str| {
+            GOOD.replace(
+                "[preprocess]\n",
+                &format!("[preprocess]\nwindow = {{ {window} }}\n"),
+            )
+        };
+        let ok = Manifest::parse(&with("center = 40.0, width = 400.0"), "t").expect("valid");
+        assert_eq!(
+            ok.preprocess_spec().window,
+            Some(Window {
+                center: 40.0,
+                width: 400.0
+            })
+        );
+        // Width 1 is the smallest valid width.
+        Manifest::parse(&with("center = 40.0, width = 1.0"), "t").expect("width 1 is valid");
+        for (window, field) in [
+            ("center = 0.0, width = 0.0", "window.width"),
+            ("center = 40.0, width = 0.5", "window.width"),
+            ("center = 40.0, width = -400.0", "window.width"),
+            ("center = 40.0, width = nan", "window.width"),
+            ("center = 40.0, width = inf", "window.width"),
+            ("center = nan, width = 400.0", "window.center"),
+            ("center = -inf, width = 400.0", "window.center"),
+        ] {
+            let err = Manifest::parse(&with(window), "models/x/model.toml")
+                .expect_err(window)
+                .to_string();
+            assert!(
+                err.contains("models/x/model.toml") && err.contains(field),
+                "{window}: {err}"
+            );
+        }
     }
 }

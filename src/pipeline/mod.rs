@@ -7,14 +7,24 @@
 //!
 //! One bad slice never fails its neighbours: a batch whose model call fails is retried slice by slice,
 //! and a slice whose pixels the preprocessor refuses is answered with its own error before batching.
+//!
+//! The engine publishes its health on a watch channel ([`Engine::health`]), because a service whose
+//! only worker has died or hangs inside a driver must say so to its load balancer instead of accepting
+//! streams it cannot answer: `Stopped` once the worker thread has ended for any reason (a guard dropped
+//! on the thread's exit, so a panic counts too), `Stalled` while one preprocess/model call has run longer
+//! than the stall timeout (the worker stamps when its call began; a watchdog task compares), `Serving`
+//! otherwise — again as soon as a stalled call returns.
 
 use std::{
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Weak,
+    },
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     config::{BatchingConfig, InferenceConfig, PreprocessBackend},
@@ -22,7 +32,8 @@ use crate::{
     inference::{BatchScores, InferenceError, ModelSession},
     model::{Manifest, ModelInfo, ModelPackage},
     preprocess::{
-        CpuPreprocessor, GpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView,
+        choose_window, CpuPreprocessor, GpuPreprocessor, PreprocessError, PreprocessSpec,
+        Preprocessor, SliceView, WindowChoice,
     },
 };
 
@@ -44,6 +55,143 @@ pub enum EngineError {
     Thread(std::io::Error),
 }
 
+/// What the engine's queue carries.
+enum Job {
+    Slice(SliceJob),
+    /// Test hook ([`Engine::halt_worker`]): the worker ends after the batch it is collecting.
+    Halt,
+}
+
+/// The engine's state as health checking sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineHealth {
+    /// The worker is alive and its current call, if any, is within the stall timeout.
+    Serving,
+    /// A preprocess/model call has been running longer than the stall timeout.
+    Stalled,
+    /// The worker thread has ended: nothing will be scored again.
+    Stopped,
+}
+
+/// Shared by the worker (which stamps its calls), the watchdog (which compares) and the engine handle.
+struct Vitals {
+    epoch: Instant,
+    /// When the current call began, in nanoseconds since `epoch`, plus one; 0 = no call running.
+    busy_since: AtomicU64,
+    stall_timeout_nanos: AtomicU64,
+    ended: AtomicBool,
+    /// The engine handle was dropped: the worker ending is expected, not news.
+    closing: AtomicBool,
+    state: watch::Sender<EngineHealth>,
+}
+
+impl Vitals {
+    fn new(stall_timeout: Duration) -> Self {
+        Self {
+            epoch: Instant::now(),
+            busy_since: AtomicU64::new(0),
+            stall_timeout_nanos: AtomicU64::new(nanos(stall_timeout)),
+            ended: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            state: watch::Sender::new(EngineHealth::Serving),
+        }
+    }
+
+    fn stall_timeout(&self) -> Duration {
+        Duration::from_nanos(self.stall_timeout_nanos.load(Ordering::Relaxed))
+    }
+
+    fn call_started(&self) {
+        let now = nanos(self.epoch.elapsed()).saturating_add(1);
+        self.busy_since.store(now, Ordering::Release);
+    }
+
+    fn call_ended(&self) {
+        self.busy_since.store(0, Ordering::Release);
+    }
+
+    fn assess(&self) -> EngineHealth {
+        if self.ended.load(Ordering::Acquire) {
+            return EngineHealth::Stopped;
+        }
+        let since = self.busy_since.load(Ordering::Acquire);
+        if since != 0 {
+            let running = nanos(self.epoch.elapsed()).saturating_sub(since - 1);
+            if running > self.stall_timeout_nanos.load(Ordering::Relaxed) {
+                return EngineHealth::Stalled;
+            }
+        }
+        EngineHealth::Serving
+    }
+
+    /// Publishes `health` if it differs from the last published state; true if it did.
+    fn publish(&self, health: EngineHealth) -> bool {
+        self.state.send_if_modified(|current| {
+            if *current == health {
+                false
+            } else {
+                *current = health;
+                true
+            }
+        })
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Lives on the worker thread's stack: dropped however the thread ends, panics included.
+struct ExitGuard(Arc<Vitals>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        self.0.ended.store(true, Ordering::Release);
+        self.0.call_ended();
+        if self.0.publish(EngineHealth::Stopped) {
+            if std::thread::panicking() {
+                tracing::error!(
+                    "the scoring engine's worker panicked and ended: health NOT_SERVING"
+                );
+            } else if self.0.closing.load(Ordering::Acquire) {
+                tracing::debug!("the scoring engine's worker ended (engine closed)");
+            } else {
+                tracing::warn!("the scoring engine's worker ended: health NOT_SERVING");
+            }
+        }
+    }
+}
+
+/// Compares the worker's current call against the stall timeout until the engine is gone or its worker
+/// has ended. Holds only a weak reference so it never keeps the engine's state alive.
+async fn watchdog(vitals: Weak<Vitals>) {
+    loop {
+        let tick = match vitals.upgrade() {
+            Some(v) => {
+                let health = v.assess();
+                if v.publish(health) {
+                    match health {
+                        EngineHealth::Stalled => tracing::error!(
+                            stall_timeout_secs = v.stall_timeout().as_secs_f64(),
+                            "a preprocess/model call has run past the stall timeout: health NOT_SERVING"
+                        ),
+                        EngineHealth::Serving => {
+                            tracing::info!("the stalled call returned: health SERVING again")
+                        }
+                        EngineHealth::Stopped => {}
+                    }
+                }
+                if health == EngineHealth::Stopped {
+                    return;
+                }
+                (v.stall_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            }
+            None => return,
+        };
+        tokio::time::sleep(tick).await;
+    }
+}
+
 /// One frame of a decoded instance, waiting to be scored.
 struct SliceJob {
     instance: Arc<DecodedInstance>,
@@ -61,6 +209,8 @@ pub struct ScoredSlice {
     pub preprocessed_at: SystemTime,
     pub scored_at: SystemTime,
     pub batch_size: usize,
+    /// The window the slice was preprocessed with and why (`None` for colour slices).
+    pub window: Option<WindowChoice>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,7 +222,8 @@ pub struct SliceMap {
 
 /// Handle to the batching worker. Dropping the last handle stops the worker once its queue is drained.
 pub struct Engine {
-    tx: Option<mpsc::Sender<SliceJob>>,
+    tx: Option<mpsc::Sender<Job>>,
+    vitals: Arc<Vitals>,
     info: ModelInfo,
     manifest: Arc<Manifest>,
     preprocess_path: &'static str,
@@ -128,6 +279,9 @@ impl Engine {
         let manifest = Arc::new(session.manifest().clone());
         let preprocess_path = preprocessor.name();
         let runtime = tokio::runtime::Handle::current();
+        let vitals = Arc::new(Vitals::new(Duration::from_secs_f64(
+            crate::config::HealthConfig::default().stall_timeout_secs,
+        )));
         let worker = Worker {
             rx,
             session,
@@ -136,13 +290,20 @@ impl Engine {
             max_batch: batching.max_batch.max(1),
             max_wait: Duration::from_millis(batching.max_wait_ms),
             input: Vec::new(),
+            vitals: vitals.clone(),
         };
+        let guard = ExitGuard(vitals.clone());
         let handle = std::thread::Builder::new()
             .name("radstream-engine".into())
-            .spawn(move || worker.run(runtime))
+            .spawn(move || {
+                let _guard = guard;
+                worker.run(runtime)
+            })
             .map_err(EngineError::Thread)?;
+        tokio::spawn(watchdog(Arc::downgrade(&vitals)));
         Ok(Self {
             tx: Some(tx),
+            vitals,
             info,
             manifest,
             preprocess_path,
@@ -172,6 +333,28 @@ impl Engine {
         self.worker.as_ref().is_some_and(|w| !w.is_finished())
     }
 
+    /// The engine's health, as it changes (see the module docs).
+    pub fn health(&self) -> watch::Receiver<EngineHealth> {
+        self.vitals.state.subscribe()
+    }
+
+    /// How long one preprocess/model call may run before the engine counts as stalled
+    /// (`[health] stall_timeout_secs`).
+    pub fn set_stall_timeout(&self, timeout: Duration) {
+        self.vitals
+            .stall_timeout_nanos
+            .store(nanos(timeout), Ordering::Relaxed);
+    }
+
+    /// Test hook: makes the worker thread end after the batch it is collecting, as a crashed worker
+    /// would; slices queued behind it are answered `ShutDown`.
+    #[doc(hidden)]
+    pub async fn halt_worker(&self) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(Job::Halt).await;
+        }
+    }
+
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -189,11 +372,11 @@ impl Engine {
     ) -> Result<oneshot::Receiver<Result<ScoredSlice, EngineError>>, EngineError> {
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(EngineError::ShutDown)?;
-        tx.send(SliceJob {
+        tx.send(Job::Slice(SliceJob {
             instance,
             frame,
             reply,
-        })
+        }))
         .await
         .map_err(|_| EngineError::ShutDown)?;
         Ok(rx)
@@ -204,18 +387,32 @@ impl Drop for Engine {
     /// Closes the queue and waits for the worker to answer what is queued and release the model: a
     /// detached worker could still be inside ONNX Runtime while the process tears the library down.
     /// Joining cannot deadlock on the runtime: a closed channel wakes the worker without any timer.
+    /// A worker stuck in one call past the stall timeout is left behind (and logged) rather than
+    /// joined: a hung driver must not keep the process from exiting.
     fn drop(&mut self) {
+        self.vitals.closing.store(true, Ordering::Release);
         self.tx.take();
-        if let Some(worker) = self.worker.take() {
-            if worker.join().is_err() {
-                tracing::error!("the scoring engine's worker panicked while shutting down");
+        let Some(worker) = self.worker.take() else {
+            return;
+        };
+        while !worker.is_finished() {
+            if self.vitals.assess() == EngineHealth::Stalled {
+                tracing::error!(
+                    "the scoring engine's worker is stuck in a call past the stall timeout; \
+                     leaving it behind"
+                );
+                return;
             }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if worker.join().is_err() {
+            tracing::error!("the scoring engine's worker panicked while shutting down");
         }
     }
 }
 
 struct Worker {
-    rx: mpsc::Receiver<SliceJob>,
+    rx: mpsc::Receiver<Job>,
     session: ModelSession,
     preprocessor: Box<dyn Preprocessor>,
     spec: PreprocessSpec,
@@ -223,6 +420,7 @@ struct Worker {
     max_wait: Duration,
     /// The NCHW batch buffer, reused across batches.
     input: Vec<f32>,
+    vitals: Arc<Vitals>,
 }
 
 impl Worker {
@@ -230,19 +428,29 @@ impl Worker {
         // Timers are created on this thread: they need the runtime's context.
         let _context = runtime.enter();
         let mut batch: Vec<SliceJob> = Vec::with_capacity(self.max_batch);
-        loop {
-            let Some(first) = runtime.block_on(self.rx.recv()) else {
-                return;
-            };
-            batch.push(first);
+        let mut halt = false;
+        while !halt {
+            match runtime.block_on(self.rx.recv()) {
+                None => return,
+                Some(Job::Halt) => return,
+                Some(Job::Slice(first)) => batch.push(first),
+            }
             let deadline = tokio::time::Instant::now() + self.max_wait;
             while batch.len() < self.max_batch {
                 match self.rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(Job::Slice(job)) => batch.push(job),
+                    Ok(Job::Halt) => {
+                        halt = true;
+                        break;
+                    }
                     Err(mpsc::error::TryRecvError::Disconnected) => break,
                     Err(mpsc::error::TryRecvError::Empty) => {
                         match runtime.block_on(tokio::time::timeout_at(deadline, self.rx.recv())) {
-                            Ok(Some(job)) => batch.push(job),
+                            Ok(Some(Job::Slice(job))) => batch.push(job),
+                            Ok(Some(Job::Halt)) => {
+                                halt = true;
+                                break;
+                            }
                             Ok(None) | Err(_) => break,
                         }
                     }
@@ -293,16 +501,18 @@ impl Worker {
     /// `score`, with a panic in a codec, driver or runtime turned into this batch's error: the worker
     /// (shared by every stream) must outlive any one bad slice.
     fn score_guarded(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.score(batch))).unwrap_or_else(
-            |payload| {
-                let detail = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(EngineError::Panicked(detail))
-            },
-        )
+        // Stamped for the watchdog: a call that never returns turns health NOT_SERVING.
+        self.vitals.call_started();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.score(batch)));
+        self.vitals.call_ended();
+        outcome.unwrap_or_else(|payload| {
+            let detail = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(EngineError::Panicked(detail))
+        })
     }
 
     fn score(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
@@ -328,6 +538,7 @@ impl Worker {
         let labels = scores.len() / n.max(1);
         Ok((0..n)
             .map(|i| ScoredSlice {
+                window: choose_window(&self.spec, &views[i]),
                 scores: scores[i * labels..(i + 1) * labels].to_vec(),
                 map: map.as_ref().map(|m| {
                     let cell = labels * m.height * m.width;
@@ -421,5 +632,64 @@ mod tests {
             .await
             .expect("answer");
         assert!(again.is_ok(), "the engine still scores after the crash");
+    }
+
+    /// Blocks every call until `release` is sent (or its sender dropped).
+    struct Wedged(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+    impl Preprocessor for Wedged {
+        fn name(&self) -> &'static str {
+            "cpu"
+        }
+        fn preprocess(
+            &mut self,
+            spec: &PreprocessSpec,
+            slices: &[SliceView<'_>],
+            out: &mut [f32],
+        ) -> Result<(), PreprocessError> {
+            if let Ok(release) = self.0.lock() {
+                let _ = release.recv();
+            }
+            CpuPreprocessor.preprocess(spec, slices, out)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_an_engine_whose_call_hangs_does_not_hang() {
+        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+        let package = ModelPackage::embedded_default().expect("model");
+        let session =
+            ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
+        let (release, wedge) = std::sync::mpsc::channel();
+        let engine = Engine::start(
+            session,
+            Box::new(Wedged(std::sync::Mutex::new(wedge))),
+            &BatchingConfig::default(),
+        )
+        .expect("engine");
+        engine.set_stall_timeout(Duration::from_millis(100));
+        let mut health = engine.health();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lesion-demo/sample-study/slice-06.dcm"
+        );
+        let bytes = std::fs::read(path).expect("sample slice");
+        let slice =
+            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let _answer = engine.submit(slice, 0).await.expect("queued");
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            health.wait_for(|h| *h == EngineHealth::Stalled),
+        )
+        .await
+        .expect("the hang is noticed")
+        .expect("health channel");
+
+        let dropped = tokio::task::spawn_blocking(move || drop(engine));
+        tokio::time::timeout(Duration::from_secs(60), dropped)
+            .await
+            .expect("the drop returns while the call still hangs")
+            .expect("drop");
+        drop(release); // lets the left-behind worker finish
     }
 }

@@ -498,9 +498,9 @@ mod tests {
         for (gi, &((r, c), (h, w))) in geoms.iter().enumerate() {
             let seed = gi as u64 * 10;
             let mut no_file = ct(r, c, seed + 1);
-            no_file.file_window = None; // -> min/max window
+            no_file.file_windows.clear(); // -> min/max window
             let mut mono1_minmax = xray_mono1(r, c, seed + 4);
-            mono1_minmax.file_window = None;
+            mono1_minmax.file_windows.clear();
             let slices = [
                 ("ct file window", ct(r, c, seed)),
                 ("ct min/max", no_file),
@@ -510,6 +510,32 @@ mod tests {
                 ),
                 ("mono1 file window", xray_mono1(r, c, seed + 3)),
                 ("mono1 min/max", mono1_minmax),
+                (
+                    "ct invalid file window 0/0 -> min/max",
+                    OwnedSlice {
+                        file_windows: vec![Window {
+                            center: 0.0,
+                            width: 0.0,
+                        }],
+                        ..ct(r, c, seed + 5)
+                    },
+                ),
+                (
+                    "mono1 invalid first pair -> second pair",
+                    OwnedSlice {
+                        file_windows: vec![
+                            Window {
+                                center: f64::NAN,
+                                width: 400.0,
+                            },
+                            Window {
+                                center: 1500.0,
+                                width: 2000.0,
+                            },
+                        ],
+                        ..xray_mono1(r, c, seed + 6)
+                    },
+                ),
             ];
             for ch in [1, 3] {
                 for (wname, win) in windows() {
@@ -561,9 +587,9 @@ mod tests {
 
     #[test]
     fn gpu_matches_cpu_step_window() {
-        // w <= 1: integer values never sit exactly on a fractional threshold, so
-        // the step is decided identically despite possible FMA contraction.
-        for (c, w) in [(100.3, 0.5), (2000.8, 1.0), (-5.2, -3.0)] {
+        // w = 1 (the smallest valid width): integer values never sit exactly on a fractional
+        // threshold, so the step is decided identically despite possible FMA contraction.
+        for (c, w) in [(100.3, 1.0), (2000.8, 1.0), (-5.2, 1.0)] {
             let win = Some(Window {
                 center: c,
                 width: w,

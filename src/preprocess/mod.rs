@@ -11,9 +11,15 @@
 //! # The specification
 //! Per slice (one frame of stored values, samples interleaved), for each output pixel of `[C, H, W]`:
 //! 1. Monochrome: modality rescale `v = stored·slope + intercept`; window `(c, w)` = the manifest's,
-//!    else the file's first WindowCenter/WindowWidth, else the frame's rescaled min/max
+//!    else the file's first *valid* WindowCenter/WindowWidth pair, else the frame's rescaled min/max
 //!    (`c = (lo + hi)/2 + 0.5`, `w = hi − lo + 1`); DICOM PS3.3 C.11.2.1.2.1 linear function to [0, 1]:
 //!    `w ≤ 1 ? (v > c − 0.5 ? 1 : 0) : clamp((v − (c − 0.5))/(w − 1) + 0.5, 0, 1)`; MONOCHROME1: `1 − y`.
+//!    A pair is valid when both values are finite and `w ≥ 1` (PS3.3 C.11.2.1.2); invalid pairs are
+//!    skipped, never applied — some scanners write `0 / 0`, which applied as is would turn every slice
+//!    into a threshold image and every score into the same number. The manifest window is held to the
+//!    same rule when the manifest is loaded. The choice ([`WindowChoice`]: source, pair index, whether a
+//!    file window was skipped as invalid, the (c, w) used) is reported with every finding; `w = 1` (a
+//!    valid width, or a constant frame's min/max) is the step function above.
 //!    Colour (RGB; YBR was converted by the decoder): each sample `clamp(stored/(2^BitsStored − 1), 0, 1)`.
 //! 2. Channels: mono → C copies; RGB → C = 3 as is, C = 1 as `0.299 R + 0.587 G + 0.114 B`.
 //! 3. Bilinear resize with half-pixel centres (align_corners = false, no antialiasing): the source
@@ -38,7 +44,8 @@ pub struct PreprocessSpec {
     pub channels: u32,
     pub height: u32,
     pub width: u32,
-    /// Manifest window; `None` falls back to the file's window, then to min/max.
+    /// Manifest window; `None` falls back to the file's first valid window, then to min/max. Must be
+    /// valid ([`Window::is_valid`]).
     pub window: Option<Window>,
     /// One per channel.
     pub mean: Vec<f32>,
@@ -73,8 +80,11 @@ impl PreprocessSpec {
             return bad(format!("std must be finite and > 0, got {s}"));
         }
         if let Some(w) = &self.window {
-            if !(w.center.is_finite() && w.width.is_finite()) {
-                return bad(format!("window must be finite, got {w:?}"));
+            if !w.is_valid() {
+                return bad(format!(
+                    "window must have a finite center and a finite width >= 1 (DICOM PS3.3 C.11.2.1.2), got center {} width {}",
+                    w.center, w.width
+                ));
             }
         }
         Ok(())
@@ -98,8 +108,8 @@ pub struct SliceView<'a> {
     pub photometric: Photometric,
     pub rescale_slope: f64,
     pub rescale_intercept: f64,
-    /// First WindowCenter/WindowWidth pair of the file, if any.
-    pub file_window: Option<Window>,
+    /// The file's WindowCenter/WindowWidth pairs in order, invalid ones included (they are skipped).
+    pub file_windows: &'a [Window],
     /// Min/max of the stored values (before rescale).
     pub min: f32,
     pub max: f32,
@@ -119,7 +129,7 @@ impl<'a> SliceView<'a> {
             photometric: m.photometric,
             rescale_slope: m.rescale_slope,
             rescale_intercept: m.rescale_intercept,
-            file_window: m.window,
+            file_windows: &m.windows,
             min: f.min,
             max: f.max,
             bits_stored: m.bits_stored,
@@ -253,15 +263,74 @@ pub(crate) fn validate_slice(index: usize, s: &SliceView<'_>) -> Result<(), Prep
             s.rescale_slope, s.rescale_intercept
         ));
     }
-    if let Some(w) = &s.file_window {
-        if !(w.center.is_finite() && w.width.is_finite()) {
-            return bad(format!("file window must be finite, got {w:?}"));
-        }
-    }
     if !(s.min.is_finite() && s.max.is_finite()) {
         return bad(format!("min/max must be finite, got {}/{}", s.min, s.max));
     }
     Ok(())
+}
+
+/// Where the window applied to a slice came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowSource {
+    /// The model manifest's fixed window.
+    Manifest,
+    /// The file's Window Center/Width pair at this index (0 = the first pair).
+    File { index: usize },
+    /// The frame's rescaled min/max: the file has no valid window.
+    MinMax,
+}
+
+/// The window a monochrome slice is (or was) windowed with, and why.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WindowChoice {
+    pub source: WindowSource,
+    /// The file carries a window pair that was skipped as invalid (width < 1 or not finite) before the
+    /// chosen one. Always false with a manifest window: the file's windows are not consulted then.
+    pub file_window_invalid: bool,
+    /// The (c, w) applied, as DICOM defines them (for min/max: `c = (lo + hi)/2 + 0.5`, `w = hi − lo + 1`).
+    pub center: f64,
+    pub width: f64,
+}
+
+/// The window rule of the specification, the one place it is decided: the manifest's window, else the
+/// file's first valid pair, else the frame's rescaled min/max. `None` for colour slices (no window
+/// applies). The slice must have passed validation (finite min/max, slope and intercept); the manifest
+/// window is checked by [`PreprocessSpec::validate`].
+pub fn choose_window(spec: &PreprocessSpec, s: &SliceView<'_>) -> Option<WindowChoice> {
+    if s.photometric == Photometric::Rgb {
+        return None;
+    }
+    if let Some(w) = spec.window {
+        return Some(WindowChoice {
+            source: WindowSource::Manifest,
+            file_window_invalid: false,
+            center: w.center,
+            width: w.width,
+        });
+    }
+    let first_valid = s.file_windows.iter().position(Window::is_valid);
+    let file_window_invalid = first_valid.unwrap_or(s.file_windows.len()) > 0;
+    if let Some(index) = first_valid {
+        let w = s.file_windows[index];
+        return Some(WindowChoice {
+            source: WindowSource::File { index },
+            file_window_invalid,
+            center: w.center,
+            width: w.width,
+        });
+    }
+    // Rescale min/max with the same f32 arithmetic the kernels apply per pixel, so a constant frame
+    // lands exactly on the window's lower edge (-> 0) rather than one ulp either side of it.
+    let (slope32, intercept32) = (s.rescale_slope as f32, s.rescale_intercept as f32);
+    let a = (s.min * slope32 + intercept32) as f64;
+    let b = (s.max * slope32 + intercept32) as f64;
+    let (lo, hi) = (a.min(b), a.max(b));
+    Some(WindowChoice {
+        source: WindowSource::MinMax,
+        file_window_invalid,
+        center: (lo + hi) / 2.0 + 0.5,
+        width: hi - lo + 1.0,
+    })
 }
 
 /// Resolves a validated slice into the parameters both paths consume.
@@ -277,20 +346,10 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
         if s.photometric == Photometric::Monochrome1 {
             flags |= FLAG_INVERT;
         }
-        // Window as (c - 0.5, w - 1) in f64, cast once.
-        let (lo, wm1) = match spec.window.or(s.file_window) {
-            Some(w) => (w.center - 0.5, w.width - 1.0),
-            None => {
-                // Rescale min/max with the same f32 arithmetic the kernels apply
-                // per pixel, so a constant frame lands exactly on the window's
-                // lower edge (-> 0) rather than one ulp either side of it.
-                let a = (s.min * slope32 + intercept32) as f64;
-                let b = (s.max * slope32 + intercept32) as f64;
-                let (lo, hi) = (a.min(b), a.max(b));
-                // c = (lo+hi)/2 + 0.5, w = hi - lo + 1
-                ((lo + hi) / 2.0, hi - lo)
-            }
-        };
+        // Window as (c - 0.5, w - 1) in f64, cast once. `choose_window` is `Some` for monochrome.
+        let (lo, wm1) = choose_window(spec, s)
+            .map(|w| (w.center - 0.5, w.width - 1.0))
+            .unwrap_or((0.0, 0.0));
         win_lo = lo as f32;
         // w <= 1  <=>  w - 1 <= 0 (decided in f64, before the cast).
         if wm1 <= 0.0 {
@@ -357,7 +416,7 @@ pub(crate) mod test_util {
         pub photometric: Photometric,
         pub slope: f64,
         pub intercept: f64,
-        pub file_window: Option<Window>,
+        pub file_windows: Vec<Window>,
         pub bits_stored: u16,
     }
 
@@ -377,7 +436,7 @@ pub(crate) mod test_util {
                 photometric: self.photometric,
                 rescale_slope: self.slope,
                 rescale_intercept: self.intercept,
-                file_window: self.file_window,
+                file_windows: &self.file_windows,
                 min,
                 max,
                 bits_stored: self.bits_stored,
@@ -393,7 +452,7 @@ pub(crate) mod test_util {
                 photometric: Photometric::Monochrome2,
                 slope: 1.0,
                 intercept: 0.0,
-                file_window: None,
+                file_windows: Vec::new(),
                 bits_stored: 16,
             }
         }
@@ -437,10 +496,10 @@ pub(crate) mod test_util {
     pub fn ct(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
         OwnedSlice {
             intercept: -1024.0,
-            file_window: Some(Window {
+            file_windows: vec![Window {
                 center: 40.0,
                 width: 400.0,
-            }),
+            }],
             ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4024.0, seed))
         }
     }
@@ -458,10 +517,10 @@ pub(crate) mod test_util {
     pub fn xray_mono1(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
         OwnedSlice {
             photometric: Photometric::Monochrome1,
-            file_window: Some(Window {
+            file_windows: vec![Window {
                 center: 2047.0,
                 width: 3000.0,
-            }),
+            }],
             bits_stored: 12,
             ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4095.0, seed))
         }
@@ -477,7 +536,7 @@ pub(crate) mod test_util {
             photometric: Photometric::Rgb,
             slope: 1.0,
             intercept: 0.0,
-            file_window: None,
+            file_windows: Vec::new(),
             bits_stored: 8,
         }
     }
@@ -582,6 +641,36 @@ mod tests {
                     ..ok.clone()
                 },
             ),
+            (
+                "window width 0",
+                PreprocessSpec {
+                    window: Some(Window {
+                        center: 0.0,
+                        width: 0.0,
+                    }),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "window width 0.5",
+                PreprocessSpec {
+                    window: Some(Window {
+                        center: 40.0,
+                        width: 0.5,
+                    }),
+                    ..ok.clone()
+                },
+            ),
+            (
+                "window width nan",
+                PreprocessSpec {
+                    window: Some(Window {
+                        center: 40.0,
+                        width: f64::NAN,
+                    }),
+                    ..ok.clone()
+                },
+            ),
         ];
         for (what, s) in cases {
             match s.validate() {
@@ -666,16 +755,6 @@ mod tests {
                     ..good.clone()
                 },
             ),
-            (
-                "file window nan",
-                OwnedSlice {
-                    file_window: Some(Window {
-                        center: 0.0,
-                        width: f64::NAN,
-                    }),
-                    ..good.clone()
-                },
-            ),
         ];
         for (what, bad) in cases {
             // The bad slice is second in the batch: the index must say so.
@@ -714,7 +793,7 @@ mod tests {
             width: 1500.0,
         };
         let sl = OwnedSlice {
-            file_window: Some(file),
+            file_windows: vec![file],
             intercept: -1024.0,
             ..OwnedSlice::mono(1, 2, vec![24.0, 1024.0])
         };
@@ -725,7 +804,7 @@ mod tests {
         assert_eq!((p.win_lo, p.win_wm1), (299.5, 1499.0));
         // min/max of rescaled values: lo = -1000, hi = 0 -> c = -499.5, w = 1001.
         let sl = OwnedSlice {
-            file_window: None,
+            file_windows: Vec::new(),
             ..sl
         };
         let p = resolve_slice(&spec(1, 1, 1, None), &sl.view(), 0);
@@ -755,5 +834,110 @@ mod tests {
         assert_eq!((p.flags & FLAG_STEP, p.win_lo), (FLAG_STEP, 9.5));
         assert_eq!(std::mem::size_of::<SliceParams>(), 48);
         assert_eq!(std::mem::size_of::<SpecParams>(), 48);
+    }
+
+    fn win(center: f64, width: f64) -> Window {
+        Window { center, width }
+    }
+
+    /// An MR-like slice: stored 0..=884, no rescale, with the given file windows.
+    fn mr(file_windows: Vec<Window>) -> OwnedSlice {
+        let mut px = field(16, 16, 1, 0.0, 884.0, 3);
+        px[0] = 0.0;
+        px[1] = 884.0;
+        OwnedSlice {
+            file_windows,
+            ..OwnedSlice::mono(16, 16, px)
+        }
+    }
+
+    #[test]
+    fn invalid_file_windows_are_skipped_for_min_max_and_said_so() {
+        let none = spec(1, 8, 8, None);
+        // min/max of 0..=884: c = 442 + 0.5, w = 885.
+        let minmax = (442.5, 885.0);
+        let nan = f64::NAN;
+        let inf = f64::INFINITY;
+        for (what, windows) in [
+            ("width 0 (as scanners export it)", vec![win(0.0, 0.0)]),
+            ("width 0.5", vec![win(40.0, 0.5)]),
+            ("width just under 1", vec![win(40.0, 1.0 - 1e-12)]),
+            ("negative width", vec![win(40.0, -400.0)]),
+            ("width NaN", vec![win(40.0, nan)]),
+            ("centre NaN", vec![win(nan, 400.0)]),
+            ("width inf", vec![win(40.0, inf)]),
+            ("centre -inf", vec![win(-inf, 400.0)]),
+            ("every pair invalid", vec![win(0.0, 0.0), win(nan, 1.0)]),
+        ] {
+            let sl = mr(windows);
+            let v = sl.view();
+            let c = choose_window(&none, &v).expect("monochrome");
+            assert_eq!(c.source, WindowSource::MinMax, "{what}");
+            assert!(c.file_window_invalid, "{what}");
+            assert_eq!((c.center, c.width), minmax, "{what}");
+            // The slice is preprocessed (no longer an error), exactly like a slice without a window,
+            // and it is not the all-ones threshold image that applying 0/0 produced.
+            let out = run_cpu(&none, std::slice::from_ref(&sl)).expect(what);
+            let plain = run_cpu(&none, &[mr(Vec::new())]).expect("no window");
+            assert_eq!(out, plain, "{what}");
+            let p = resolve_slice(&none, &v, 0);
+            assert_eq!((p.win_lo, p.win_wm1, p.flags), (442.0, 884.0, 0), "{what}");
+        }
+        // No window at all: min/max, and nothing was invalid.
+        let c = choose_window(&none, &mr(Vec::new()).view()).expect("monochrome");
+        assert_eq!(
+            (c.source, c.file_window_invalid),
+            (WindowSource::MinMax, false)
+        );
+    }
+
+    #[test]
+    fn the_first_valid_file_pair_is_used() {
+        let none = spec(1, 8, 8, None);
+        // Width exactly 1 is valid: the step function, not a skip.
+        let sl = mr(vec![win(300.0, 1.0)]);
+        let c = choose_window(&none, &sl.view()).expect("mono");
+        assert_eq!(c.source, WindowSource::File { index: 0 });
+        assert!(!c.file_window_invalid);
+        let p = resolve_slice(&none, &sl.view(), 0);
+        assert_eq!((p.win_lo, p.flags & FLAG_STEP), (299.5, FLAG_STEP));
+        // An invalid first pair is skipped for the second, and the finding will say so.
+        let sl = mr(vec![win(0.0, 0.0), win(40.0, 400.0), win(1.0, 2.0)]);
+        let c = choose_window(&none, &sl.view()).expect("mono");
+        assert_eq!(
+            c,
+            WindowChoice {
+                source: WindowSource::File { index: 1 },
+                file_window_invalid: true,
+                center: 40.0,
+                width: 400.0,
+            }
+        );
+        let p = resolve_slice(&none, &sl.view(), 0);
+        assert_eq!((p.win_lo, p.win_wm1, p.flags), (39.5, 399.0, 0));
+        // A valid first pair wins over later ones; later invalid pairs do not matter.
+        let sl = mr(vec![win(40.0, 400.0), win(0.0, 0.0)]);
+        let c = choose_window(&none, &sl.view()).expect("mono");
+        assert_eq!(
+            (c.source, c.file_window_invalid),
+            (WindowSource::File { index: 0 }, false)
+        );
+    }
+
+    #[test]
+    fn a_manifest_window_wins_and_colour_has_none() {
+        let fixed = spec(1, 8, 8, Some(win(40.0, 400.0)));
+        let sl = mr(vec![win(0.0, 0.0)]);
+        let c = choose_window(&fixed, &sl.view()).expect("mono");
+        assert_eq!(
+            c,
+            WindowChoice {
+                source: WindowSource::Manifest,
+                file_window_invalid: false,
+                center: 40.0,
+                width: 400.0,
+            }
+        );
+        assert_eq!(choose_window(&fixed, &rgb8(4, 4, 1).view()), None);
     }
 }

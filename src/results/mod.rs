@@ -12,6 +12,7 @@ use crate::{
     decode::InstanceMeta,
     model::{Manifest, ModelInfo},
     pipeline::{ScoredSlice, SliceMap},
+    preprocess::{WindowChoice, WindowSource},
     proto::v1 as pb,
     study::{Completion, SliceId, StudySummary},
 };
@@ -208,6 +209,26 @@ pub fn slice_finding(
             batch_size: scored.batch_size as u32,
         }),
         preprocess_path: preprocess_path.to_string(),
+        window: scored.window.as_ref().map(window_used),
+    }
+}
+
+/// The wire form of the window a slice was windowed with.
+pub fn window_used(c: &WindowChoice) -> pb::WindowUsed {
+    let (source, file_window_index) = match c.source {
+        WindowSource::Manifest => (pb::WindowSource::Manifest, None),
+        WindowSource::File { index } => (
+            pb::WindowSource::File,
+            Some(u32::try_from(index).unwrap_or(u32::MAX)),
+        ),
+        WindowSource::MinMax => (pb::WindowSource::MinMax, None),
+    };
+    pb::WindowUsed {
+        source: source as i32,
+        center: c.center,
+        width: c.width,
+        file_window_index,
+        file_window_invalid: c.file_window_invalid,
     }
 }
 
@@ -259,5 +280,37 @@ mod tests {
         assert_eq!(p.bbox, Some([16.0, 64.0, 47.0, 127.0]));
         assert!(locate(&map, 0, 64, 128, 0.95).expect("peak").bbox.is_none());
         assert!(locate(&map, 1, 64, 128, 0.5).is_none(), "no second label");
+    }
+
+    #[test]
+    fn window_choices_map_to_the_wire() {
+        let w = window_used(&WindowChoice {
+            source: WindowSource::File { index: 2 },
+            file_window_invalid: true,
+            center: 40.0,
+            width: 400.0,
+        });
+        assert_eq!(w.source, pb::WindowSource::File as i32);
+        assert_eq!(w.file_window_index, Some(2));
+        assert!(w.file_window_invalid);
+        assert_eq!((w.center, w.width), (40.0, 400.0));
+        let w = window_used(&WindowChoice {
+            source: WindowSource::MinMax,
+            file_window_invalid: true,
+            center: 442.5,
+            width: 885.0,
+        });
+        assert_eq!(w.source, pb::WindowSource::MinMax as i32);
+        assert_eq!(w.file_window_index, None);
+        let w = window_used(&WindowChoice {
+            source: WindowSource::Manifest,
+            file_window_invalid: false,
+            center: 1.0,
+            width: 2.0,
+        });
+        assert_eq!(
+            (w.source, w.file_window_index, w.file_window_invalid),
+            (pb::WindowSource::Manifest as i32, None, false)
+        );
     }
 }

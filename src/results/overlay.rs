@@ -1,7 +1,9 @@
 //! A picture a radiologist can check at a glance: the slice at native resolution, windowed as the file
-//! says (else its min/max — the default model's own rule), with each positive label's box and map peak
-//! drawn on it. Rendering goes through the CPU reference preprocessor at the slice's own size, so what is
-//! shown is exactly the specification's windowed image, not a second implementation of it.
+//! says (its first valid window pair, else its min/max — the default model's own rule, invalid windows
+//! such as `0 / 0` skipped), with each positive label's box and map peak drawn on it. Rendering goes
+//! through the CPU reference preprocessor at the slice's own size, so the window is chosen by the same
+//! code ([`crate::preprocess::choose_window`]) and what is shown is exactly the specification's windowed
+//! image, not a second implementation of it.
 
 use std::path::{Path, PathBuf};
 

@@ -347,3 +347,298 @@ mod tests {
         assert!(done.iter().all(|s| s.reason == Completion::StreamClosed));
     }
 }
+
+/// Property tests: random interleavings of what a stream does to its studies (decodes started,
+/// instances accepted or rejected, slices scored or failed, end markers, time passing, polls) checked
+/// against a plain model of what the tracker promises.
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const STUDIES: [&str; 3] = ["1.2.3", "1.2.4", "1.2.5"];
+    const THRESHOLDS: [f32; 2] = [0.5, 0.9];
+    const IDLE: Duration = Duration::from_secs(5);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// An instance of an unknown study starts decoding.
+        StartDecode,
+        /// A decode ends: accepted with `frames` slices queued.
+        Accept {
+            study: usize,
+            frames: u32,
+        },
+        /// A decode ends: rejected.
+        Reject {
+            study: usize,
+        },
+        /// One queued slice of `study` (if any) is scored, or fails.
+        Finish {
+            study: usize,
+            fail: bool,
+            scores: [f32; 2],
+        },
+        End {
+            study: usize,
+        },
+        Advance {
+            ms: u64,
+        },
+        Poll,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let study = 0..STUDIES.len();
+        prop_oneof![
+            1 => Just(Op::StartDecode),
+            3 => (study.clone(), 1u32..4).prop_map(|(study, frames)| Op::Accept { study, frames }),
+            1 => study.clone().prop_map(|study| Op::Reject { study }),
+            5 => (study.clone(), prop::bool::weighted(0.2), [0f32..=1.0, 0f32..=1.0])
+                .prop_map(|(study, fail, scores)| Op::Finish { study, fail, scores }),
+            1 => study.clone().prop_map(|study| Op::End { study }),
+            2 => (0u64..4000).prop_map(|ms| Op::Advance { ms }),
+            2 => Just(Op::Poll),
+        ]
+    }
+
+    /// What the model knows of one study since it was opened (or last summarised).
+    #[derive(Debug, Default)]
+    struct Model {
+        active: bool,
+        first: Option<Instant>,
+        last_activity: Option<Instant>,
+        last_scored: Option<Instant>,
+        accepted: u32,
+        rejected: u32,
+        frames: u32,
+        pending: u32,
+        failed: u32,
+        end: bool,
+        /// (SOP Instance UID, scores) of every scored slice, in order.
+        scored: Vec<(String, [f32; 2])>,
+    }
+
+    impl Model {
+        fn touch(&mut self, now: Instant) {
+            self.active = true;
+            self.first.get_or_insert(now);
+            self.last_activity = Some(now);
+        }
+    }
+
+    fn slice_of(study: usize, sop: String) -> SliceId {
+        SliceId {
+            study_instance_uid: STUDIES[study].into(),
+            series_instance_uid: "1.2.9".into(),
+            sop_instance_uid: sop,
+            frame: 0,
+            instance_number: None,
+            slice_position_mm: None,
+            modality: "CT".into(),
+        }
+    }
+
+    /// Checks one summary against the model of its study.
+    fn check_summary(s: &StudySummary, m: &Model, closed: bool) -> Result<(), TestCaseError> {
+        let ctx = &s.study_instance_uid;
+        prop_assert!(m.active, "{ctx}: summarised without activity");
+        prop_assert_eq!(m.pending, 0, "{}: summarised with slices in flight", ctx);
+        prop_assert_eq!(s.instances_accepted, m.accepted, "{}: accepted", ctx);
+        prop_assert_eq!(s.instances_rejected, m.rejected, "{}: rejected", ctx);
+        prop_assert_eq!(s.slices_scored as usize, m.scored.len(), "{}: scored", ctx);
+        prop_assert_eq!(s.slices_failed, m.failed, "{}: failed", ctx);
+        prop_assert_eq!(
+            s.slices_scored + s.slices_failed,
+            m.frames,
+            "{}: scored + failed != frames accepted",
+            ctx
+        );
+        let expected_reason = if m.end {
+            Completion::EndOfStudy
+        } else if closed {
+            Completion::StreamClosed
+        } else {
+            Completion::Idle
+        };
+        prop_assert_eq!(s.reason, expected_reason, "{}: reason", ctx);
+        let (Some(first), Some(last)) = (m.first, m.last_activity) else {
+            return Err(TestCaseError::fail("active study without times"));
+        };
+        prop_assert_eq!(
+            s.wall_time,
+            m.last_scored.unwrap_or(last).duration_since(first),
+            "{}: wall time",
+            ctx
+        );
+        prop_assert_eq!(s.labels.len(), THRESHOLDS.len());
+        for (i, label) in s.labels.iter().enumerate() {
+            let max = m.scored.iter().map(|(_, sc)| sc[i]).reduce(f32::max);
+            let top = max.and_then(|max| m.scored.iter().find(|(_, sc)| sc[i] == max));
+            prop_assert_eq!(
+                label.max_score,
+                max.unwrap_or(0.0),
+                "{}: label {} max",
+                ctx,
+                i
+            );
+            prop_assert_eq!(
+                label
+                    .top_slice
+                    .as_ref()
+                    .map(|t| t.sop_instance_uid.as_str()),
+                top.map(|(sop, _)| sop.as_str()),
+                "{}: label {} top slice",
+                ctx,
+                i
+            );
+            let positives = m.scored.iter().filter(|(_, sc)| sc[i] >= THRESHOLDS[i]);
+            prop_assert_eq!(label.positive_slices as usize, positives.count());
+            prop_assert_eq!(
+                label.positive,
+                max.is_some_and(|max| max >= THRESHOLDS[i]),
+                "{}: label {} positive",
+                ctx,
+                i
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls the tracker and checks that exactly the studies the model calls complete are
+    /// summarised, each as the model says; summarised studies start afresh in the model.
+    fn poll(
+        t: &mut StudyTracker,
+        models: &mut [Model],
+        now: Instant,
+        undecoded: usize,
+        closed: bool,
+        summaries: &mut usize,
+    ) -> Result<(), TestCaseError> {
+        let done = t.take_complete(now, IDLE, closed, undecoded);
+        let expected: Vec<&str> = STUDIES
+            .iter()
+            .zip(models.iter())
+            .filter(|(_, m)| {
+                m.active
+                    && m.pending == 0
+                    && undecoded == 0
+                    && (m.end
+                        || closed
+                        || m.last_activity
+                            .is_some_and(|l| now.duration_since(l) >= IDLE))
+            })
+            .map(|(uid, _)| *uid)
+            .collect();
+        let got: Vec<&str> = done.iter().map(|s| s.study_instance_uid.as_str()).collect();
+        prop_assert_eq!(got, expected, "studies summarised at this poll");
+        for s in &done {
+            let i = STUDIES
+                .iter()
+                .position(|u| *u == s.study_instance_uid)
+                .ok_or_else(|| TestCaseError::fail("summary of an unknown study"))?;
+            check_summary(s, &models[i], closed)?;
+            models[i] = Model::default();
+            *summaries += 1;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn bookkeeping_matches_the_model(ops in prop::collection::vec(op(), 1..80)) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut t = StudyTracker::new(vec![
+                ("lesion".into(), THRESHOLDS[0]),
+                ("bleed".into(), THRESHOLDS[1]),
+            ]);
+            let mut models: Vec<Model> = STUDIES.iter().map(|_| Model::default()).collect();
+            let mut undecoded = 0usize;
+            let mut sop = 0u32;
+            let mut summaries = 0usize;
+            let mut opened = 0usize;
+            for op in ops {
+                match op {
+                    Op::StartDecode => undecoded += 1,
+                    Op::Accept { study, frames } => {
+                        undecoded = undecoded.saturating_sub(1);
+                        opened += usize::from(!models[study].active);
+                        t.accepted(STUDIES[study], frames, now);
+                        let m = &mut models[study];
+                        m.touch(now);
+                        m.accepted += 1;
+                        m.frames += frames;
+                        m.pending += frames;
+                    }
+                    Op::Reject { study } => {
+                        undecoded = undecoded.saturating_sub(1);
+                        opened += usize::from(!models[study].active);
+                        t.rejected(STUDIES[study], now);
+                        models[study].touch(now);
+                        models[study].rejected += 1;
+                    }
+                    Op::Finish { study, fail, scores } => {
+                        // the engine only finishes slices that were queued
+                        let Some(study) = (0..STUDIES.len())
+                            .map(|k| (study + k) % STUDIES.len())
+                            .find(|&k| models[k].pending > 0)
+                        else {
+                            continue;
+                        };
+                        let m = &mut models[study];
+                        m.touch(now);
+                        m.pending -= 1;
+                        if fail {
+                            t.failed(STUDIES[study], now);
+                            m.failed += 1;
+                        } else {
+                            sop += 1;
+                            let uid = format!("1.2.9.{sop}");
+                            t.scored(&slice_of(study, uid.clone()), &scores, now);
+                            m.last_scored = Some(now);
+                            m.scored.push((uid, scores));
+                        }
+                    }
+                    Op::End { study } => {
+                        opened += usize::from(!models[study].active);
+                        t.end_requested(STUDIES[study], now);
+                        models[study].touch(now);
+                        models[study].end = true;
+                    }
+                    Op::Advance { ms } => now += Duration::from_millis(ms),
+                    Op::Poll => poll(&mut t, &mut models, now, undecoded, false, &mut summaries)?,
+                }
+                let open = models.iter().filter(|m| m.active).count();
+                prop_assert_eq!(t.open_studies(), open, "open studies");
+            }
+            // The stream closes: in-flight decodes end (rejected, study unknown) and every queued
+            // slice is answered; then every study with activity is summarised, once.
+            undecoded = 0;
+            let ids: Vec<usize> = (0..STUDIES.len()).collect();
+            for study in ids {
+                while models[study].pending > 0 {
+                    now += Duration::from_millis(10);
+                    sop += 1;
+                    let uid = format!("1.2.9.{sop}");
+                    t.scored(&slice_of(study, uid.clone()), &[0.25, 0.95], now);
+                    let m = &mut models[study];
+                    m.touch(now);
+                    m.pending -= 1;
+                    m.last_scored = Some(now);
+                    m.scored.push((uid, [0.25, 0.95]));
+                }
+            }
+            poll(&mut t, &mut models, now, undecoded, true, &mut summaries)?;
+            prop_assert_eq!(t.open_studies(), 0);
+            prop_assert_eq!(summaries, opened, "every opened study summarised exactly once");
+            prop_assert!(t.take_complete(now, IDLE, true, 0).is_empty(), "nothing summarised twice");
+        }
+    }
+}

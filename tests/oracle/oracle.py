@@ -4,7 +4,9 @@
 Subcommands:
   preprocess --manifest model.toml --out DIR FILE...
       Writes DIR/NNNN.f32 (raw little-endian float32, [C,H,W], C order) per frame and
-      DIR/index.json = [{"file", "frame", "shape": [C,H,W], "path"}, ...].
+      DIR/index.json = [{"file", "frame", "shape": [C,H,W], "path", "window"}, ...], where "window"
+      is the window rule's choice for a monochrome frame ({"source": "manifest"|"file"|"min_max",
+      "index", "file_window_invalid", "center", "width"}) and null for colour.
   score --manifest model.toml --out FILE.json FILE...
       Preprocesses all frames as one batch, runs the ONNX model with onnxruntime (CPU) and
       writes [{"file", "frame", "scores": {label: p}, "map_peak": [row, col] | null}, ...].
@@ -60,12 +62,18 @@ def preprocess_file(path, man):
     p = spec.frame_params_from_dataset(ds)
     out = []
     for i, frame in enumerate(spec.frames_from_dataset(ds)):
+        window = None
+        if p["samples"] == 1:
+            a = np.asarray(frame, dtype=np.float64)
+            window = spec.choose_window(
+                a.min(), a.max(), p["slope"], p["intercept"], man["window"], p["file_windows"]
+            )
         t = spec.preprocess_frame(
             frame,
             photometric=p["photometric"],
             slope=p["slope"],
             intercept=p["intercept"],
-            file_window=p["file_window"],
+            file_windows=p["file_windows"],
             manifest_window=man["window"],
             bits_stored=p["bits_stored"],
             channels=man["channels"],
@@ -74,7 +82,7 @@ def preprocess_file(path, man):
             mean=man["mean"],
             std=man["std"],
         )
-        out.append((i, t))
+        out.append((i, t, window))
     return out
 
 
@@ -82,8 +90,8 @@ def preprocess_all(files, man, skip_errors=False):
     entries, errors = [], []
     for f in files:
         try:
-            for i, t in preprocess_file(f, man):
-                entries.append((f, i, t))
+            for i, t, window in preprocess_file(f, man):
+                entries.append((f, i, t, window))
         except Exception as e:  # noqa: BLE001
             if not skip_errors:
                 raise SystemExit(f"oracle: {f}: {type(e).__name__}: {e}")
@@ -96,11 +104,11 @@ def cmd_preprocess(args):
     os.makedirs(args.out, exist_ok=True)
     entries, errors = preprocess_all(args.files, man, args.skip_errors)
     index = []
-    for n, (f, i, t) in enumerate(entries):
+    for n, (f, i, t, window) in enumerate(entries):
         name = f"{n:04d}.f32"
         p = os.path.join(args.out, name)
         t.astype("<f4").tofile(p)
-        index.append({"file": f, "frame": i, "shape": list(t.shape), "path": p})
+        index.append({"file": f, "frame": i, "shape": list(t.shape), "path": p, "window": window})
     index.extend(errors)
     with open(os.path.join(args.out, "index.json"), "w") as fh:
         json.dump(index, fh, indent=1)
@@ -114,7 +122,7 @@ def cmd_score(args):
     entries, errors = preprocess_all(args.files, man, args.skip_errors)
     results = []
     if entries:
-        batch = np.stack([t for _, _, t in entries]).astype(np.float32)
+        batch = np.stack([t for _, _, t, _ in entries]).astype(np.float32)
         sess = ort.InferenceSession(
             os.path.join(man["dir"], man["model_file"]), providers=["CPUExecutionProvider"]
         )
@@ -123,7 +131,7 @@ def cmd_score(args):
         scores = np.asarray(outs[0], dtype=np.float32)
         maps = np.asarray(outs[1], dtype=np.float32) if man["map_output"] else None
         labels = man["labels"] or [f"label{k}" for k in range(scores.shape[1])]
-        for n, (f, i, _) in enumerate(entries):
+        for n, (f, i, _, _) in enumerate(entries):
             peak = None
             if maps is not None:
                 m0 = maps[n, 0]

@@ -5,8 +5,9 @@ path and the WGSL shader implement.  It is also imported by models/lesion-demo/t
 the model is trained on exactly the tensors the service produces.
 
 Specification (per output pixel of a [C, H, W] tensor):
-  1. monochrome: v = stored * slope + intercept; window (manifest, else file, else rescaled
-     min/max with c = (lo+hi)/2 + 0.5, w = hi - lo + 1); DICOM PS3.3 C.11.2.1.2.1 linear
+  1. monochrome: v = stored * slope + intercept; window (manifest, else the file's first VALID
+     WindowCenter/WindowWidth pair -- finite centre, finite width >= 1, PS3.3 C.11.2.1.2 -- else
+     rescaled min/max with c = (lo+hi)/2 + 0.5, w = hi - lo + 1); DICOM PS3.3 C.11.2.1.2.1 linear
      function to [0, 1]; MONOCHROME1 -> 1 - y.
      RGB: y_k = clamp(stored_k / (2^bits_stored - 1), 0, 1).
   2. channel mapping (mono->3: replicate; RGB->1: 0.299 R + 0.587 G + 0.114 B).
@@ -23,6 +24,9 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "MAX_FILE_WINDOWS",
+    "window_is_valid",
+    "choose_window",
     "frame_window",
     "apply_window",
     "map_values",
@@ -33,16 +37,42 @@ __all__ = [
 ]
 
 
-def frame_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_window=None, file_window=None):
-    """Return (center, width) according to the precedence manifest > file > min/max."""
+# Window pairs read from a file beyond this many are ignored (as the service does).
+MAX_FILE_WINDOWS = 16
+
+
+def window_is_valid(center, width):
+    """PS3.3 C.11.2.1.2: a window needs a finite centre and a finite width >= 1."""
+    c, w = float(center), float(width)
+    return bool(np.isfinite(c) and np.isfinite(w) and w >= 1.0)
+
+
+def choose_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_window=None, file_windows=()):
+    """The window rule: manifest > the file's first valid pair > rescaled min/max.
+
+    file_windows: the file's (center, width) pairs in order, invalid ones included.
+    Returns {"source": "manifest"|"file"|"min_max", "index": k|None, "file_window_invalid": bool,
+             "center": c, "width": w}.
+    """
     if manifest_window is not None:
-        return float(manifest_window[0]), float(manifest_window[1])
-    if file_window is not None:
-        return float(file_window[0]), float(file_window[1])
+        return {"source": "manifest", "index": None, "file_window_invalid": False,
+                "center": float(manifest_window[0]), "width": float(manifest_window[1])}
+    pairs = list(file_windows or ())
+    for k, (c, w) in enumerate(pairs):
+        if window_is_valid(c, w):
+            return {"source": "file", "index": k, "file_window_invalid": k > 0,
+                    "center": float(c), "width": float(w)}
     a = float(stored_min) * float(slope) + float(intercept)
     b = float(stored_max) * float(slope) + float(intercept)
     lo, hi = min(a, b), max(a, b)
-    return (lo + hi) / 2.0 + 0.5, hi - lo + 1.0
+    return {"source": "min_max", "index": None, "file_window_invalid": len(pairs) > 0,
+            "center": (lo + hi) / 2.0 + 0.5, "width": hi - lo + 1.0}
+
+
+def frame_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_window=None, file_windows=()):
+    """Return (center, width) according to the precedence manifest > first valid file pair > min/max."""
+    w = choose_window(stored_min, stored_max, slope, intercept, manifest_window, file_windows)
+    return w["center"], w["width"]
 
 
 def apply_window(v, center, width):
@@ -99,6 +129,7 @@ def preprocess_frame(
     photometric="MONOCHROME2",
     slope=1.0,
     intercept=0.0,
+    file_windows=(),
     file_window=None,
     manifest_window=None,
     bits_stored=16,
@@ -114,6 +145,9 @@ def preprocess_frame(
 
     stored: array [rows, cols] (samples = 1) or [rows, cols, 3] (samples = 3) of stored values
             (for colour data: already converted to RGB).
+    file_windows: the file's (center, width) pairs in order, invalid ones included.
+    file_window: one (center, width) pair, for callers that hold a single window (appended to
+                 file_windows).
     stored_min/stored_max: override the frame min/max (default: computed from `stored`).
     Returns float32 array [channels, height, width].
     """
@@ -128,7 +162,8 @@ def preprocess_frame(
             raise ValueError(f"unsupported photometric interpretation {photometric!r} for 1 sample")
         mn = float(a.min()) if stored_min is None else float(stored_min)
         mx = float(a.max()) if stored_max is None else float(stored_max)
-        window = frame_window(mn, mx, slope, intercept, manifest_window, file_window)
+        pairs = list(file_windows or ()) + ([] if file_window is None else [tuple(file_window)])
+        window = frame_window(mn, mx, slope, intercept, manifest_window, pairs)
     else:
         window = None
 
@@ -179,6 +214,39 @@ def _first(value):
     return float(value)
 
 
+def _ds_values(value):
+    """Every value of a DS attribute as floats, in order (at most MAX_FILE_WINDOWS); a value that does
+    not parse is NaN, so that its pair counts as invalid."""
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        items = value.split("\\") if value.strip() else []
+    else:
+        try:
+            items = list(value)
+        except TypeError:
+            items = [value]
+    out = []
+    for v in items[:MAX_FILE_WINDOWS]:
+        try:
+            out.append(float(str(v).strip()))
+        except ValueError:
+            out.append(float("nan"))
+    return out
+
+
+def file_windows_from_dataset(ds):
+    """All (center, width) pairs of WindowCenter/WindowWidth, in order, invalid ones included; a centre
+    without a width (or the reverse) is a pair with NaN in the missing place."""
+    centers = _ds_values(ds.get("WindowCenter", None))
+    widths = _ds_values(ds.get("WindowWidth", None))
+    n = max(len(centers), len(widths))
+    nan = float("nan")
+    return [(centers[i] if i < len(centers) else nan, widths[i] if i < len(widths) else nan) for i in range(n)]
+
+
 def frame_params_from_dataset(ds):
     """Per-instance preprocessing parameters read from a pydicom Dataset."""
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -187,15 +255,16 @@ def frame_params_from_dataset(ds):
         photometric = "RGB"  # pydicom 3 converts YBR_* to RGB in pixel_array by default
     slope = _first(ds.get("RescaleSlope", None))
     intercept = _first(ds.get("RescaleIntercept", None))
-    wc = _first(ds.get("WindowCenter", None))
-    ww = _first(ds.get("WindowWidth", None))
-    file_window = (wc, ww) if (wc is not None and ww is not None) else None
+    windows = file_windows_from_dataset(ds)
     return {
         "samples": samples,
         "photometric": photometric,
         "slope": 1.0 if slope is None else slope,
         "intercept": 0.0 if intercept is None else intercept,
-        "file_window": file_window,
+        "file_windows": windows,
+        # The pair the rule applies when the manifest has no window (None: min/max), for callers that
+        # hold a single window (models/lesion-demo/train.py).
+        "file_window": next(((c, w) for c, w in windows if window_is_valid(c, w)), None),
         "bits_stored": int(ds.get("BitsStored", ds.get("BitsAllocated", 16))),
     }
 
