@@ -109,6 +109,8 @@ pub struct LimitsConfig {
     /// Deepest accepted nesting of sequences in an instance; deeper is rejected (MALFORMED). Real data
     /// uses a handful of levels; the limit keeps the DICOM parser's recursion shallow.
     pub max_sequence_depth: u32,
+    /// Most elements (items and delimiters included) in one data set; more is rejected (MALFORMED).
+    pub max_elements: u32,
     /// Instances being decoded or scored per stream before the stream stops reading (backpressure).
     pub max_in_flight_per_stream: usize,
     /// Decoded pixels (f32) held between decode and scoring, across all streams. An instance over it is
@@ -177,6 +179,7 @@ impl Default for LimitsConfig {
             max_frames: d.max_frames,
             max_decoded_bytes: d.max_decoded_bytes,
             max_sequence_depth: d.max_sequence_depth,
+            max_elements: d.max_elements,
             max_in_flight_per_stream: 32,
             max_decoded_bytes_in_flight: 64 << 20,
             max_request_bytes_in_flight: 16 << 20,
@@ -256,6 +259,9 @@ impl Config {
         if self.limits.max_sequence_depth == 0 {
             return bad("limits.max_sequence_depth must be at least 1");
         }
+        if self.limits.max_elements == 0 {
+            return bad("limits.max_elements must be at least 1");
+        }
         if self.limits.max_decoded_bytes_in_flight == 0
             || self.limits.max_request_bytes_in_flight == 0
         {
@@ -289,6 +295,7 @@ impl Config {
             max_frames: self.limits.max_frames,
             max_decoded_bytes: self.limits.max_decoded_bytes,
             max_sequence_depth: self.limits.max_sequence_depth,
+            max_elements: self.limits.max_elements,
         }
     }
 

@@ -606,3 +606,38 @@ async fn the_server_advertises_max_streams_per_connection_to_http2_clients() {
     assert_eq!(connection.max_concurrent_send_streams(), 5);
     server.stop().await.expect("stop");
 }
+
+/// A slice cut short in its pixel data (the walk stops at the missing bytes) is rejected under its
+/// SOP, Series and Study UIDs, and its study's summary counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_instance_names_its_uids_and_counts_in_its_study() {
+    let server = start(test_config()).await;
+    let study = sample_study();
+    let mut stream = Stream::open(&server).await;
+    for (name, bytes) in &study[1..] {
+        stream.send(instance(name, bytes.clone())).await;
+    }
+    let (name, whole) = &study[0];
+    let cut = whole[..whole.len() - 1000].to_vec();
+    stream.send(instance(name, cut)).await;
+    stream.close();
+    let events = stream.drain().await;
+
+    assert_eq!(accepted(&events).len(), study.len() - 1);
+    let rejected = rejections(&events);
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    let r = rejected[0];
+    let original = radstream::decode::decode_instance(whole, &radstream::decode::Limits::default())
+        .expect("the whole slice decodes");
+    assert_eq!(r.sop_instance_uid, original.meta.sop_instance_uid);
+    assert_eq!(r.series_instance_uid, original.meta.series_instance_uid);
+    assert_eq!(r.study_instance_uid, original.meta.study_instance_uid);
+    assert_eq!(r.reason, pb::RejectReason::Malformed as i32, "{r:?}");
+    let summaries = summaries(&events);
+    assert_eq!(summaries.len(), 1, "one study: {summaries:?}");
+    let s = summaries[0];
+    assert_eq!(s.study_instance_uid, original.meta.study_instance_uid);
+    assert_eq!(s.instances_accepted as usize, study.len() - 1);
+    assert_eq!(s.instances_rejected, 1, "the rejection counts in its study");
+    assert_eq!(s.slices_scored as usize, study.len() - 1);
+}

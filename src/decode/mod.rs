@@ -82,6 +82,10 @@ pub struct Limits {
     /// encapsulated Pixel Data). Real data stays within a handful of levels; dicom-rs reads nested
     /// sequences by recursion, so this also keeps its stack use small.
     pub max_sequence_depth: u32,
+    /// Most elements, items and delimiters in one data set. dicom-rs holds each as a node of its own
+    /// (~100 bytes), so a file of tiny elements would cost about ten times its size; real data sets,
+    /// enhanced multi-frame with per-frame groups included, hold well under a million.
+    pub max_elements: u32,
 }
 
 impl Default for Limits {
@@ -93,6 +97,7 @@ impl Default for Limits {
             max_frames: 4096,
             max_decoded_bytes: 2 * 1024 * 1024 * 1024,
             max_sequence_depth: 32,
+            max_elements: 1_000_000,
         }
     }
 }
@@ -553,6 +558,7 @@ fn decode_inner(
             0,
             encoding,
             limits.max_sequence_depth,
+            limits.max_elements,
             origin,
             &mut top,
         );
@@ -576,6 +582,7 @@ fn decode_inner(
             dataset_start,
             encoding,
             limits.max_sequence_depth,
+            limits.max_elements,
             in_file,
             &mut top,
         );

@@ -995,3 +995,33 @@ fn rejection_stays_small() {
         std::mem::size_of::<Rejection>()
     );
 }
+
+#[test]
+fn element_count_limit_rejects_a_data_set_of_tiny_elements() {
+    // 1,000 empty private elements: dicom-rs would hold a node for each
+    let mut many = Vec::new();
+    for _ in 0..1000 {
+        many.extend_from_slice(&explicit_short(0x0009, 0x1000, b"LO", b"", b' '));
+    }
+    let file = part10(
+        EXPLICIT_LE,
+        &insert_before_pixel_data(dataset(Spec::default(), EXPLICIT_LE), &many),
+    );
+    let small = Limits {
+        max_elements: 500,
+        ..Limits::default()
+    };
+    let r = reject(&file, &small);
+    assert_eq!(r.error.code(), "malformed");
+    assert!(
+        r.error.to_string().contains("limits.max_elements"),
+        "{}",
+        r.error
+    );
+    assert_eq!(r.sop_instance_uid.as_deref(), Some("1.2.3.4.5"), "{r:?}");
+    let enough = Limits {
+        max_elements: 2000,
+        ..Limits::default()
+    };
+    decode_instance(&file, &enough).expect("within the limit it decodes");
+}

@@ -295,6 +295,7 @@ pub(crate) fn walk_dataset(
     start: usize,
     enc0: Encoding,
     max_depth: u32,
+    max_elements: u32,
     origin: Origin,
     uids: &mut TopUids,
 ) -> Result<Walk, DecodeError> {
@@ -308,7 +309,19 @@ pub(crate) fn walk_dataset(
     // everything from here on is zero: trailing padding if the top level reaches it
     let zero_tail = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
 
+    // every turn of the loop reads one header or closes one container, and containers are opened by
+    // headers: at most two turns per element, item or delimiter
+    let mut turns: u64 = 0;
+    let max_turns = 2 * u64::from(max_elements);
     loop {
+        turns += 1;
+        if turns > max_turns {
+            return Err(malformed(format!(
+                "more than {max_elements} elements, items and delimiters in the data set (the limit, \
+                 limits.max_elements) {}",
+                origin.at(pos)
+            )));
+        }
         let top = stack.last().copied();
         match top {
             Some(Frame::Sequence {
