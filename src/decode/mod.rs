@@ -686,13 +686,11 @@ fn decode_inner(
     }
     let (photometric, color) = validate_format(&px, &ts_uid, encapsulated)?;
     let mut meta = meta::instance_meta(&obj, &ts_uid, &px, photometric)?;
-    // Modality is echoed in every finding: only a value of the Code String form (PS3.5 6.2: at most 16
-    // upper case letters, digits, spaces and '_') is kept, so free text never leaves here.
-    meta.modality = meta.modality.filter(|m| {
-        m.len() <= 16
-            && m.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b' ' || b == b'_')
-    });
+    // Modality is echoed in every finding: only a defined term is kept (a Code String can still spell a
+    // name: "DOE"), so free text never leaves here.
+    meta.modality = meta
+        .modality
+        .filter(|m| MODALITY_DEFINED_TERMS.contains(&m.as_str()));
     // The identifying UIDs are echoed in every response and log line: the instance is named by what the
     // walk took from the same elements (valid values as they are, malformed ones as their stand-in).
     for (slot, taken) in [
@@ -953,6 +951,107 @@ const PHOTOMETRIC_DEFINED_TERMS: &[&str] = &[
     "YBR_ICT",
     "YBR_RCT",
     "XYB",
+];
+
+/// Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1 (current and retired).
+const MODALITY_DEFINED_TERMS: &[&str] = &[
+    "AR",
+    "ASMT",
+    "AU",
+    "BDUS",
+    "BI",
+    "BMD",
+    "CFM",
+    "CR",
+    "CT",
+    "CTPROTOCOL",
+    "DG",
+    "DMS",
+    "DOC",
+    "DX",
+    "ECG",
+    "EEG",
+    "EMG",
+    "EOG",
+    "EPS",
+    "ES",
+    "FID",
+    "GM",
+    "HC",
+    "HD",
+    "IO",
+    "IOL",
+    "IVOCT",
+    "IVUS",
+    "KER",
+    "KO",
+    "LEN",
+    "LS",
+    "M3D",
+    "MG",
+    "MR",
+    "NM",
+    "OAM",
+    "OCT",
+    "OP",
+    "OPM",
+    "OPT",
+    "OPTBSV",
+    "OPTENF",
+    "OPV",
+    "OSS",
+    "OT",
+    "PA",
+    "PLAN",
+    "POS",
+    "PR",
+    "PT",
+    "PX",
+    "REG",
+    "RESP",
+    "RF",
+    "RG",
+    "RTDOSE",
+    "RTIMAGE",
+    "RTINTENT",
+    "RTPLAN",
+    "RTRAD",
+    "RTRECORD",
+    "RTSEGANN",
+    "RTSTRUCT",
+    "RWV",
+    "SEG",
+    "SM",
+    "SMR",
+    "SR",
+    "SRF",
+    "STAIN",
+    "TEXTUREMAP",
+    "TG",
+    "US",
+    "VA",
+    "XA",
+    "XAPROTOCOL",
+    "XC",
+    // retired
+    "AS",
+    "CD",
+    "CF",
+    "CP",
+    "CS",
+    "DD",
+    "DF",
+    "DM",
+    "DS",
+    "EC",
+    "FA",
+    "FS",
+    "LP",
+    "MA",
+    "MS",
+    "OPR",
+    "ST",
+    "VF",
 ];
 
 /// A Photometric Interpretation for a message: quoted when it is a defined term, else described.

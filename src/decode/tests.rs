@@ -967,22 +967,25 @@ fn raw_native_pixels_match_what_dicom_rs_would_give() {
 }
 
 #[test]
-fn only_code_string_modalities_are_kept() {
+fn only_defined_term_modalities_are_kept() {
     let kept = decode_instance(&build(Spec::default()), &Limits::default()).expect("decodes");
     assert_eq!(kept.meta.modality.as_deref(), Some("OT"));
-    let mut obj = object(Spec::default());
-    obj.put(DataElement::new(
-        tags::MODALITY,
-        VR::CS,
-        PrimitiveValue::from("Doe, John"),
-    ));
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE))
-        .expect("meta");
-    let mut out = Vec::new();
-    file.write_all(&mut out).expect("write");
-    let d = decode_instance(&out, &Limits::default()).expect("decodes");
-    assert_eq!(d.meta.modality, None);
+    // free text, and a name that happens to have the Code String form, are both dropped
+    for planted in ["Doe, John", "DOE"] {
+        let mut obj = object(Spec::default());
+        obj.put(DataElement::new(
+            tags::MODALITY,
+            VR::CS,
+            PrimitiveValue::from(planted),
+        ));
+        let file = obj
+            .with_meta(FileMetaTableBuilder::new().transfer_syntax(EXPLICIT_LE))
+            .expect("meta");
+        let mut out = Vec::new();
+        file.write_all(&mut out).expect("write");
+        let d = decode_instance(&out, &Limits::default()).expect("decodes");
+        assert_eq!(d.meta.modality, None, "{planted}");
+    }
 }
 
 #[test]
