@@ -546,6 +546,14 @@ fn decode_inner(
     };
     let mut top = walk::TopUids::default();
     // `walked_buf` holds the walked bytes from walk position `base` on
+    // A deflated data set is inflated into memory of its own (up to `max_instance_bytes`) before its
+    // size is known: that memory is held against the budget too, as the whole cap, so concurrent
+    // deflated instances (or deflate bombs) queue for it instead of each inflating at once. It is given
+    // back before the decoded size is reserved (no decode waits while holding a share).
+    let mut inflate_hold = match (deflated, budget) {
+        (true, Some(b)) => Some(b.reserve(limits.max_instance_bytes as u64)?),
+        _ => None,
+    };
     let (walked_buf, base, walked): (Cow<'_, [u8]>, usize, walk::Walk) = if deflated {
         let (mut inflated, over) =
             inflate_capped(&body[dataset_start..], limits.max_instance_bytes)?;
@@ -716,6 +724,7 @@ fn decode_inner(
     }
 
     // 8. hold the decoded size against the global budget, then decode
+    drop(inflate_hold.take());
     let reservation = match budget {
         Some(b) => Some(Arc::new(b.reserve(decoded_bytes)?)),
         None => None,

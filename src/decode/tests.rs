@@ -913,6 +913,48 @@ impl DecodeBudget for CountingBudget {
     }
 }
 
+/// Counts the reservations alive when each is asked for.
+#[derive(Default)]
+struct LiveBudget {
+    live: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    asked: std::sync::Mutex<Vec<(u64, usize)>>,
+}
+
+struct LiveGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl DecodeBudget for LiveBudget {
+    fn reserve(&self, bytes: u64) -> Result<Reservation, DecodeError> {
+        let live = self.live.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.asked.lock().expect("lock").push((bytes, live));
+        Ok(Reservation::new(LiveGuard(self.live.clone())))
+    }
+}
+
+#[test]
+fn a_deflated_data_set_holds_the_budget_while_it_is_inflated() {
+    let file = part10(DEFLATED, &deflate(&dataset(Spec::default(), EXPLICIT_LE)));
+    let limits = Limits::default();
+    let budget = LiveBudget::default();
+    let d = decode_instance_with_budget(&file, &limits, Some(&budget)).expect("decodes");
+    // first the inflation (its size unknown: the cap), given back before the decoded size is asked for
+    assert_eq!(
+        *budget.asked.lock().expect("lock"),
+        vec![(limits.max_instance_bytes as u64, 0), (2 * 3 * 4, 0)]
+    );
+    drop(d);
+    assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // a plain data set asks once
+    let plain = LiveBudget::default();
+    decode_instance_with_budget(&build(Spec::default()), &limits, Some(&plain)).expect("decodes");
+    assert_eq!(plain.asked.lock().expect("lock").len(), 1);
+}
+
 #[test]
 fn decoded_size_is_reserved_once_before_decoding() {
     let budget = CountingBudget::default();
