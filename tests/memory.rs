@@ -31,6 +31,42 @@ async fn wait_for(what: &str, pred: impl Fn() -> bool) {
     }
 }
 
+/// A long stream keeps no finished instance task: each is reaped as it ends, not when the stream does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_instance_tasks_are_reaped_while_the_stream_stays_open() {
+    let _one_at_a_time = IN_PROCESS.lock().await;
+    let server = start(cpu_config()).await;
+    let study = sample_study();
+    let mut stream = Stream::open(&server).await;
+    let rounds = 3;
+    for round in 0..rounds {
+        for (name, bytes) in &study {
+            stream.send(instance(name, bytes.clone())).await;
+        }
+        // every slice of the round answered
+        let mut findings = 0;
+        while findings < study.len() {
+            match stream.next(WAIT).await {
+                Some(Event::Finding(_)) => findings += 1,
+                Some(_) => {}
+                None => panic!("the stream ended in round {round}"),
+            }
+        }
+    }
+    // 36 instances were handled on a stream still open: their tasks must not all still be held
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while probe::tasks_held() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} finished instance tasks still held on an open stream",
+            probe::tasks_held()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stream.close();
+    stream.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_mid_decode_never_run_more_decodes_than_there_are_slots() {
     let _one_at_a_time = IN_PROCESS.lock().await;

@@ -389,6 +389,7 @@ impl Session {
     async fn run(mut self, mut inbound: Streaming<pb::AnalyzeRequest>) -> Outcome {
         let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
         let mut tasks = JoinSet::new();
+        let mut held = probe::HeldTasks::default();
         let slots = Arc::new(Semaphore::new(self.service.max_in_flight));
         let mut permit: Option<OwnedSemaphorePermit> = None;
         let tick = (self.service.idle_timeout / 4)
@@ -410,6 +411,7 @@ impl Session {
                 let expected = self.expected_message;
                 share_wait = Some(Box::pin(async move { budget.acquire(expected).await }));
             }
+            held.set(tasks.len());
             let step = tokio::select! {
                 biased;
                 _ = out.closed() => Err(ClientGone),
@@ -769,6 +771,33 @@ pub mod probe {
     static DECODES_STARTED: AtomicUsize = AtomicUsize::new(0);
     static CLIENT_REFS_LIVE: AtomicUsize = AtomicUsize::new(0);
     static CLIENT_REFS_PEAK: AtomicUsize = AtomicUsize::new(0);
+    static TASKS_HELD: AtomicUsize = AtomicUsize::new(0);
+
+    /// Instance tasks held by sessions now, running or finished but not yet reaped.
+    pub fn tasks_held() -> usize {
+        TASKS_HELD.load(Ordering::SeqCst)
+    }
+
+    /// One session's share of [`tasks_held`], given back when the session ends.
+    #[derive(Default)]
+    pub(super) struct HeldTasks(usize);
+
+    impl HeldTasks {
+        pub(super) fn set(&mut self, now: usize) {
+            if now >= self.0 {
+                TASKS_HELD.fetch_add(now - self.0, Ordering::SeqCst);
+            } else {
+                TASKS_HELD.fetch_sub(self.0 - now, Ordering::SeqCst);
+            }
+            self.0 = now;
+        }
+    }
+
+    impl Drop for HeldTasks {
+        fn drop(&mut self) {
+            TASKS_HELD.fetch_sub(self.0, Ordering::SeqCst);
+        }
+    }
 
     /// Decodes running now (on the blocking pool).
     pub fn decodes_running() -> usize {
