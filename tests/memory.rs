@@ -7,9 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use radstream::{
-    config::PreprocessBackend, ingest::grpc::probe, proto::v1::analyze_response::Event,
-};
+use radstream::{config::PreprocessBackend, ingest::probe, proto::v1::analyze_response::Event};
 
 const WAIT: Duration = Duration::from_secs(120);
 

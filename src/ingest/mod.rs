@@ -3,6 +3,8 @@
 
 pub mod budget;
 pub mod grpc;
+pub mod probe;
+mod session;
 
 pub use grpc::AnalysisService;
 
