@@ -7,17 +7,10 @@
 
 mod common;
 
-use std::{collections::HashMap, process::Command};
+use std::process::Command;
 
 use common::*;
 use radstream::proto::v1 as pb;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Expected {
-    file: String,
-    scores: HashMap<String, f32>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and_says_so() {
@@ -80,19 +73,7 @@ async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and
     );
 
     // And the scores are the ones onnxruntime (Python) gives on the numpy oracle's tensors.
-    let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("scores.json");
-    let status = Command::new(python())
-        .arg(repo().join("tests/oracle/oracle.py"))
-        .args(["score", "--manifest"])
-        .arg(repo().join("models/lesion-demo/model.toml"))
-        .arg("--out")
-        .arg(&json)
-        .args(&files)
-        .status()
-        .expect("run oracle");
-    assert!(status.success(), "oracle score failed");
-    let expected: Vec<Expected> = serde_json::from_slice(&read(&json)).expect("oracle json");
+    let expected = oracle_scores(&files);
     assert_eq!(expected.len(), files.len());
     let mut worst = 0.0f32;
     for e in &expected {

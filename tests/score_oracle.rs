@@ -3,17 +3,9 @@
 
 mod common;
 
-use std::{collections::HashMap, path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use common::*;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-struct Expected {
-    file: String,
-    frame: u32,
-    scores: HashMap<String, f32>,
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
@@ -28,19 +20,7 @@ async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
     files.push(pydicom_data_files().join("emri_small.dcm"));
     files.push(pydicom_data_files().join("US1_UNCR.dcm"));
 
-    let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("scores.json");
-    let status = Command::new(python())
-        .arg(repo().join("tests/oracle/oracle.py"))
-        .args(["score", "--manifest"])
-        .arg(repo().join("models/lesion-demo/model.toml"))
-        .arg("--out")
-        .arg(&json)
-        .args(&files)
-        .status()
-        .expect("run oracle");
-    assert!(status.success(), "oracle score failed");
-    let expected: Vec<Expected> = serde_json::from_slice(&read(&json)).expect("oracle json");
+    let expected = oracle_scores(&files);
 
     let server = start(test_config()).await;
     let mut stream = Stream::open(&server).await;

@@ -34,6 +34,33 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// onnxruntime's Python API on the numpy oracle's tensors of one frame (`tests/oracle/oracle.py score`).
+#[derive(serde::Deserialize)]
+pub struct OracleScores {
+    /// The path as given to the oracle (the tests send it as `client_ref`).
+    pub file: String,
+    pub frame: u32,
+    pub scores: std::collections::HashMap<String, f32>,
+}
+
+/// Scores every frame of `files` with the bundled model the independent way: numpy preprocessing
+/// (`tests/oracle/spec.py`) and onnxruntime's Python API.
+pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("scores.json");
+    let status = Command::new(python())
+        .arg(repo().join("tests/oracle/oracle.py"))
+        .args(["score", "--manifest"])
+        .arg(repo().join("models/lesion-demo/model.toml"))
+        .arg("--out")
+        .arg(&json)
+        .args(files)
+        .status()
+        .expect("run oracle");
+    assert!(status.success(), "oracle score failed");
+    serde_json::from_slice(&read(&json)).expect("oracle json")
+}
+
 /// Runs `python -c code` and returns its stdout.
 pub fn python_eval(code: &str) -> String {
     let out = Command::new(python())
