@@ -57,15 +57,7 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
         .output()
         .expect("run push");
     drop(server);
-    assert!(
-        out.status.success(),
-        "push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
-        .collect();
+    let events = push_json_lines(&out);
     let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
     let n = sample_study().len();
     assert_eq!(count("accepted"), n);
@@ -182,15 +174,7 @@ fn push_sends_files_whose_paths_exceed_the_client_ref_limit() {
         .output()
         .expect("run push");
     drop(server);
-    assert!(
-        out.status.success(),
-        "push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
-        .collect();
+    let events = push_json_lines(&out);
     let of =
         |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
     assert!(of("rejected").is_empty(), "{:?}", of("rejected"));

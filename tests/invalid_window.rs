@@ -145,15 +145,7 @@ fn push_shows_the_window_used_readable_and_as_json() {
         );
     }
 
-    assert!(
-        json.status.success(),
-        "push --json failed: {}",
-        String::from_utf8_lossy(&json.stderr)
-    );
-    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&json.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
-        .collect();
+    let events = push_json_lines(&json);
     let found: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "finding").collect();
     assert_eq!(found.len(), 4);
     for f in found {

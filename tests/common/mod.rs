@@ -61,6 +61,19 @@ pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
     serde_json::from_slice(&read(&json)).expect("oracle json")
 }
 
+/// The JSON objects `radstream push --json` printed, one a line; fails the test when push failed.
+pub fn push_json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is one JSON object"))
+        .collect()
+}
+
 /// Runs `python -c code` and returns its stdout.
 pub fn python_eval(code: &str) -> String {
     let out = Command::new(python())
