@@ -1070,3 +1070,39 @@ fn element_count_limit_rejects_a_data_set_of_tiny_elements() {
     };
     decode_instance(&file, &enough).expect("within the limit it decodes");
 }
+
+#[test]
+fn a_binary_value_that_is_not_whole_values_is_rejected() {
+    // FD of 2 bytes: dicom-rs would read no value, skip nothing, and take the next header from inside
+    // this value (a fuzzer's 4 GiB "length" came from there)
+    let fd = explicit_short(0x0018, 0x9087, b"FD", &[0, 0], 0);
+    let file = part10(
+        EXPLICIT_LE,
+        &insert_before_pixel_data(dataset(Spec::default(), EXPLICIT_LE), &fd),
+    );
+    let r = reject(&file, &Limits::default());
+    assert_eq!(r.error.code(), "malformed");
+    let msg = r.error.to_string();
+    assert!(
+        msg.contains("(0018,9087)") && msg.contains("not a multiple of 8"),
+        "{msg}"
+    );
+    // the same rule in implicit VR, where the VR comes from the dictionary: Rows (US) of 3 bytes
+    let mut rows = vec![0x28, 0x00, 0x10, 0x00, 3, 0, 0, 0];
+    rows.extend_from_slice(&[1, 0, 0]);
+    // (a second Rows element, odd-length, before the pixel data: the length alone rejects it)
+    let ds = insert_before_pixel_data(dataset(Spec::default(), IMPLICIT_LE), &rows);
+    let r = reject(&part10(IMPLICIT_LE, &ds), &Limits::default());
+    assert!(
+        r.error.to_string().contains("not a multiple of 2"),
+        "{}",
+        r.error
+    );
+    // whole values pass
+    let fd = explicit_short(0x0018, 0x9087, b"FD", &1.5f64.to_le_bytes(), 0);
+    let file = part10(
+        EXPLICIT_LE,
+        &insert_before_pixel_data(dataset(Spec::default(), EXPLICIT_LE), &fd),
+    );
+    decode_instance(&file, &Limits::default()).expect("an 8-byte FD decodes");
+}

@@ -165,12 +165,28 @@ fn short_length_vr(vr: &[u8]) -> bool {
 /// implicit VR decoder takes the VR from the standard dictionary (relaxed), Pixel Data and Overlay
 /// Data being OW.
 fn implicit_is_sequence(group: u16, elem: u16) -> bool {
+    implicit_vr(group, elem) == VR::SQ
+}
+
+/// The VR `dicom-rs`'s implicit VR decoder reads a defined-length element as (see [`implicit_is_sequence`]);
+/// UN for a tag the dictionary does not know.
+fn implicit_vr(group: u16, elem: u16) -> VR {
     if (group, elem) == PIXEL_DATA || (group >> 8 == 0x60 && elem == 0x3000) {
-        return false;
+        return VR::OW;
     }
     StandardDataDictionary
         .by_tag(Tag(group, elem))
-        .is_some_and(|e| e.vr().relaxed() == VR::SQ)
+        .map_or(VR::UN, |e| e.vr().relaxed())
+}
+
+/// The size of one value of a binary VR, for the VRs `dicom-rs` reads value by value.
+fn value_size(vr: VR) -> Option<u32> {
+    match vr {
+        VR::US | VR::SS | VR::OW => Some(2),
+        VR::AT | VR::FL | VR::OF | VR::SL | VR::UL | VR::OL => Some(4),
+        VR::FD | VR::OD | VR::SV | VR::UV | VR::OV => Some(8),
+        _ => None,
+    }
 }
 
 /// Describes where in the input an offset lies, for messages.
@@ -566,6 +582,25 @@ pub(crate) fn walk_dataset(
                 }
                 if len as usize > rem {
                     return Err(too_long(origin, pos, tag, len, rem));
+                }
+                // dicom-rs reads whole values of a binary VR and skips nothing after them: a length that is
+                // not a multiple of the value size would leave it reading the next header from inside
+                // this value, where any "length" may stand.
+                if !is_sq {
+                    let read_as = match vr {
+                        Some(v) => VR::from_binary(v).unwrap_or(VR::UN),
+                        None => implicit_vr(g, e),
+                    };
+                    if let Some(size) = value_size(read_as) {
+                        if len % size != 0 {
+                            return Err(malformed(format!(
+                                "element ({g:04X},{e:04X}) {} has a value length of {len} bytes, not a \
+                                 multiple of {size} as its VR {} requires",
+                                origin.at(pos),
+                                read_as.to_string()
+                            )));
+                        }
+                    }
                 }
                 if is_sq {
                     if depth >= max_depth {
