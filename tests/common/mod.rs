@@ -61,6 +61,19 @@ pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
     serde_json::from_slice(&read(&json)).expect("oracle json")
 }
 
+/// Pushes `files` on one stream (each named by its path as `client_ref`), closes it and returns every
+/// response.
+pub async fn push_files(server: &RunningServer, files: &[PathBuf]) -> Vec<Event> {
+    let mut stream = Stream::open(server).await;
+    for f in files {
+        stream
+            .send(instance(&f.display().to_string(), read(f)))
+            .await;
+    }
+    stream.close();
+    stream.drain().await
+}
+
 /// The JSON objects `radstream push --json` printed, one a line; fails the test when push failed.
 pub fn push_json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
     assert!(
