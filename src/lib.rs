@@ -1,11 +1,16 @@
 //! radstream: real-time imaging analysis.
 //!
 //! Data flows one way through modules named for the stages:
-//! [`ingest`] (gRPC `Analyze` stream) → [`decode`] (DICOM Part-10 → slices) → [`preprocess`] (WGSL on the
-//! GPU, CPU reference as fallback) → [`inference`] (ONNX Runtime, batched by [`pipeline`]) → [`study`]
-//! (per-study aggregation and completion) → [`results`] (findings and summaries sent back).
+//! [`ingest`] (gRPC `Analyze` stream; the transport-agnostic intake) → [`decode`] (header, then pixels) →
+//! [`preprocess`] (WGSL on the GPU, CPU reference as fallback) → [`inference`] (ONNX Runtime, batched by
+//! [`pipeline`]) → [`study`] (the process-wide study registry: assembly across streams, series order,
+//! completion, critical findings) → [`results`] (the durable event log and the hub that replays and
+//! fans out) → the ways out: the `Analyze` stream itself, [`api`] (`Studies.Watch`), [`web`] (the live
+//! page and JSON API) and the webhook.
 //! [`model`] holds the model repository format (manifest + ONNX file) every stage agrees on.
 
+pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod decode;
@@ -22,3 +27,4 @@ pub mod server;
 pub mod shutdown;
 pub mod study;
 pub mod telemetry;
+pub mod web;

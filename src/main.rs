@@ -36,6 +36,9 @@ enum Command {
     Serve(ServiceArgs),
     /// Stream DICOM files (and folders, recursively) to a running service and print the findings.
     Push(PushArgs),
+    /// Follow the service's study log: one line per event as studies arrive (or one JSON object per
+    /// event), optionally replaying the log from a sequence number first.
+    Watch(WatchArgs),
     /// Start the service in-process, push the bundled sample study, print the findings, exit.
     Demo {
         #[command(flatten)]
@@ -46,6 +49,32 @@ enum Command {
         /// Write a PNG of every positive slice (box and peak on the windowed slice) into this folder.
         #[arg(long)]
         overlays: Option<PathBuf>,
+        /// Keep serving after the push (web view, Watch) until Ctrl-C; pushes after a 5 s pause so
+        /// the page can be opened first.
+        #[arg(long)]
+        stay: bool,
+    },
+    /// Measure the service over its real interfaces (figures as distributions).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Critical-finding latency (decisive slice received -> alert at a Watch subscriber), p50/p99:
+    /// alone (one pusher), then with concurrent pushers; each on a fresh in-process server.
+    Alerts {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// Concurrent pushing streams in the loaded run.
+        #[arg(long, default_value_t = 32)]
+        pushers: usize,
+        /// Studies (copies of the sample study, 12 slices each) per pusher in the loaded run.
+        #[arg(long, default_value_t = 2)]
+        studies: usize,
+        /// Studies pushed one after the other in the run alone.
+        #[arg(long, default_value_t = 16)]
+        alone: usize,
     },
 }
 
@@ -79,6 +108,16 @@ struct ServiceArgs {
     /// Seconds a drain (on SIGTERM/SIGINT) may take before what is left is cancelled.
     #[arg(long, env = "RADSTREAM_DRAIN_DEADLINE_SECS")]
     drain_deadline_secs: Option<f64>,
+    /// Data directory: the durable event log of every study (default for `serve`:
+    /// $XDG_DATA_HOME/radstream; `demo`: a temporary one).
+    #[arg(long, env = "RADSTREAM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Serve the live web view and its JSON API on this address (e.g. 127.0.0.1:8080); off if unset.
+    #[arg(long, env = "RADSTREAM_HTTP")]
+    http: Option<SocketAddr>,
+    /// POST every critical finding as JSON to this URL (retried with backoff; see README).
+    #[arg(long, env = "RADSTREAM_WEBHOOK_URL")]
+    webhook_url: Option<String>,
 }
 
 impl ServiceArgs {
@@ -111,6 +150,15 @@ impl ServiceArgs {
         if let Some(v) = self.drain_deadline_secs {
             config.shutdown.drain_deadline_secs = v;
         }
+        if let Some(v) = self.data_dir {
+            config.store.data_dir = Some(v);
+        }
+        if let Some(v) = self.http {
+            config.http.listen = Some(v);
+        }
+        if let Some(v) = self.webhook_url {
+            config.webhook.url = Some(v);
+        }
         config.validate()?;
         Ok(config)
     }
@@ -137,6 +185,38 @@ struct PushArgs {
     /// DICOM files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+struct WatchArgs {
+    /// Service endpoint.
+    #[arg(
+        long,
+        env = "RADSTREAM_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    endpoint: String,
+    /// Only this study (Study Instance UID); repeat for several.
+    #[arg(long = "study", value_name = "UID")]
+    studies: Vec<String>,
+    /// First replay the log from this sequence number (1: the whole log), then follow live events.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    from: Option<u64>,
+    /// Only studies of this modality (e.g. CT); repeat for several.
+    #[arg(long = "modality", value_name = "M")]
+    modalities: Vec<String>,
+    /// Only findings positive for this label (and summaries); repeat for several.
+    #[arg(long = "label", value_name = "L")]
+    labels: Vec<String>,
+    /// Only critical findings.
+    #[arg(long)]
+    critical_only: bool,
+    /// Print what the log holds (from --from, else from 1) and exit instead of following live events.
+    #[arg(long)]
+    replay_only: bool,
+    /// One JSON object per event instead of readable lines.
+    #[arg(long)]
+    json: bool,
 }
 
 fn format(json: bool) -> OutputFormat {
@@ -194,17 +274,35 @@ const FORCED_EXIT_GRACE: Duration = Duration::from_millis(300);
 async fn serve(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let config = args.into_config()?;
     let engine = server::build_engine(&config)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let (grpc, addr) = server::bind(config.listen).await?;
+    let http = match config.http.listen {
+        Some(a) => {
+            let (listener, bound) = server::bind(a).await?;
+            tracing::info!("http listening on http://{bound}/ (live web view and JSON API)");
+            Some(listener)
+        }
+        None => None,
+    };
+    let data_dir = config
+        .store
+        .data_dir
+        .clone()
+        .unwrap_or_else(Config::default_data_dir);
     tracing::info!(
-        addr = %config.listen,
+        addr = %addr,
+        data_dir = %data_dir.display(),
         drain_deadline_secs = config.shutdown.drain_deadline_secs,
         "radstream serving (SIGTERM or Ctrl-C drains; a second one stops at once)"
     );
     let shutdown = Shutdown::new();
     let signals = watch_signals(shutdown.clone());
-    let served = server::serve(listener, &config, engine, shutdown.clone());
+    let served = server::serve(
+        server::Listeners { grpc, http },
+        &config,
+        engine,
+        shutdown.clone(),
+        &data_dir,
+    );
     tokio::pin!(signals, served);
     tokio::select! {
         result = &mut served => {
@@ -245,13 +343,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        Command::Bench(command) => bench(command).await?,
+        Command::Watch(args) => {
+            let options = client::WatchOptions {
+                studies: args.studies,
+                from: args.from,
+                modalities: args.modalities,
+                labels: args.labels,
+                critical_only: args.critical_only,
+                replay_only: args.replay_only,
+                format: format(args.json),
+            };
+            client::watch_and_print(&args.endpoint, options).await?;
+        }
         Command::Demo {
             service,
             json,
             overlays,
+            stay,
         } => {
             let config = service.into_config()?;
-            let report = demo::run(config, format(json), overlays.as_deref()).await?;
+            let options = demo::DemoOptions {
+                wait_before_push: if stay {
+                    Duration::from_secs(5)
+                } else {
+                    Duration::ZERO
+                },
+                stay,
+            };
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let report =
+                demo::run(config, format(json), overlays.as_deref(), options, stop).await?;
             anyhow::ensure!(
                 !report.summaries.is_empty(),
                 "the demo study produced no summary"
@@ -259,6 +383,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    use radstream::bench::alerts::{self, AlertBench};
+    match command {
+        BenchCommand::Alerts {
+            service,
+            pushers,
+            studies,
+            alone,
+        } => {
+            let config = service.into_config()?;
+            println!(
+                "critical-finding latency: decisive slice received -> alert at a Watch subscriber"
+            );
+            for run in [
+                AlertBench {
+                    pushers: 1,
+                    studies: alone,
+                },
+                AlertBench { pushers, studies },
+            ] {
+                let mut config = config.clone();
+                config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                config.store.data_dir = None;
+                let report = alerts::run(config, run).await?;
+                println!("{report}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// glibc malloc tuning, before any thread (and so any arena) exists.

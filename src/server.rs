@@ -1,6 +1,7 @@
-//! Assembling and running the service: model → engine → gRPC server with health checking and
-//! reflection. `start` binds first and returns the bound address, so tests and `radstream demo` can use
-//! port 0 and talk to the real server over loopback.
+//! Assembling and running the service: model → engine; event log → results hub → study registry →
+//! intake; the gRPC server (`Analysis`, `Studies`, health, reflection), the optional web view, the
+//! optional webhook. `start` binds first and returns the bound addresses, so tests and `radstream demo`
+//! can use port 0 and talk to the real server over loopback.
 //!
 //! Stopping is driven by a [`Shutdown`]: when its drain begins, health turns NOT_SERVING, no new
 //! connection or stream is taken, and each open stream finishes what it accepted; the drain deadline
@@ -8,7 +9,12 @@
 //! has closed — or shortly after the abort even if a peer holds its connection open, so no client can
 //! keep the process alive past the deadline.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::{
@@ -18,15 +24,47 @@ use tonic::{
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
+    api::StudiesService,
     config::Config,
     error::{Error, Result},
     inference,
-    ingest::AnalysisService,
+    ingest::{budget::ByteBudget, AnalysisService, Intake},
     model::ModelPackage,
     pipeline::{Engine, EngineHealth},
-    proto::{v1::analysis_server::AnalysisServer, FILE_DESCRIPTOR_SET},
+    proto::{
+        v1::{analysis_server::AnalysisServer, studies_server::StudiesServer},
+        FILE_DESCRIPTOR_SET,
+    },
+    results::{
+        self,
+        hub::Hub,
+        log::{EventLog, SqliteLog},
+        webhook,
+    },
     shutdown::{AbortReason, Shutdown},
+    study::{Registry, StudyRules},
 };
+
+/// How often the event log is pruned of studies past `[store] retention_days`.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What the service listens on.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// The web view and its JSON API, when configured.
+    pub http: Option<TcpListener>,
+}
+
+/// Opens the event log of `data_dir`, with the stand-in UID key kept in it, and starts the hub.
+pub fn open_hub(config: &Config, data_dir: &Path) -> Result<Hub> {
+    let log = SqliteLog::in_data_dir(data_dir)?;
+    // The same malformed UID must name the same study after a restart.
+    if !crate::decode::uid::set_stand_in_key(log.secret("uid-stand-in")?) {
+        tracing::debug!("stand-in UID key already set in this process");
+    }
+    Ok(Hub::start(Arc::new(log), config.watch.subscriber_buffer)?)
+}
 
 /// After an abort, how long streams get to deliver their final status before `serve` returns anyway.
 const ABORT_GRACE: Duration = Duration::from_millis(500);
@@ -58,22 +96,57 @@ pub fn build_engine(config: &Config) -> Result<Arc<Engine>> {
     Ok(Arc::new(engine))
 }
 
-/// Serves on `listener` until `shutdown` drains (see the module docs); the drain deadline is
-/// `config.shutdown.drain_deadline_secs`.
+/// Serves on `listeners` until `shutdown` drains (see the module docs), keeping the event log in
+/// `data_dir`; the drain deadline is `config.shutdown.drain_deadline_secs`.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     config: &Config,
     engine: Arc<Engine>,
     shutdown: Shutdown,
+    data_dir: &Path,
 ) -> Result<()> {
-    let service = AnalysisService::new(
+    let hub = open_hub(config, data_dir)?;
+    let rules = StudyRules {
+        labels: engine.manifest().labels.clone(),
+        model: results::model_ref(engine.model()),
+    };
+    let registry = Registry::start(hub.clone(), rules, config.registry());
+    let intake = Intake::new(
         engine.clone(),
+        registry,
         config.decode_limits(),
-        config.idle_timeout(),
-        config.limits.max_in_flight_per_stream,
-    )
-    .with_shutdown(shutdown.clone())
-    .with_limits(&config.limits);
+        Arc::new(ByteBudget::new(
+            "decoded bytes",
+            config.limits.max_decoded_bytes_in_flight,
+        )),
+    );
+    let service =
+        AnalysisService::new(intake, hub.clone(), &config.limits).with_shutdown(shutdown.clone());
+    let studies = StudiesService::new(hub.clone(), shutdown.clone());
+    let webhook_task = webhook::spawn(
+        hub.clone(),
+        config.webhook.clone(),
+        data_dir,
+        shutdown.clone(),
+    )?;
+    let prune_task = tokio::spawn(prune_log(
+        hub.log().clone(),
+        Duration::from_secs_f64(config.store.retention_days * 86_400.0),
+    ));
+    let http_task = listeners.http.map(|listener| {
+        let app = crate::web::router_with_shutdown(hub.clone(), shutdown.clone());
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let stop = async move { shutdown.draining().await };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!("the web view's HTTP server failed: {e}");
+            }
+        })
+    });
+    let listener = listeners.grpc;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -104,6 +177,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(AnalysisServer::new(service).max_decoding_message_size(max_message))
+        .add_service(StudiesServer::new(studies))
         .serve_with_incoming_shutdown(
             // Findings are small writes that must leave at once: Nagle's algorithm would hold them
             // back for the peer's delayed ACK.
@@ -125,7 +199,31 @@ pub async fn serve(
     };
     deadline_task.abort();
     health_task.abort();
+    prune_task.abort();
+    if let Some(t) = http_task {
+        t.abort();
+    }
+    if let Some(t) = webhook_task {
+        t.abort();
+    }
     result
+}
+
+/// Removes studies past the retention from the log, at start and then every [`PRUNE_EVERY`].
+async fn prune_log(log: Arc<dyn EventLog>, retention: Duration) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    loop {
+        every.tick().await;
+        let before = crate::results::log::now_unix_us()
+            - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let log = log.clone();
+        match tokio::task::spawn_blocking(move || log.prune(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(studies = n, "event log: removed studies past retention"),
+            Ok(Err(e)) => tracing::warn!("event log: pruning failed: {e}"),
+            Err(e) => tracing::warn!("event log: pruning failed: {e}"),
+        }
+    }
 }
 
 /// SERVING only while the engine serves and no drain has begun.
@@ -201,8 +299,13 @@ async fn enforce_deadline(shutdown: Shutdown, deadline: Duration) {
 #[derive(Debug)]
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The web view's address, when `[http] listen` was set.
+    pub http_addr: Option<SocketAddr>,
+    pub data_dir: PathBuf,
     shutdown: Shutdown,
     handle: JoinHandle<Result<()>>,
+    /// The temporary data directory, when none was configured (removed when the server is dropped).
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl RunningServer {
@@ -227,27 +330,61 @@ impl RunningServer {
     }
 }
 
-/// Builds the engine, binds `config.listen` (port 0 picks a free port) and serves in the background.
+/// Binds `addr` (port 0 picks a free port).
+pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok((listener, bound))
+}
+
+/// Builds the engine, binds `config.listen` (and `config.http.listen`) and serves in the background.
+/// Without `config.store.data_dir` the event log lives in a temporary directory removed with the
+/// returned server.
 pub async fn start(config: Config) -> Result<RunningServer> {
     let engine = build_engine(&config)?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind {
-        addr: config.listen,
-        source,
-    })?;
+    let (grpc, addr) = bind(config.listen).await?;
+    let (http, http_addr) = match config.http.listen {
+        Some(a) => {
+            let (l, bound) = bind(a).await?;
+            (Some(l), Some(bound))
+        }
+        None => (None, None),
+    };
+    let (data_dir, temporary) = match &config.store.data_dir {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let t = tempfile::Builder::new()
+                .prefix("radstream-data-")
+                .tempdir()
+                .map_err(Error::TempDir)?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
     let shutdown = Shutdown::new();
     let handle = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move { serve(listener, &config, engine, shutdown).await }
+        let data_dir = data_dir.clone();
+        async move {
+            serve(
+                Listeners { grpc, http },
+                &config,
+                engine,
+                shutdown,
+                &data_dir,
+            )
+            .await
+        }
     });
     Ok(RunningServer {
         addr,
+        http_addr,
+        data_dir,
         shutdown,
         handle,
+        _temporary: temporary,
     })
 }

@@ -83,7 +83,9 @@ fn a_model_that_does_not_fit_stops_start_up_with_the_reason() {
         .replace("height = 64", "height = 256");
     std::fs::write(dir.path().join("model.toml"), manifest).expect("write manifest");
     let out = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--model-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--model-dir")
         .arg(dir.path())
         .output()
         .expect("run serve");

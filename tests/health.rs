@@ -96,7 +96,14 @@ async fn serve(engine: Arc<Engine>, config: Config) -> Served {
     let shutdown = Shutdown::new();
     let task = tokio::spawn({
         let shutdown = shutdown.clone();
-        async move { server::serve(listener, &config, engine, shutdown).await }
+        async move {
+            let data = tempfile::tempdir().expect("data dir");
+            let listeners = server::Listeners {
+                grpc: listener,
+                http: None,
+            };
+            server::serve(listeners, &config, engine, shutdown, data.path()).await
+        }
     });
     Served {
         endpoint,

@@ -87,7 +87,13 @@ async fn clients_that_vanish_mid_decode_never_run_more_decodes_than_there_are_sl
     let started_before = probe::decodes_started();
     for i in 0..clients {
         let stream = Stream::open(&server).await;
-        stream.send(instance("costly.dcm", costly.clone())).await;
+        // each client its own instance: the same one again would be a duplicate, never decoded
+        let own = replace_uid(
+            &costly,
+            MULTI_FRAME_SOP,
+            &format!("1.2.826.0.1.3680043.10.543.9.{}", 100 + i),
+        );
+        stream.send(instance("costly.dcm", own)).await;
         // Once its decode runs, the client disappears without closing its stream.
         wait_for("the client's decode to start", || {
             probe::decodes_started() > started_before + i
@@ -148,9 +154,16 @@ async fn push_concurrently(
     streams: usize,
 ) -> Vec<usize> {
     let mut pushes = tokio::task::JoinSet::new();
-    for _ in 0..streams {
+    for k in 0..streams {
         let endpoint = endpoint.to_string();
-        let series = series.to_vec();
+        // each stream its own study: the same instances again would be duplicates, not work
+        let series: Vec<(String, Vec<u8>)> = series
+            .iter()
+            .map(|(name, bytes)| {
+                let study = format!("3680043.8.{}.", 500 + k);
+                (name.clone(), replace_uid(bytes, "3680043.8.498.", &study))
+            })
+            .collect();
         pushes.spawn(async move {
             let mut stream = Stream::try_open_at(endpoint).await.expect("open stream");
             let tx = stream.tx.take().expect("sender");

@@ -32,6 +32,7 @@ struct Service {
     child: Child,
     endpoint: String,
     log: tempfile::NamedTempFile,
+    _data: tempfile::TempDir,
 }
 
 impl Service {
@@ -41,10 +42,13 @@ impl Service {
             probe.local_addr().expect("addr").port()
         };
         let log = tempfile::NamedTempFile::new().expect("log file");
+        let data = tempfile::tempdir().expect("data dir");
         let child = Command::new(env!("CARGO_BIN_EXE_radstream"))
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data.path())
             .env("RADSTREAM_PREPROCESS", "cpu")
             .env(
                 "RADSTREAM_DRAIN_DEADLINE_SECS",
@@ -59,6 +63,7 @@ impl Service {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
             log,
+            _data: data,
         };
         service.wait_serving().await;
         service
@@ -150,12 +155,14 @@ fn endless_push(
     rounds: usize,
     pulled: Arc<AtomicUsize>,
 ) -> impl futures::Stream<Item = pb::AnalyzeRequest> + Send + 'static {
-    let study = common::sample_study();
-    let requests: Vec<pb::AnalyzeRequest> = (0..rounds)
-        .flat_map(|round| {
-            study.iter().map(move |(name, bytes)| {
-                common::instance(&format!("{round}/{name}"), bytes.clone())
-            })
+    // One study of distinct instances (the same instance twice would be a duplicate, not work).
+    let dir = tempfile::tempdir().expect("series dir");
+    let files = common::write_series(dir.path(), rounds * common::sample_study().len());
+    let requests: Vec<pb::AnalyzeRequest> = files
+        .iter()
+        .map(|path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            common::instance(&name.unwrap_or_default(), common::read(path))
         })
         .collect();
     futures::stream::iter(requests)

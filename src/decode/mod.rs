@@ -21,6 +21,15 @@
 //! - [`InstanceMeta`] contains the Patient ID; its `Debug` output redacts it and it must
 //!   never be logged.
 //!
+//! Two phases (`header`): [`read_header`] reads and checks everything but the pixels and returns an
+//! [`InstanceHeader`] (its [`InstanceMeta`] and frame count); [`InstanceHeader::decode_pixels`] then
+//! reserves the decoded size and decodes. [`decode_instance`] is the two in one call. The split exists
+//! so the service's study bookkeeping never waits for pixels: it learns an instance (UIDs, geometry,
+//! modality, rows / columns / frames) from the cheap header, and it can skip the pixel decode, with its
+//! codec time and its share of the decoded-bytes budget, where the pixels are not needed (a re-sent
+//! duplicate SOP Instance UID). Every guarantee above holds for each phase; a rejection from the pixel
+//! phase carries the UIDs the header read.
+//!
 //! Supported transfer syntaxes: implicit / explicit VR little endian, explicit VR big
 //! endian, deflated explicit VR little endian, RLE lossless (own decoder, 8/16/32-bit),
 //! JPEG baseline / extended (8-bit) / lossless, JPEG-LS lossless / near-lossless,
@@ -43,29 +52,25 @@
 //! validate (PS3.5 9.1) appear in them; anything else is described (`uid`).
 
 mod codestream;
+mod header;
 mod meta;
 mod pixels;
 mod rle;
-mod uid;
+pub mod uid;
 mod walk;
 
 use std::borrow::Cow;
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use dicom::core::value::DicomValueType;
-use dicom::core::value::{PrimitiveValue, Value};
-use dicom::dictionary_std::tags;
-use dicom::encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
-use dicom::object::meta::FileMetaTable;
-use dicom::object::InMemDicomObject;
-use dicom::transfer_syntax::TransferSyntaxRegistry;
+use dicom::core::value::PrimitiveValue;
 
+pub use header::{read_header, InstanceHeader};
 pub use meta::{InstanceMeta, Photometric, Window};
 
-use meta::{Obj, PixelAttrs};
-use pixels::{Color, Layout};
+use meta::PixelAttrs;
+use pixels::Color;
 
 /// Resource limits applied before decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,8 +149,10 @@ impl fmt::Debug for Reservation {
 
 /// One budget of decoded bytes shared by every stream, so memory stays flat as streams grow.
 ///
-/// [`decode_instance_with_budget`] calls `reserve` once per instance, after the header told how much
-/// the decode will hold and before any pixel is decoded; it may block (it runs on a blocking thread).
+/// [`InstanceHeader::decode_pixels`] (so [`decode_instance_with_budget`]) calls `reserve` once per
+/// instance, after the header told how much the decode will hold and before any pixel is decoded; a
+/// deflated data set also asks once in [`read_header`], for its inflation. It may block (it runs on a
+/// blocking thread).
 pub trait DecodeBudget: Send + Sync {
     /// Waits until `bytes` may be held. An error rejects the instance (e.g. larger than the budget).
     fn reserve(&self, bytes: u64) -> Result<Reservation, DecodeError>;
@@ -356,31 +363,27 @@ struct Ids {
     series: Option<String>,
 }
 
+impl Ids {
+    fn reject(self, error: DecodeError) -> Rejection {
+        Rejection {
+            sop_instance_uid: self.sop,
+            study_instance_uid: self.study,
+            series_instance_uid: self.series,
+            error,
+        }
+    }
+}
+
 /// [`decode_instance`], holding the decoded size against `budget` (when given) from the moment the
 /// header told it until the returned instance is dropped ([`DecodedInstance::reservation`]).
+///
+/// The same as [`read_header`] followed by [`InstanceHeader::decode_pixels`].
 pub fn decode_instance_with_budget(
     bytes: &[u8],
     limits: &Limits,
     budget: Option<&dyn DecodeBudget>,
 ) -> Result<DecodedInstance, Rejection> {
-    let mut ids = Ids::default();
-    // Last line of defence: nothing in here should panic, but dicom-rs and the codec
-    // crates are not under our control.
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        decode_inner(bytes, limits, budget, &mut ids)
-    }));
-    let result = match result {
-        Ok(r) => r,
-        Err(payload) => Err(DecodeError::Malformed {
-            detail: format!("parser panicked: {}", panic_message(&payload)),
-        }),
-    };
-    result.map_err(|error| Rejection {
-        sop_instance_uid: ids.sop,
-        study_instance_uid: ids.study,
-        series_instance_uid: ids.series,
-        error,
-    })
+    read_header(bytes, limits, budget)?.decode_pixels(budget)
 }
 
 fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
@@ -392,453 +395,6 @@ fn panic_message(payload: &Box<dyn std::any::Any + Send>) -> String {
         "unknown panic"
     };
     uid::redact(raw)
-}
-
-const TS_IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
-const TS_EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
-
-/// Inflates a deflated data set (raw deflate, PS3.5 A.5), stopping after `cap` bytes. Returns the
-/// inflated bytes and whether the cap was crossed (then the bytes are only its first `cap + 1`).
-fn inflate_capped(deflated: &[u8], cap: usize) -> Result<(Vec<u8>, bool), DecodeError> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    // a guess at the final size, bounded by the cap; growth beyond it is amortised
-    out.try_reserve(deflated.len().saturating_mul(4).min(cap))
-        .map_err(|_| DecodeError::TooLarge {
-            bytes: deflated.len().saturating_mul(4),
-            limit: cap,
-            inflated: true,
-        })?;
-    let mut reader = flate2::read::DeflateDecoder::new(deflated).take(cap as u64 + 1);
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| DecodeError::Malformed {
-            detail: format!(
-                "the deflated data set could not be inflated: {}",
-                uid::redact(&e.to_string())
-            ),
-        })?;
-    let over = out.len() > cap;
-    Ok((out, over))
-}
-
-/// Takes the top-level UIDs the walk found into `ids`: valid ones as they are, malformed ones as
-/// their stand-in (`uid::identity`), so even an instance rejected later is named without echoing them.
-fn take_uids(buf: &[u8], found: &walk::TopUids, ids: &mut Ids) {
-    for (range, slot, name) in [
-        (
-            found.sop_instance,
-            &mut ids.sop,
-            "SOPInstanceUID (0008,0018)",
-        ),
-        (
-            found.study_instance,
-            &mut ids.study,
-            "StudyInstanceUID (0020,000D)",
-        ),
-        (
-            found.series_instance,
-            &mut ids.series,
-            "SeriesInstanceUID (0020,000E)",
-        ),
-    ] {
-        let Some((start, len)) = range else {
-            continue;
-        };
-        let raw = buf.get(start..start.saturating_add(len)).unwrap_or(&[]);
-        if let Some(id) = uid::identity(raw, name) {
-            *slot = Some(id.uid);
-        }
-    }
-}
-
-fn decode_inner(
-    bytes: &[u8],
-    limits: &Limits,
-    budget: Option<&dyn DecodeBudget>,
-    ids: &mut Ids,
-) -> Result<DecodedInstance, DecodeError> {
-    // 1. size limit before anything else
-    if bytes.len() > limits.max_instance_bytes {
-        return Err(DecodeError::TooLarge {
-            bytes: bytes.len(),
-            limit: limits.max_instance_bytes,
-            inflated: false,
-        });
-    }
-
-    // 2. magic: preamble + DICM, or DICM at offset 0
-    let (body, body_offset) = if bytes.get(128..132) == Some(b"DICM") {
-        (&bytes[128..], 128)
-    } else if bytes.get(0..4) == Some(b"DICM") {
-        (bytes, 0)
-    } else {
-        return Err(DecodeError::NotDicom {
-            detail: format!(
-                "no 'DICM' magic at offset 128 or 0 ({} bytes); raw data sets without a file meta group are not accepted",
-                bytes.len()
-            ),
-        });
-    };
-    let in_file = walk::Origin {
-        base: body_offset,
-        what: "file",
-    };
-
-    // 3. file meta group -> transfer syntax, checked before parsing the data set.
-    let dataset_start = walk::walk_meta(body, in_file)?;
-    let file_meta =
-        FileMetaTable::from_reader(&body[..dataset_start]).map_err(|e| DecodeError::Malformed {
-            detail: format!(
-                "file meta information group (0002,xxxx) could not be read: {}",
-                uid::redact_chain(&e)
-            ),
-        })?;
-    let media_uid = uid::identity(
-        file_meta.media_storage_sop_instance_uid().as_bytes(),
-        "MediaStorageSOPInstanceUID (0002,0003)",
-    );
-    if let Some(id) = &media_uid {
-        ids.sop = Some(id.uid.clone());
-    }
-    let ts_uid = match uid::validate(
-        file_meta.transfer_syntax().as_bytes(),
-        "TransferSyntaxUID (0002,0010)",
-    ) {
-        Ok(Some(u)) => u,
-        Ok(None) => {
-            return Err(DecodeError::MissingAttribute {
-                name: "TransferSyntaxUID (0002,0010)",
-            })
-        }
-        Err(detail) => return Err(DecodeError::Malformed { detail }),
-    };
-    let Some(ts) = TransferSyntaxRegistry.get(&ts_uid) else {
-        return Err(DecodeError::UnsupportedTransferSyntax {
-            uid: ts_uid,
-            name: "unknown transfer syntax",
-        });
-    };
-    let unsupported = || DecodeError::UnsupportedTransferSyntax {
-        uid: ts.uid().to_string(),
-        name: ts.name(),
-    };
-    let deflated = is_deflated(&ts_uid);
-    let encapsulated = match ts.codec() {
-        Codec::None => false,
-        Codec::Dataset(_) if deflated => false,
-        Codec::Dataset(Some(_)) => false,
-        Codec::Dataset(None) => return Err(unsupported()),
-        Codec::EncapsulatedPixelData(Some(_), _) => true,
-        Codec::EncapsulatedPixelData(None, _) => return Err(unsupported()),
-    };
-
-    // 4. walk the whole data set (inflated first when deflated), then let dicom-rs parse exactly the
-    // checked bytes
-    let encoding = if deflated {
-        walk::Encoding::ExplicitLe
-    } else if ts_uid == TS_IMPLICIT_VR_LITTLE_ENDIAN {
-        walk::Encoding::ImplicitLe
-    } else if ts_uid == TS_EXPLICIT_VR_BIG_ENDIAN {
-        walk::Encoding::ExplicitBe
-    } else {
-        walk::Encoding::ExplicitLe
-    };
-    let mut top = walk::TopUids::default();
-    // `walked_buf` holds the walked bytes from walk position `base` on
-    // A deflated data set is inflated into memory of its own (up to `max_instance_bytes`) before its
-    // size is known: that memory is held against the budget too, as the whole cap, so concurrent
-    // deflated instances (or deflate bombs) queue for it instead of each inflating at once. It is given
-    // back before the decoded size is reserved (no decode waits while holding a share).
-    let mut inflate_hold = match (deflated, budget) {
-        (true, Some(b)) => Some(b.reserve(limits.max_instance_bytes as u64)?),
-        _ => None,
-    };
-    let (walked_buf, base, walked): (Cow<'_, [u8]>, usize, walk::Walk) = if deflated {
-        let (mut inflated, over) =
-            inflate_capped(&body[dataset_start..], limits.max_instance_bytes)?;
-        let origin = walk::Origin {
-            base: 0,
-            what: "inflated data set",
-        };
-        let walked = walk::walk_dataset(
-            &inflated,
-            0,
-            encoding,
-            limits.max_sequence_depth,
-            limits.max_elements,
-            origin,
-            &mut top,
-        );
-        if over {
-            // the walk of what was inflated only serves to name the instance
-            take_uids(&inflated, &top, ids);
-            return Err(DecodeError::TooLarge {
-                bytes: inflated.len(),
-                limit: limits.max_instance_bytes,
-                inflated: true,
-            });
-        }
-        take_uids(&inflated, &top, ids);
-        let walked = walked?;
-        inflated.truncate(walked.end);
-        walked.apply_patches(&mut inflated, 0, encoding);
-        (Cow::Owned(inflated), 0, walked)
-    } else {
-        let walked = walk::walk_dataset(
-            body,
-            dataset_start,
-            encoding,
-            limits.max_sequence_depth,
-            limits.max_elements,
-            in_file,
-            &mut top,
-        );
-        take_uids(body, &top, ids);
-        let walked = walked?;
-        if walked.un_patches.is_empty() {
-            (Cow::Borrowed(body), 0, walked)
-        } else {
-            // rare: UN of undefined length in explicit VR; rewrite a copy (see walk.rs)
-            let mut copy = body[dataset_start..walked.end].to_vec();
-            walked.apply_patches(&mut copy, dataset_start, encoding);
-            (Cow::Owned(copy), dataset_start, walked)
-        }
-    };
-    let ds_start = if deflated { 0 } else { dataset_start };
-    // Native Pixel Data at the top level is taken straight from the walked bytes: dicom-rs parses the
-    // data set up to it (nothing after Pixel Data is needed), so it never holds a copy of the pixels.
-    let raw_pixels = match walked.pixel_data {
-        Some(p) if !encapsulated => Some(p),
-        _ => None,
-    };
-    let parse_end = raw_pixels.map_or(walked.end, |p| p.header);
-    let read_ts = if deflated {
-        TransferSyntaxRegistry
-            .get(TS_EXPLICIT_VR_LITTLE_ENDIAN)
-            .ok_or_else(unsupported)?
-    } else {
-        ts
-    };
-    let to_parse = walked_buf
-        .get(ds_start - base..parse_end - base)
-        .unwrap_or(&[]);
-    let obj: Obj = InMemDicomObject::read_dataset_with_ts(to_parse, read_ts)
-        .map_err(|e| DecodeError::Malformed {
-            detail: format!("data set could not be parsed: {}", uid::redact_chain(&e)),
-        })?
-        .with_exact_meta(file_meta);
-    let raw_pixels: Option<(&[u8], Option<[u8; 2]>)> = raw_pixels.map(|p| {
-        let start = p.value - base;
-        (walked_buf.get(start..start + p.len).unwrap_or(&[]), p.vr)
-    });
-
-    // 5. pixel data presence and attributes
-    let pixel_elem = match (raw_pixels, obj.element_opt(tags::PIXEL_DATA).ok().flatten()) {
-        (Some(_), _) => None,
-        (None, Some(e)) => Some(e),
-        (None, None) => {
-            for (tag, name) in [
-                (tags::FLOAT_PIXEL_DATA, "Float Pixel Data (7FE0,0008)"),
-                (
-                    tags::DOUBLE_FLOAT_PIXEL_DATA,
-                    "Double Float Pixel Data (7FE0,0009)",
-                ),
-            ] {
-                if obj.element_opt(tag).ok().flatten().is_some() {
-                    return Err(DecodeError::UnsupportedPixelFormat {
-                        detail: format!(
-                            "{name} is not supported, only integer Pixel Data (7FE0,0010)"
-                        ),
-                    });
-                }
-            }
-            return Err(DecodeError::MissingPixelData);
-        }
-    };
-    let px = meta::pixel_attrs(&obj)?;
-
-    // 6. limits before any decoding
-    if px.rows > limits.max_rows || px.cols > limits.max_cols || px.frames > limits.max_frames {
-        return Err(DecodeError::DimensionsTooLarge {
-            rows: px.rows,
-            cols: px.cols,
-            frames: px.frames,
-            max_rows: limits.max_rows,
-            max_cols: limits.max_cols,
-            max_frames: limits.max_frames,
-        });
-    }
-    let decoded_bytes = u64::from(px.rows)
-        * u64::from(px.cols)
-        * u64::from(px.frames)
-        * u64::from(px.samples)
-        * std::mem::size_of::<f32>() as u64;
-    if decoded_bytes > limits.max_decoded_bytes as u64 {
-        return Err(DecodeError::DecodedTooLarge {
-            bytes: decoded_bytes,
-            limit: limits.max_decoded_bytes,
-            rows: px.rows,
-            cols: px.cols,
-            frames: px.frames,
-            samples: px.samples,
-        });
-    }
-    if px.rows == 0 || px.cols == 0 {
-        return Err(DecodeError::Malformed {
-            detail: format!(
-                "Rows (0028,0010) = {} / Columns (0028,0011) = {}: empty image",
-                px.rows, px.cols
-            ),
-        });
-    }
-    let (photometric, color) = validate_format(&px, &ts_uid, encapsulated)?;
-    let mut meta = meta::instance_meta(&obj, &ts_uid, &px, photometric)?;
-    // Modality is echoed in every finding: only a defined term is kept (a Code String can still spell a
-    // name: "DOE"), so free text never leaves here.
-    meta.modality = meta
-        .modality
-        .filter(|m| MODALITY_DEFINED_TERMS.contains(&m.as_str()));
-    // The identifying UIDs are echoed in every response and log line: the instance is named by what the
-    // walk took from the same elements (valid values as they are, malformed ones as their stand-in).
-    for (slot, taken) in [
-        (&mut meta.sop_instance_uid, &ids.sop),
-        (&mut meta.study_instance_uid, &ids.study),
-        (&mut meta.series_instance_uid, &ids.series),
-    ] {
-        if let Some(uid) = taken {
-            slot.clone_from(uid);
-        } else if !slot.is_empty() {
-            // read by dicom-rs but not seen by the walk: never echo what was not checked
-            *slot = uid::identity(slot.as_bytes(), "UID attribute")
-                .map(|id| id.uid)
-                .unwrap_or_default();
-        }
-    }
-
-    // 7. the codestream headers must agree with the DICOM header before any codec runs
-    if let (Some(family), Some(Value::PixelSequence(seq))) =
-        (codestream_family(&ts_uid), pixel_elem.map(|e| e.value()))
-    {
-        codestream::check_fragments(seq.fragments(), family, px.rows, px.cols, px.samples)?;
-    }
-
-    // 8. hold the decoded size against the global budget, then decode
-    drop(inflate_hold.take());
-    let reservation = match budget {
-        Some(b) => Some(Arc::new(b.reserve(decoded_bytes)?)),
-        None => None,
-    };
-    let layout = Layout {
-        rows: px.rows,
-        cols: px.cols,
-        frames: px.frames,
-        samples: px.samples,
-        bytes_per_sample: usize::from(px.bits_allocated / 8),
-        bits_stored: px.bits_stored,
-        signed: px.pixel_representation == 1,
-        big_endian: ts_uid == TS_EXPLICIT_VR_BIG_ENDIAN,
-        planar: px.samples > 1 && px.planar_configuration == 1 && !encapsulated,
-        color,
-    };
-    let frames = if encapsulated {
-        let pixel_decode = |detail: String| DecodeError::PixelDecode {
-            transfer_syntax: format!("{} ({})", ts.uid(), ts.name()),
-            detail,
-        };
-        let Some(reader) = ts.pixel_data_reader() else {
-            return Err(unsupported());
-        };
-        let Some(pixel_elem) = pixel_elem else {
-            return Err(DecodeError::MissingPixelData);
-        };
-        if !matches!(pixel_elem.value(), Value::PixelSequence(_)) {
-            return Err(DecodeError::Malformed {
-                detail: format!(
-                    "Pixel Data (7FE0,0010) is not encapsulated although transfer syntax {} requires it",
-                    ts.uid()
-                ),
-            });
-        }
-        if let Value::PixelSequence(seq) = pixel_elem.value() {
-            if JPEG_TS.contains(&ts_uid.as_str()) && px.photometric_original == "RGB" {
-                if let Some(first) = seq.fragments().first() {
-                    check_jpeg_rgb(first)?;
-                }
-            }
-        }
-        let mut data: Vec<u8> = Vec::new();
-        if ts_uid == TS_RLE_LOSSLESS {
-            let Value::PixelSequence(seq) = pixel_elem.value() else {
-                return Err(unsupported());
-            };
-            data = rle::decode(
-                seq.fragments(),
-                px.frames,
-                px.rows,
-                px.cols,
-                px.samples,
-                layout.bytes_per_sample,
-            )
-            .map_err(pixel_decode)?;
-        } else {
-            let r = catch_unwind(AssertUnwindSafe(|| reader.decode(&obj, &mut data)));
-            match r {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(pixel_decode(uid::redact_chain(&e))),
-                Err(p) => {
-                    return Err(pixel_decode(format!(
-                        "codec panicked: {}",
-                        panic_message(&p)
-                    )))
-                }
-            }
-        }
-        let expected = layout.total_bytes()?;
-        if data.len() < expected {
-            return Err(pixel_decode(format!(
-                "codec produced {} bytes, {} expected",
-                data.len(),
-                expected
-            )));
-        }
-        pixels::to_frames(&data, &layout)?
-    } else {
-        let stream: Cow<'_, [u8]> = match (raw_pixels, pixel_elem.map(|e| e.value())) {
-            (Some((bytes, vr)), _) => {
-                raw_stream_bytes(bytes, vr, layout.big_endian, layout.bytes_per_sample)?
-            }
-            (None, Some(Value::Primitive(p))) => {
-                native_stream_bytes(p, layout.big_endian, layout.bytes_per_sample)?
-            }
-            (None, Some(Value::PixelSequence(_))) => {
-                return Err(DecodeError::Malformed {
-                    detail: format!(
-                    "Pixel Data (7FE0,0010) is encapsulated but transfer syntax {} ({}) is native",
-                    ts.uid(),
-                    ts.name()
-                ),
-                })
-            }
-            (None, Some(Value::Sequence(_))) => {
-                return Err(DecodeError::Malformed {
-                    detail: "Pixel Data (7FE0,0010) is a sequence".to_string(),
-                })
-            }
-            (None, None) => return Err(DecodeError::MissingPixelData),
-        };
-        if px.bits_allocated == 1 {
-            pixels::to_frames_1bit(&stream, px.rows, px.cols, px.frames)?
-        } else {
-            pixels::to_frames(&stream, &layout)?
-        }
-    };
-
-    Ok(DecodedInstance {
-        meta,
-        frames,
-        reservation,
-    })
 }
 
 /// Checks the pixel format and decides the output photometric and colour handling.

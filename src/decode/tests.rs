@@ -2,7 +2,10 @@
 
 use super::*;
 use dicom::core::{DataElement, PrimitiveValue, VR};
+use dicom::dictionary_std::tags;
+use dicom::encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom::object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom::transfer_syntax::TransferSyntaxRegistry;
 
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
@@ -1105,4 +1108,157 @@ fn a_binary_value_that_is_not_whole_values_is_rejected() {
         &insert_before_pixel_data(dataset(Spec::default(), EXPLICIT_LE), &fd),
     );
     decode_instance(&file, &Limits::default()).expect("an 8-byte FD decodes");
+}
+
+/// A file of pydicom's test set (shipped in the pydicom wheel of the oracle Python, as in
+/// `tests/common`: `RADSTREAM_PYTHON`, else the cache's venv).
+fn pydicom_test_file(name: &str) -> Vec<u8> {
+    let python = std::env::var_os("RADSTREAM_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::config::Config::cache_dir().join("venv/bin/python"));
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import os, pydicom; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("oracle Python {} (scripts/setup.sh --test): {e}", python.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::fs::read(std::path::Path::new(&dir).join(name)).expect("pydicom test file")
+}
+
+/// The position of the first `marker` (two bytes) at or after `from`.
+fn find_marker(bytes: &[u8], from: usize, marker: [u8; 2]) -> usize {
+    from + bytes[from..]
+        .windows(2)
+        .position(|w| w == marker)
+        .expect("marker")
+}
+
+#[test]
+fn the_header_is_the_full_decodes_metadata_without_decoding_pixels() {
+    for (name, ts, soc, scan) in [
+        // JPEG 2000: SOC, then the first tile-part (SOT) after the main header
+        (
+            "JPEG2000.dcm",
+            "1.2.840.10008.1.2.4.91",
+            [0xFF, 0x4F],
+            [0xFF, 0x90],
+        ),
+        // JPEG baseline: SOI, then the scan (SOS)
+        (
+            "SC_rgb_jpeg_dcmtk.dcm",
+            "1.2.840.10008.1.2.4.50",
+            [0xFF, 0xD8],
+            [0xFF, 0xDA],
+        ),
+    ] {
+        let bytes = pydicom_test_file(name);
+        let budget = CountingBudget::default();
+        let full = decode_instance(&bytes, &Limits::default()).expect("decodes");
+        let header = read_header(&bytes, &Limits::default(), Some(&budget)).expect("header");
+        assert_eq!(header.meta().transfer_syntax, ts, "{name}");
+        assert_eq!(
+            format!("{:?}", header.meta()),
+            format!("{:?}", full.meta),
+            "{name}"
+        );
+        assert_eq!(header.meta().patient_id, full.meta.patient_id, "{name}");
+        assert_eq!(header.frames() as usize, full.frames.len(), "{name}");
+        assert!(budget.reserved.lock().expect("lock").is_empty(), "{name}");
+        let decoded = header.decode_pixels(Some(&budget)).expect("decodes");
+        assert_eq!(decoded.frames, full.frames, "{name}");
+        assert_eq!(
+            *budget.reserved.lock().expect("lock"),
+            vec![full.frames.len() as u64 * full.frames[0].pixels.len() as u64 * 4],
+            "{name}"
+        );
+
+        // The codestream's header is intact but everything from its first tile / scan on is garbage:
+        // the header phase accepts it (it decodes no pixel), the pixel phase rejects it, named.
+        let start = find_marker(&bytes, 0, soc);
+        let from = find_marker(&bytes, start, scan);
+        let mut broken = bytes.clone();
+        // (the garbage stops short of the end: the fragment and sequence delimiters stay intact)
+        let end = (from + 2048).min(broken.len() - 16);
+        broken[from..end].fill(0x5A);
+        let header =
+            read_header(&broken, &Limits::default(), None).expect("header of a broken file");
+        assert_eq!(
+            format!("{:?}", header.meta()),
+            format!("{:?}", full.meta),
+            "{name}"
+        );
+        let r = header.decode_pixels(None).expect_err("pixels are broken");
+        assert_eq!(r.error.code(), "pixel_decode", "{name}: {}", r.error);
+        assert_eq!(
+            r.sop_instance_uid.as_deref(),
+            Some(full.meta.sop_instance_uid.as_str())
+        );
+        assert_eq!(
+            r.study_instance_uid.as_deref(),
+            Some(full.meta.study_instance_uid.as_str())
+        );
+        assert_eq!(
+            r.series_instance_uid.as_deref(),
+            Some(full.meta.series_instance_uid.as_str())
+        );
+        // and the one-call decode rejects it the same way
+        let again = reject(&broken, &Limits::default());
+        assert_eq!(again.error.to_string(), r.error.to_string(), "{name}");
+        assert_eq!(again.sop_instance_uid, r.sop_instance_uid, "{name}");
+    }
+}
+
+#[test]
+fn a_deflated_instances_header_holds_the_budget_until_it_is_dropped() {
+    let file = part10(DEFLATED, &deflate(&dataset(Spec::default(), EXPLICIT_LE)));
+    let limits = Limits::default();
+    let budget = LiveBudget::default();
+    let header = read_header(&file, &limits, Some(&budget)).expect("header");
+    assert_eq!(header.meta().sop_instance_uid, "1.2.3.4.5");
+    assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(
+        *budget.asked.lock().expect("lock"),
+        vec![(limits.max_instance_bytes as u64, 0)]
+    );
+    // skipped (a duplicate): the inflation's share comes back, and the decoded size was never asked for
+    drop(header);
+    assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(budget.asked.lock().expect("lock").len(), 1);
+
+    // decoded: the share comes back before the decoded size is asked for
+    let header = read_header(&file, &limits, Some(&budget)).expect("header");
+    let d = header.decode_pixels(Some(&budget)).expect("decodes");
+    assert_eq!(
+        budget.asked.lock().expect("lock")[1..],
+        [(limits.max_instance_bytes as u64, 0), (2 * 3 * 4, 0)]
+    );
+    assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(d);
+    assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // a plain data set's header holds nothing
+    let plain = LiveBudget::default();
+    let bytes = build(Spec::default());
+    drop(read_header(&bytes, &limits, Some(&plain)).expect("header"));
+    assert!(plain.asked.lock().expect("lock").is_empty());
+}
+
+#[test]
+fn a_header_can_move_to_another_thread() {
+    // the service reads the header, hands the metadata to its bookkeeping, and may decode elsewhere
+    fn send<T: Send>(_: &T) {}
+    let bytes = build(Spec::default());
+    let header = read_header(&bytes, &Limits::default(), None).expect("header");
+    send(&header);
+    let d = std::thread::scope(|s| s.spawn(move || header.decode_pixels(None)).join())
+        .expect("thread")
+        .expect("decodes");
+    assert_eq!(d.frames[0].pixels.len(), 6);
 }

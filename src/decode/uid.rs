@@ -12,8 +12,9 @@
 //! (pydicom-data's `bad_sequence.dcm` carries a hexadecimal hash as its SOP Instance UID) and pydicom and
 //! dcmtk read them. It goes on under a stand-in ([`identity`]): `2.25.` followed by a 128-bit keyed hash
 //! of the value (the UUID-derived form of PS3.5 B.2), so the same bad value always names the same
-//! study, series or instance within the process, and the value cannot be recovered from it (the key is
-//! random per process: a digits-only patient number cannot be found by hashing candidates).
+//! study, series or instance — across restarts too, when the service keeps its key in its data directory
+//! — and the value cannot be recovered from it (the key is random per service: a digits-only patient
+//! number cannot be found by hashing candidates).
 
 /// Trims the padding a UI value may carry (trailing NUL, surrounding spaces).
 pub(crate) fn trim(raw: &[u8]) -> &[u8] {
@@ -100,21 +101,32 @@ pub(crate) fn identity(raw: &[u8], name: &str) -> Option<Identity> {
     })
 }
 
-/// `2.25.` + the first 128 bits of SHA-256(process key ‖ value), in decimal (at most 44 characters).
+/// The key behind stand-in UIDs. A service with a data directory sets it once at start from its event
+/// log ([`set_stand_in_key`]), so a malformed UID maps to the same stand-in across restarts and one
+/// study stays one study; without that, a random key per process.
+static KEY: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
+
+/// 16 random bytes (from the OS-seeded hasher keys of the standard library).
+pub fn random_key() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut key = [0u8; 16];
+    for half in key.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::process::id().into());
+        half.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    key
+}
+
+/// Sets the stand-in key; false when a key was already in use (the first one stays).
+pub fn set_stand_in_key(key: [u8; 16]) -> bool {
+    KEY.set(key).is_ok()
+}
+
+/// `2.25.` + the first 128 bits of SHA-256(key ‖ value), in decimal (at most 44 characters).
 fn stand_in(value: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    use std::sync::OnceLock;
-    static KEY: OnceLock<[u8; 16]> = OnceLock::new();
-    let key = KEY.get_or_init(|| {
-        use std::hash::{BuildHasher, Hasher};
-        let mut key = [0u8; 16];
-        for half in key.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::process::id().into());
-            half.copy_from_slice(&h.finish().to_le_bytes());
-        }
-        key
-    });
+    let key = KEY.get_or_init(random_key);
     let digest = Sha256::new()
         .chain_update(key)
         .chain_update(value)

@@ -323,6 +323,8 @@ mod tests {
         package.manifest.labels.push(crate::model::LabelSpec {
             name: "extra".into(),
             threshold: 0.5,
+            critical: None,
+            aggregate: Default::default(),
         });
         let err = ModelSession::load(env(), &package, &Default::default())
             .expect_err("label count")

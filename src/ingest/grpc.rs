@@ -1,9 +1,10 @@
-//! The `Analyze` bidirectional stream. Each stream is one session task that owns its studies: it reads
-//! instances, hands each to a decode task (bounded per stream, so a fast pusher is slowed by HTTP/2 flow
-//! control rather than buffered without limit), forwards every acceptance, rejection and finding as
-//! soon as it exists, and emits a study summary when the study completes. A client that vanishes ends
-//! its session: its tasks are aborted and its queued slices are skipped by the engine; other streams
-//! are untouched. Every error about one instance becomes an `InstanceRejected` for that instance; the
+//! The `Analyze` bidirectional stream. Each stream is one session task: it reads instances and hands
+//! each to the intake (bounded per stream, so a fast pusher is slowed by HTTP/2 flow control rather
+//! than buffered without limit); studies belong to the registry, and the session forwards what the
+//! registry publishes about its instances and studies (acceptances, rejections, findings, critical
+//! findings, summaries) as soon as it exists. A client that vanishes ends its session; the instances it
+//! had sent finish (within the same decode and scoring limits) because they belong to their studies,
+//! not to the stream; other streams are untouched. Every error about one instance becomes an `InstanceRejected` for that instance; the
 //! stream goes on.
 //!
 //! Shutdown (`shutdown.rs`): on a drain a session stops reading as if its client had closed its side,
@@ -20,23 +21,22 @@
 //! message over the size limit, a broken frame) ends the stream with its gRPC status, after what was
 //! accepted has been answered and its studies summarised.
 //!
-//! This file is the transport side: the service, admission of streams, and the one table from each
-//! error kind to its wire reason or gRPC status. The per-stream session is `session.rs`; the counters
+//! This file is the transport side: the service, admission of streams, and the table from inbound
+//! failures to gRPC status (the wire reasons of rejections are the intake's). The per-stream session is `session.rs`; the counters
 //! resource tests read are `probe.rs`.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use futures::{stream::BoxStream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{budget::ByteBudget, session::Session};
+use super::{budget::ByteBudget, intake::Intake, session::Session};
 use crate::{
     config::LimitsConfig,
-    decode::{DecodeError, Limits},
-    pipeline::{Engine, EngineError},
     proto::v1::{self as pb, analysis_server::Analysis},
+    results::hub::Hub,
     shutdown::Shutdown,
 };
 
@@ -46,16 +46,13 @@ const RESPONSE_BUFFER: usize = 64;
 /// The `radstream.v1.Analysis` service.
 #[derive(Debug, Clone)]
 pub struct AnalysisService {
-    pub(super) engine: Arc<Engine>,
-    pub(super) limits: Limits,
-    pub(super) idle_timeout: Duration,
+    /// Decode, registry and scoring, shared with every other ingest path.
+    pub(super) intake: Intake,
+    /// Where this stream's answers come from (it subscribes as a source).
+    pub(super) hub: Hub,
     pub(super) max_in_flight: usize,
-    /// Caps concurrent decodes across all streams (decode is CPU-bound).
-    pub(super) decode_slots: Arc<Semaphore>,
     /// Drain: refuse new streams, stop reading open ones, finish what they accepted. Abort: cancel.
     pub(super) shutdown: Shutdown,
-    /// Decoded pixels between decode and scoring, across all streams.
-    pub(super) decoded_budget: Arc<ByteBudget>,
     /// Received Part-10 bytes not yet decoded, across all streams.
     pub(super) request_budget: Arc<ByteBudget>,
     /// Open `Analyze` streams, across all connections.
@@ -65,45 +62,23 @@ pub struct AnalysisService {
 }
 
 impl AnalysisService {
-    pub fn new(
-        engine: Arc<Engine>,
-        limits: Limits,
-        idle_timeout: Duration,
-        max_in_flight: usize,
-    ) -> Self {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+    /// The service over `intake`, with the limits of `[limits]` (stream cap, request budget,
+    /// `client_ref` length, instances in flight per stream).
+    pub fn new(intake: Intake, hub: Hub, limits: &LimitsConfig) -> Self {
+        let max_streams = limits.max_streams.max(1);
         Self {
-            engine,
-            limits,
-            idle_timeout,
-            max_in_flight,
-            decode_slots: Arc::new(Semaphore::new(cores)),
+            intake,
+            hub,
+            max_in_flight: limits.max_in_flight_per_stream.max(1),
             shutdown: Shutdown::new(),
-            decoded_budget: Arc::new(ByteBudget::new("decoded bytes", 1)),
-            request_budget: Arc::new(ByteBudget::new("request bytes", 1)),
-            streams: Arc::new(Semaphore::new(1)),
-            max_streams: 1,
-            max_client_ref_bytes: 0,
+            request_budget: Arc::new(ByteBudget::new(
+                "request bytes",
+                limits.max_request_bytes_in_flight,
+            )),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            max_streams,
+            max_client_ref_bytes: limits.max_client_ref_bytes,
         }
-        .with_limits(&LimitsConfig::default())
-    }
-
-    /// Applies the service-wide limits of `[limits]`: budgets, stream cap, `client_ref` length.
-    pub fn with_limits(mut self, limits: &LimitsConfig) -> Self {
-        self.decoded_budget = Arc::new(ByteBudget::new(
-            "decoded bytes",
-            limits.max_decoded_bytes_in_flight,
-        ));
-        self.request_budget = Arc::new(ByteBudget::new(
-            "request bytes",
-            limits.max_request_bytes_in_flight,
-        ));
-        self.max_streams = limits.max_streams.max(1);
-        self.streams = Arc::new(Semaphore::new(self.max_streams));
-        self.max_client_ref_bytes = limits.max_client_ref_bytes;
-        self
     }
 
     /// Follow `shutdown` (the server's); without it the service never drains.
@@ -154,32 +129,6 @@ impl Analysis for AnalysisService {
         let status = futures::stream::once(final_rx)
             .filter_map(|sent| futures::future::ready(sent.ok().map(Err)));
         Ok(Response::new(ReceiverStream::new(rx).chain(status).boxed()))
-    }
-}
-
-/// The wire reason for each decode error: the one table from error kind to code.
-pub fn reject_reason(error: &DecodeError) -> pb::RejectReason {
-    use pb::RejectReason as R;
-    match error {
-        DecodeError::NotDicom { .. } => R::NotDicom,
-        DecodeError::Malformed { .. } => R::Malformed,
-        DecodeError::TooLarge { .. } => R::TooLarge,
-        DecodeError::DimensionsTooLarge { .. } | DecodeError::DecodedTooLarge { .. } => {
-            R::DimensionsTooLarge
-        }
-        DecodeError::MissingAttribute { .. } => R::MissingAttribute,
-        DecodeError::MissingPixelData => R::MissingPixelData,
-        DecodeError::UnsupportedTransferSyntax { .. } => R::UnsupportedTransferSyntax,
-        DecodeError::UnsupportedPixelFormat { .. } => R::UnsupportedPixelFormat,
-        DecodeError::PixelDecode { .. } => R::PixelDecode,
-    }
-}
-
-pub(crate) fn engine_reason(error: &EngineError) -> pb::RejectReason {
-    match error {
-        EngineError::Preprocess(_) | EngineError::GpuRequired(_) => pb::RejectReason::Preprocess,
-        EngineError::Inference(_) | EngineError::Panicked(_) => pb::RejectReason::Inference,
-        EngineError::ShutDown | EngineError::Thread(_) => pb::RejectReason::Overloaded,
     }
 }
 

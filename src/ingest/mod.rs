@@ -1,12 +1,16 @@
 //! Where instances enter the service. Today: the gRPC `Analyze` stream ([`grpc`]). A DICOM C-STORE
-//! receiver will sit beside it and feed the same decode → score → study path.
+//! receiver will sit beside it as another thin transport: both hand bytes to the [`intake`], which
+//! reads the header, tells the study registry, decodes and scores, and both hear back through the
+//! results hub.
 
 pub mod budget;
 pub mod grpc;
+pub mod intake;
 pub mod probe;
 mod session;
 
 pub use grpc::AnalysisService;
+pub use intake::Intake;
 
 #[cfg(test)]
 mod tests {

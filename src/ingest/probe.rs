@@ -6,8 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 static DECODES_RUNNING: AtomicUsize = AtomicUsize::new(0);
 static DECODES_PEAK: AtomicUsize = AtomicUsize::new(0);
 static DECODES_STARTED: AtomicUsize = AtomicUsize::new(0);
-static CLIENT_REFS_LIVE: AtomicUsize = AtomicUsize::new(0);
-static CLIENT_REFS_PEAK: AtomicUsize = AtomicUsize::new(0);
 static TASKS_HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// Instance tasks held by sessions now, running or finished but not yet reaped.
@@ -53,18 +51,18 @@ pub fn decodes_started() -> usize {
 
 /// `client_ref` copies held by sessions and their tasks now.
 pub fn client_refs_live() -> usize {
-    CLIENT_REFS_LIVE.load(Ordering::SeqCst)
+    crate::results::hub::client_refs_live()
 }
 
 /// Most `client_ref` copies ever held at once in this process.
 pub fn client_refs_peak() -> usize {
-    CLIENT_REFS_PEAK.load(Ordering::SeqCst)
+    crate::results::hub::client_refs_peak()
 }
 
 /// Restarts the peaks from what runs now.
 pub fn reset_peaks() {
     DECODES_PEAK.store(decodes_running(), Ordering::SeqCst);
-    CLIENT_REFS_PEAK.store(client_refs_live(), Ordering::SeqCst);
+    crate::results::hub::reset_client_refs_peak();
 }
 
 /// Held for the duration of one decode.
@@ -82,26 +80,5 @@ impl Decoding {
 impl Drop for Decoding {
     fn drop(&mut self) {
         DECODES_RUNNING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// One counted `client_ref` copy.
-pub(crate) struct Counted(String);
-
-impl Counted {
-    pub(crate) fn new(text: String) -> Self {
-        let now = CLIENT_REFS_LIVE.fetch_add(1, Ordering::SeqCst) + 1;
-        CLIENT_REFS_PEAK.fetch_max(now, Ordering::SeqCst);
-        Self(text)
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        CLIENT_REFS_LIVE.fetch_sub(1, Ordering::SeqCst);
     }
 }

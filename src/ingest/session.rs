@@ -1,12 +1,12 @@
-//! One `Analyze` stream's session: reads instances, hands each to a decode task, forwards every
-//! acceptance, rejection and finding as soon as it exists, and summarises each study when it completes.
-//! What it guarantees (bounded cost, drain and abort, truthful stream ends) is in `grpc.rs`'s module
-//! docs, the service it belongs to.
+//! One `Analyze` stream's session: the gRPC side of an ingest source. It reads instances and hands each
+//! to the intake (header → registry → pixels → scoring), and it is a subscriber of the results hub
+//! like any viewer: what the registry publishes about its instances and its studies (acceptances,
+//! rejections, findings, critical findings, summaries) reaches it in log order and goes out on the
+//! stream under the stream's own `client_ref`s. The stream ends once every instance it read has been
+//! answered and every study it sent to has had its summary. What it guarantees (bounded cost, drain
+//! and abort, truthful stream ends) is in `grpc.rs`'s module docs, the service it belongs to.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::{collections::HashSet, sync::Arc, time::SystemTime};
 
 use futures::future::OptionFuture;
 use tokio::{
@@ -16,17 +16,13 @@ use tokio::{
 use tonic::{Code, Status, Streaming};
 
 use super::{
-    budget::ByteBudget,
-    grpc::{engine_reason, inbound_status, reject_reason, AnalysisService},
+    grpc::{inbound_status, AnalysisService},
     probe,
 };
 use crate::{
-    decode::{decode_instance_with_budget, DecodeError, InstanceMeta, Limits, Rejection},
-    pipeline::{Engine, EngineError, ScoredSlice},
     proto::v1 as pb,
-    results::{self, Arrival},
+    results::hub::{ClientRef, SourceDelivery, SourceFeed},
     shutdown::AbortReason,
-    study::StudyTracker,
 };
 
 /// A session's wait for its next message's share of the request budget.
@@ -35,25 +31,6 @@ type ShareWait = std::pin::Pin<Box<dyn std::future::Future<Output = OwnedSemapho
 /// The request-budget share taken before a stream's first message is read (then: the last message's
 /// size). A CT slice is ~0.5 MB: guessing low would make every first message wait in hand.
 const FIRST_MESSAGE_GUESS: u64 = 1 << 20;
-
-/// What decode tasks report back to their session, in order per instance. Events carry the instance's
-/// metadata, not its pixels: a session that waits for a slow client must not keep decoded pixels (and
-/// their share of the decoded-bytes budget) alive.
-enum Event {
-    Decoded {
-        client_ref: ClientRef,
-        result: Result<(Arc<InstanceMeta>, u32), Rejection>,
-    },
-    Scored {
-        meta: Arc<InstanceMeta>,
-        frame: usize,
-        client_ref: ClientRef,
-        arrival: Arrival,
-        result: Result<ScoredSlice, EngineError>,
-    },
-    /// The task is finished with its instance (always the task's last event).
-    Done,
-}
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -121,7 +98,10 @@ impl std::fmt::Display for Outcome {
                     "completed ({instances} instances, {summaries} study summaries)"
                 )
             }
-            Outcome::ClientGone => write!(f, "client went away; its in-flight work was cancelled"),
+            Outcome::ClientGone => write!(
+                f,
+                "client went away; its in-flight instances finish for their studies"
+            ),
             Outcome::InboundFailed {
                 instances,
                 summaries,
@@ -153,12 +133,14 @@ struct ClientGone;
 pub(super) struct Session {
     service: AnalysisService,
     out: mpsc::Sender<Result<pb::AnalyzeResponse, Status>>,
-    tracker: StudyTracker,
-    /// Instances whose decode has not reported yet.
-    undecoded: usize,
-    /// Instance tasks not finished yet.
-    in_flight: usize,
+    feed: SourceFeed,
+    /// Instances handed to the intake whose last answer has not arrived yet.
+    unanswered: usize,
+    /// Studies this stream sent to whose summary has not arrived since.
+    awaiting_summary: HashSet<String>,
     input_closed: bool,
+    /// The registry has been told this source sends nothing more.
+    close_reported: bool,
     /// The drain stopped reading before the client closed its side.
     stopped_reading: bool,
     /// The inbound stream failed (oversize message, broken frame): the status that ends the stream once
@@ -177,20 +159,15 @@ impl Session {
         service: AnalysisService,
         out: mpsc::Sender<Result<pb::AnalyzeResponse, Status>>,
     ) -> Self {
-        let labels = service
-            .engine
-            .manifest()
-            .labels
-            .iter()
-            .map(|l| (l.name.clone(), l.threshold))
-            .collect();
+        let feed = service.hub.attach_source();
         Self {
             service,
             out,
-            tracker: StudyTracker::new(labels),
-            undecoded: 0,
-            in_flight: 0,
+            feed,
+            unanswered: 0,
+            awaiting_summary: HashSet::new(),
             input_closed: false,
+            close_reported: false,
             stopped_reading: false,
             inbound_failure: None,
             request_share: None,
@@ -213,7 +190,7 @@ impl Session {
     fn cut_off(&self) -> Outcome {
         if self.service.shutdown.is_aborted() {
             Outcome::Aborted {
-                cancelled: self.in_flight,
+                cancelled: self.unanswered,
                 reason: self
                     .service
                     .shutdown
@@ -225,22 +202,28 @@ impl Session {
         }
     }
 
+    /// Tells the registry, once, that this source sends nothing more (after what it sent so far).
+    fn report_closed(&mut self) {
+        if !self.close_reported {
+            self.close_reported = true;
+            self.service
+                .intake
+                .registry()
+                .source_closed(self.feed.id, self.instances);
+        }
+    }
+
     pub(super) async fn run(mut self, mut inbound: Streaming<pb::AnalyzeRequest>) -> Outcome {
-        let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
         let mut tasks = JoinSet::new();
         let mut held = probe::HeldTasks::default();
         let slots = Arc::new(Semaphore::new(self.service.max_in_flight));
         let mut permit: Option<OwnedSemaphorePermit> = None;
-        let tick = (self.service.idle_timeout / 4)
-            .clamp(Duration::from_millis(10), Duration::from_secs(1));
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let out = self.out.clone();
         let shutdown = self.service.shutdown.clone();
         // Kept across turns of the loop: the budget is a FIFO queue, and a wait dropped whenever an
-        // event or a tick comes would lose its place in it.
+        // event comes would lose its place in it.
         let mut share_wait: Option<ShareWait> = None;
-        loop {
+        let outcome = loop {
             if share_wait.is_none()
                 && !self.input_closed
                 && permit.is_some()
@@ -261,7 +244,10 @@ impl Session {
                     self.stopped_reading = true;
                     Ok(())
                 }
-                Some(event) = events.recv() => self.on_event(event).await,
+                delivery = self.feed.recv() => match delivery {
+                    Some(d) => self.on_delivery(d).await,
+                    None => Err(ClientGone),
+                },
                 // Reap finished tasks as they finish, not when the stream ends.
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     self.on_task_end(joined);
@@ -283,47 +269,58 @@ impl Session {
                 msg = inbound.message(),
                     if !self.input_closed && permit.is_some() && self.request_share.is_some() =>
                 match msg {
-                    Ok(Some(request)) => {
-                        self.on_request(request, &mut permit, &events_tx, &mut tasks).await
-                    }
+                    Ok(Some(request)) => self.on_request(request, &mut permit, &mut tasks).await,
                     Ok(None) => {
                         self.input_closed = true;
                         Ok(())
                     }
                     Err(status) => self.on_inbound_failure(status),
                 },
-                _ = ticker.tick() => Ok(()),
             };
             if step.is_err() {
-                tasks.abort_all();
-                return self.cut_off();
-            }
-            if self.complete_studies().await.is_err() {
-                tasks.abort_all();
-                return self.cut_off();
-            }
-            if self.input_closed && self.in_flight == 0 {
-                if let Some(status) = self.inbound_failure.take() {
-                    return Outcome::InboundFailed {
-                        instances: self.instances,
-                        summaries: self.summaries,
-                        status,
-                    };
+                if self.service.shutdown.is_aborted() {
+                    tasks.abort_all();
+                } else {
+                    // The client went away, not the service: what it sent still belongs to its
+                    // studies, so its instances finish (within the decode and scoring limits) and
+                    // their results go to the log and the viewers, only not to this stream.
+                    tasks.detach_all();
                 }
+                break self.cut_off();
             }
-            if self.input_closed && self.in_flight == 0 && self.stopped_reading {
-                return Outcome::Drained {
+            if !self.input_closed {
+                continue;
+            }
+            self.report_closed();
+            if self.unanswered > 0 || !self.awaiting_summary.is_empty() {
+                continue;
+            }
+            if let Some(status) = self.inbound_failure.take() {
+                break Outcome::InboundFailed {
+                    instances: self.instances,
+                    summaries: self.summaries,
+                    status,
+                };
+            }
+            if self.stopped_reading {
+                break Outcome::Drained {
                     instances: self.instances,
                     summaries: self.summaries,
                 };
             }
-            if self.input_closed && self.in_flight == 0 {
-                return Outcome::Completed {
-                    instances: self.instances,
-                    summaries: self.summaries,
-                };
-            }
+            break Outcome::Completed {
+                instances: self.instances,
+                summaries: self.summaries,
+            };
+        };
+        // Whatever ended the stream, the registry must not wait for this source any more.
+        self.report_closed();
+        // Every instance has been answered, but its task may still be storing a positive slice's
+        // overlay: it finishes on its own (dropping the set would abort it).
+        if !self.service.shutdown.is_aborted() {
+            tasks.detach_all();
         }
+        outcome
     }
 
     /// The inbound stream failed. A client that cancelled is gone; anything else (a message over the
@@ -345,12 +342,12 @@ impl Session {
         Ok(())
     }
 
-    /// A task ended: its `Done` event already counted it, unless it panicked before sending it.
-    fn on_task_end(&mut self, joined: Result<(), tokio::task::JoinError>) {
+    /// A task ended. One that panicked never reported its instance's end: its guard reported it
+    /// abandoned to the registry, which answers it (as a rejection) through the feed.
+    fn on_task_end(&self, joined: Result<(), tokio::task::JoinError>) {
         if let Err(join) = joined {
             if join.is_panic() {
                 tracing::error!("an instance task panicked: {join}");
-                self.in_flight = self.in_flight.saturating_sub(1);
             }
         }
     }
@@ -359,7 +356,6 @@ impl Session {
         &mut self,
         request: pb::AnalyzeRequest,
         permit: &mut Option<OwnedSemaphorePermit>,
-        events: &mpsc::UnboundedSender<Event>,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), ClientGone> {
         use pb::analyze_request::Kind;
@@ -369,7 +365,6 @@ impl Session {
                     return Ok(());
                 };
                 let received = SystemTime::now();
-                self.instances += 1;
                 let limit = self.service.max_client_ref_bytes;
                 if instance.client_ref.len() > limit {
                     // Not echoed: a client_ref that long is not a label, and could be anything.
@@ -404,21 +399,29 @@ impl Session {
                     _ = self.out.closed() => return Err(ClientGone),
                     () = self.service.shutdown.aborted() => return Err(ClientGone),
                 };
-                self.undecoded += 1;
-                self.in_flight += 1;
-                let task = InstanceTask {
-                    engine: self.service.engine.clone(),
-                    limits: self.service.limits,
-                    decode_slots: self.service.decode_slots.clone(),
-                    decoded_budget: self.service.decoded_budget.clone(),
-                    events: events.clone(),
-                };
-                tasks.spawn(task.run(instance, received, permit, request_share));
+                self.instances += 1;
+                self.unanswered += 1;
+                let pb::Instance { dicom, client_ref } = instance;
+                let work = self.service.intake.process(
+                    self.feed.id,
+                    ClientRef::new(client_ref),
+                    dicom,
+                    received,
+                    request_share,
+                );
+                tasks.spawn(async move {
+                    work.await;
+                    drop(permit);
+                });
                 Ok(())
             }
             Some(Kind::EndOfStudy(end)) => {
-                self.tracker
-                    .end_requested(&end.study_instance_uid, Instant::now());
+                self.service.intake.registry().end_of_study(
+                    self.feed.id,
+                    end.study_instance_uid.clone(),
+                    self.instances,
+                );
+                self.awaiting_summary.insert(end.study_instance_uid);
                 Ok(())
             }
             None => {
@@ -435,257 +438,64 @@ impl Session {
         }
     }
 
-    async fn on_event(&mut self, event: Event) -> Result<(), ClientGone> {
+    /// Something the registry addressed to this stream: sent on under this stream's `client_ref`.
+    async fn on_delivery(&mut self, delivery: SourceDelivery) -> Result<(), ClientGone> {
         use pb::analyze_response::Event as Ev;
-        let now = Instant::now();
-        match event {
-            Event::Done => {
-                self.in_flight = self.in_flight.saturating_sub(1);
-                Ok(())
+        use pb::study_event::Event as E;
+        let (event, client_ref) = match delivery {
+            SourceDelivery::InstanceDone => {
+                self.unanswered = self.unanswered.saturating_sub(1);
+                return Ok(());
             }
-            Event::Decoded { client_ref, result } => {
-                self.undecoded = self.undecoded.saturating_sub(1);
-                match result {
-                    Ok((meta, frames)) => {
-                        self.tracker.accepted(&meta.study_instance_uid, frames, now);
-                        let slice = results::slice_id(&meta, 0);
-                        self.send(Ev::Accepted(pb::InstanceAccepted {
-                            client_ref: client_ref.to_string(),
-                            slice: Some(results::slice_ref(&slice)),
-                            frames,
-                        }))
-                        .await
+            SourceDelivery::Direct(event) => {
+                let event = *event;
+                match &event {
+                    Ev::Summary(s) => {
+                        self.awaiting_summary.remove(&s.study_instance_uid);
+                        self.summaries += 1;
                     }
-                    Err(rejection) => {
-                        if let Some(study) = &rejection.study_instance_uid {
-                            self.tracker.rejected(study, now);
+                    // a re-sent instance: the registry sends this stream the study's summary too
+                    Ev::Accepted(a) => {
+                        if let Some(slice) = &a.slice {
+                            self.awaiting_summary
+                                .insert(slice.study_instance_uid.clone());
                         }
-                        tracing::info!(
-                            sop_instance_uid = rejection
-                                .sop_instance_uid
-                                .as_deref()
-                                .unwrap_or("unreadable"),
-                            code = rejection.error.code(),
-                            "instance rejected: {}",
-                            rejection.error
-                        );
-                        self.send(Ev::Rejected(pb::InstanceRejected {
-                            client_ref: client_ref.to_string(),
-                            sop_instance_uid: rejection
-                                .sop_instance_uid
-                                .clone()
-                                .unwrap_or_default(),
-                            study_instance_uid: rejection
-                                .study_instance_uid
-                                .clone()
-                                .unwrap_or_default(),
-                            series_instance_uid: rejection
-                                .series_instance_uid
-                                .clone()
-                                .unwrap_or_default(),
-                            reason: reject_reason(&rejection.error) as i32,
-                            message: rejection.error.to_string(),
-                            frame: None,
-                        }))
-                        .await
                     }
+                    _ => {}
                 }
+                return self.send(event).await;
             }
-            Event::Scored {
-                meta,
-                frame,
-                client_ref,
-                arrival,
-                result,
-            } => {
-                let meta = &*meta;
-                let id = results::slice_id(meta, frame as u32);
-                match result {
-                    Ok(scored) => {
-                        self.tracker.scored(&id, &scored.scores, now);
-                        let engine = &self.service.engine;
-                        let finding = results::slice_finding(
-                            engine.manifest(),
-                            engine.model(),
-                            meta,
-                            &id,
-                            &client_ref,
-                            &scored,
-                            arrival,
-                            engine.preprocess_path(),
-                        );
-                        self.send(Ev::Finding(finding)).await
-                    }
-                    Err(error) => {
-                        self.tracker.failed(&meta.study_instance_uid, now);
-                        tracing::warn!(sop_instance_uid = %meta.sop_instance_uid, frame, "slice failed: {error}");
-                        self.send(Ev::Rejected(pb::InstanceRejected {
-                            client_ref: client_ref.to_string(),
-                            sop_instance_uid: meta.sop_instance_uid.clone(),
-                            study_instance_uid: meta.study_instance_uid.clone(),
-                            series_instance_uid: meta.series_instance_uid.clone(),
-                            reason: engine_reason(&error) as i32,
-                            message: error.to_string(),
-                            frame: Some(frame as u32),
-                        }))
-                        .await
-                    }
-                }
+            SourceDelivery::Event { event, client_ref } => (event, client_ref),
+        };
+        let name = || client_ref.as_deref().unwrap_or_default().to_string();
+        let study = &event.study_instance_uid;
+        let response = match &event.event {
+            Some(E::Accepted(a)) => {
+                self.awaiting_summary.insert(study.clone());
+                Ev::Accepted(pb::InstanceAccepted {
+                    client_ref: name(),
+                    ..a.clone()
+                })
             }
-        }
-    }
-
-    async fn complete_studies(&mut self) -> Result<(), ClientGone> {
-        let closed = self.input_closed && self.in_flight == 0;
-        let done = self.tracker.take_complete(
-            Instant::now(),
-            self.service.idle_timeout,
-            closed,
-            self.undecoded,
-        );
-        for summary in done {
-            self.summaries += 1;
-            let msg = results::study_summary(self.service.engine.model(), &summary);
-            self.send(pb::analyze_response::Event::Summary(msg)).await?;
-        }
-        Ok(())
-    }
-}
-
-/// A `client_ref`, shared by the acceptance and every frame's finding of its instance: one copy per
-/// instance, however many frames it has (it is copied only into the response being sent).
-#[derive(Clone)]
-struct ClientRef(Arc<probe::Counted>);
-
-impl ClientRef {
-    fn new(text: String) -> Self {
-        Self(Arc::new(probe::Counted::new(text)))
-    }
-}
-
-impl std::ops::Deref for ClientRef {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.0.as_str()
-    }
-}
-
-impl std::fmt::Display for ClientRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self)
-    }
-}
-
-/// Decodes one instance and queues its frames; reports everything through the session's event channel.
-struct InstanceTask {
-    engine: Arc<Engine>,
-    limits: Limits,
-    decode_slots: Arc<Semaphore>,
-    decoded_budget: Arc<ByteBudget>,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl InstanceTask {
-    /// Always ends with `Done` (unless aborted with its session), so the session can count it.
-    async fn run(
-        self,
-        instance: pb::Instance,
-        received: SystemTime,
-        permit: OwnedSemaphorePermit,
-        request_share: OwnedSemaphorePermit,
-    ) {
-        let events = self.events.clone();
-        self.process(instance, received, request_share).await;
-        drop(permit);
-        let _ = events.send(Event::Done);
-    }
-
-    // The decode's `Rejection` is large; it crosses the blocking pool once per instance.
-    #[allow(clippy::result_large_err)]
-    async fn process(
-        self,
-        instance: pb::Instance,
-        received: SystemTime,
-        request_share: OwnedSemaphorePermit,
-    ) {
-        let pb::Instance { dicom, client_ref } = instance;
-        let client_ref = ClientRef::new(client_ref);
-        // The slot is never closed; without one (impossible) the decode would still be bounded by the
-        // stream's in-flight limit.
-        let slot = self.decode_slots.clone().acquire_owned().await.ok();
-        let limits = self.limits;
-        let budget = self.decoded_budget.clone();
-        let decoded = tokio::task::spawn_blocking(move || {
-            // The decode slot and the request bytes' share belong to the decode itself: when the
-            // client vanishes this task is aborted, but the blocking decode runs on, and must go on
-            // counting against the global limits until it ends.
-            let _slot = slot;
-            let _running = probe::Decoding::start();
-            let decoded = decode_instance_with_budget(&dicom, &limits, Some(budget.as_ref()));
-            drop(dicom);
-            drop(request_share);
-            decoded
-        })
-        .await;
-        let decoded_at = SystemTime::now();
-        let instance = match decoded {
-            Ok(Ok(instance)) => Ok(Arc::new(instance)),
-            Ok(Err(rejection)) => Err(rejection),
-            Err(join) => Err(Rejection {
-                sop_instance_uid: None,
-                study_instance_uid: None,
-                series_instance_uid: None,
-                error: DecodeError::PixelDecode {
-                    transfer_syntax: String::new(),
-                    detail: format!("decoder crashed: {join}"),
-                },
+            Some(E::Rejected(r)) => {
+                self.awaiting_summary.insert(study.clone());
+                Ev::Rejected(pb::InstanceRejected {
+                    client_ref: name(),
+                    ..r.clone()
+                })
+            }
+            Some(E::Finding(f)) => Ev::Finding(pb::SliceFinding {
+                client_ref: name(),
+                ..f.clone()
             }),
-        };
-        let instance = match instance {
-            Ok(instance) => instance,
-            Err(rejection) => {
-                let _ = self.events.send(Event::Decoded {
-                    client_ref,
-                    result: Err(rejection),
-                });
-                return;
+            Some(E::Critical(c)) => Ev::Critical(c.clone()),
+            Some(E::Summary(s)) => {
+                self.awaiting_summary.remove(study);
+                self.summaries += 1;
+                Ev::Summary(s.clone())
             }
+            None => return Ok(()),
         };
-        let meta = Arc::new(instance.meta.clone());
-        let frames = instance.frames.len();
-        let accepted = Event::Decoded {
-            client_ref: client_ref.clone(),
-            result: Ok((meta.clone(), frames as u32)),
-        };
-        if self.events.send(accepted).is_err() {
-            return;
-        }
-        let arrival = Arrival {
-            received,
-            decoded: decoded_at,
-        };
-        let mut pending = Vec::with_capacity(frames);
-        for frame in 0..frames {
-            pending.push((frame, self.engine.submit(instance.clone(), frame).await));
-        }
-        // From here the engine's queued jobs hold the pixels: the last one scored (or skipped) gives the
-        // instance's decoded bytes back, whether or not this stream's client reads its findings.
-        drop(instance);
-        for (frame, submitted) in pending {
-            let result = match submitted {
-                Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
-                Err(e) => Err(e),
-            };
-            let event = Event::Scored {
-                meta: meta.clone(),
-                frame,
-                client_ref: client_ref.clone(),
-                arrival,
-                result,
-            };
-            if self.events.send(event).is_err() {
-                return;
-            }
-        }
+        self.send(response).await
     }
 }

@@ -72,6 +72,25 @@ pub struct LabelSpec {
     pub name: String,
     /// A score at or over this is a positive finding.
     pub threshold: f32,
+    /// A score at or over this is a critical finding: an alert goes out at once, before the study
+    /// completes. At least `threshold`.
+    #[serde(default)]
+    pub critical: Option<f32>,
+    /// What the study summary reports for this label.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+}
+
+/// The study-level result of a label.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregate {
+    /// The highest slice score and its slice (and the count of positive slices).
+    #[default]
+    Max,
+    /// As `max`, plus runs of adjacent positive slices (in slice-position order) grouped into one
+    /// finding each, with their extent in slices and mm: for lesions that span several slices.
+    Groups,
 }
 
 /// The model card: what a radiologist or auditor needs to judge the model's output.
@@ -180,6 +199,15 @@ impl Manifest {
                     l.name, l.threshold
                 ));
             }
+            if let Some(c) = l.critical {
+                if !(0.0..=1.0).contains(&c) || c < l.threshold {
+                    return Err(format!(
+                        "label {:?} critical = {c} must be within threshold ({})..=1: a critical \
+                         finding is a positive one",
+                        l.name, l.threshold
+                    ));
+                }
+            }
         }
         if self.model.name.trim().is_empty() || self.model.version.trim().is_empty() {
             return Err("[model] name and version must not be empty".into());
@@ -249,6 +277,20 @@ threshold = 0.5
             .expect_err("range")
             .to_string()
             .contains("outside 0..=1"));
+        let bad = GOOD.replace("threshold = 0.5", "threshold = 0.5\ncritical = 0.4");
+        assert!(Manifest::parse(&bad, "t")
+            .expect_err("critical below threshold")
+            .to_string()
+            .contains("critical = 0.4"));
+        let ok = GOOD.replace(
+            "threshold = 0.5",
+            "threshold = 0.5\ncritical = 0.9\naggregate = \"groups\"",
+        );
+        let m = Manifest::parse(&ok, "t").expect("critical and groups");
+        assert_eq!(
+            (m.labels[0].critical, m.labels[0].aggregate),
+            (Some(0.9), Aggregate::Groups)
+        );
         let bad = GOOD.replace("[outputs]", "[outputz]");
         assert!(Manifest::parse(&bad, "t").is_err());
     }

@@ -7,7 +7,7 @@
 mod manifest;
 
 pub use manifest::{
-    Card, InputSpec, LabelSpec, Manifest, ManifestError, ModelSection, OutputSpec,
+    Aggregate, Card, InputSpec, LabelSpec, Manifest, ManifestError, ModelSection, OutputSpec,
     PreprocessSection,
 };
 

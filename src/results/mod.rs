@@ -4,7 +4,10 @@
 //! (row r, column c) is `IPP + c·Δc·X + r·Δr·Y`, with X/Y the row/column direction cosines of
 //! ImageOrientationPatient and Δr/Δc the PixelSpacing row/column spacing.
 
+pub mod hub;
+pub mod log;
 pub mod overlay;
+pub mod webhook;
 
 use std::time::SystemTime;
 
@@ -14,7 +17,7 @@ use crate::{
     pipeline::{ScoredSlice, SliceMap},
     preprocess::{WindowChoice, WindowSource},
     proto::v1 as pb,
-    study::{Completion, SliceId, StudySummary},
+    study::SliceId,
 };
 
 /// Slice identity for frame `frame` of an instance.
@@ -210,6 +213,8 @@ pub fn slice_finding(
         }),
         preprocess_path: preprocess_path.to_string(),
         window: scored.window.as_ref().map(window_used),
+        resent: false,
+        overlay: false,
     }
 }
 
@@ -229,34 +234,6 @@ pub fn window_used(c: &WindowChoice) -> pb::WindowUsed {
         width: c.width,
         file_window_index,
         file_window_invalid: c.file_window_invalid,
-    }
-}
-
-pub fn study_summary(model: &ModelInfo, s: &StudySummary) -> pb::StudySummary {
-    pb::StudySummary {
-        study_instance_uid: s.study_instance_uid.clone(),
-        model: Some(model_ref(model)),
-        labels: s
-            .labels
-            .iter()
-            .map(|l| pb::LabelSummary {
-                label: l.label.clone(),
-                max_score: l.max_score,
-                top_slice: l.top_slice.as_ref().map(slice_ref),
-                positive: l.positive,
-                positive_slices: l.positive_slices,
-            })
-            .collect(),
-        slices_scored: s.slices_scored,
-        instances_accepted: s.instances_accepted,
-        instances_rejected: s.instances_rejected,
-        slices_failed: s.slices_failed,
-        wall_time_ms: s.wall_time.as_secs_f64() * 1e3,
-        reason: match s.reason {
-            Completion::EndOfStudy => pb::CompletionReason::EndOfStudy,
-            Completion::Idle => pb::CompletionReason::Idle,
-            Completion::StreamClosed => pb::CompletionReason::StreamClosed,
-        } as i32,
     }
 }
 

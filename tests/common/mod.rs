@@ -366,6 +366,9 @@ px = rng.integers(0, 2000, size=({frames}, {rows}, {cols}), dtype=np.uint16)
 ds.Rows, ds.Columns, ds.NumberOfFrames = {rows}, {cols}, {frames}
 ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
 ds.PixelData = px.tobytes()
+# an instance of its own (not a re-send of the slice it was made from); see MULTI_FRAME_SOP
+ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.543.9.100"
+ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 ds.save_as({path:?})
 "#,
         src = sample_study_dir().display().to_string(),
@@ -373,10 +376,39 @@ ds.save_as({path:?})
     ));
 }
 
+/// The SOP Instance UID [`write_multi_frame`] gives its instance.
+pub const MULTI_FRAME_SOP: &str = "1.2.826.0.1.3680043.10.543.9.100";
+
+/// `dicom` with every occurrence of `from` replaced by `to` (of the same length): a distinct instance
+/// (or study) made from one file, still valid.
+pub fn replace_uid(dicom: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(
+        from.len(),
+        to.len(),
+        "a UID is replaced by one of the same length"
+    );
+    let mut out = dicom.to_vec();
+    let mut i = 0;
+    let mut replaced = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from.as_bytes() {
+            out[i..i + from.len()].copy_from_slice(to.as_bytes());
+            replaced += 1;
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    assert!(replaced > 0, "{from} not found");
+    out
+}
+
 /// The real `radstream serve` binary on a free loopback port, killed when dropped.
 pub struct ServedProcess {
     child: std::process::Child,
     pub port: u16,
+    /// The server's data directory (its event log), removed with it.
+    pub data: tempfile::TempDir,
 }
 
 impl ServedProcess {
@@ -389,9 +421,13 @@ impl ServedProcess {
             .local_addr()
             .expect("addr")
             .port();
+        let data = tempfile::tempdir().expect("data dir");
         let mut command = Command::new(env!("CARGO_BIN_EXE_radstream"));
         command
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            // Each server its own event log: tests push the same studies.
+            .arg("--data-dir")
+            .arg(data.path())
             .env("RADSTREAM_LOG", "info")
             // The defaults unless the test says otherwise.
             .env_remove("RADSTREAM_CONFIG")
@@ -412,7 +448,7 @@ impl ServedProcess {
             }
         }
         std::thread::spawn(move || for _ in lines {});
-        Self { child, port }
+        Self { child, port, data }
     }
 
     pub fn endpoint(&self) -> String {

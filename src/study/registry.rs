@@ -1,0 +1,1402 @@
+//! The one owner of every study's state. Every ingest path (the gRPC `Analyze` stream today, a DICOM
+//! association later) reports what happens to its instances here through [`Registry`], which knows
+//! nothing of transports: an instance's header arrived, its pixels decoded or not, a slice scored or
+//! failed, the sender declared the study ended, the sender closed. One task owns all the state and turns
+//! these into the study's events (accepted, rejected, finding, critical finding, summary), which it
+//! numbers per study and publishes through the results hub: logged first, then delivered to viewers and
+//! to the sources the events concern. So a study that arrives over several streams, interleaved with
+//! others, is one study with one order of events; for several replicas the Study Instance UID is the
+//! partition key of this state.
+//!
+//! What it decides:
+//! - A re-sent SOP Instance UID is a duplicate: it is not decoded or scored again nor counted twice; its
+//!   earlier (or pending) results are sent to the new sender, marked as re-sent.
+//! - Completion: when nothing of the study is pending and the sender said so (EndOfStudy), every
+//!   stream that sent to it closed, or no new instance arrived for the idle time (stability, as
+//!   Orthanc's StableAge), with one timer per study, never a scan. A late instance re-opens a completed
+//!   study; its next summary carries the next revision and covers the whole study.
+//! - A slice over a label's critical threshold raises a critical finding at once, once per study and
+//!   label; a higher score later raises it again with the next revision.
+//! - Completed studies stay in memory for `retain_completed` (and at most `max_retained` of them), then
+//!   are dropped; a study not in memory is rebuilt from its log when it is seen again (a late instance,
+//!   a restart), so memory does not grow with the number of studies ever seen.
+//! - Ordering on a stream: an end-of-study or a stream close takes effect only after every instance
+//!   the source sent before it has had its header read, so a summary never overtakes an instance sent
+//!   before the end marker.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::time::{delay_queue, DelayQueue};
+
+use super::series::{self, ScoredSliceRef};
+use crate::{
+    decode::InstanceMeta,
+    model::{Aggregate, LabelSpec},
+    proto::v1 as pb,
+    results::{
+        hub::{ClientRef, Hub, Outgoing, SourceDelivery, SourceId},
+        log::Overlay,
+    },
+};
+
+/// What a study's summary is computed from: the labels of the model and the model itself.
+#[derive(Debug, Clone)]
+pub struct StudyRules {
+    pub labels: Vec<LabelSpec>,
+    pub model: pb::ModelRef,
+}
+
+/// When studies complete and how long they are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryConfig {
+    /// No new instance for this long (and nothing pending): the study is complete.
+    pub idle_timeout: Duration,
+    /// A completed study stays in memory this long (to recognise re-sent and late instances cheaply).
+    pub retain_completed: Duration,
+    /// At most this many completed studies stay in memory; the oldest go first.
+    pub max_retained: usize,
+}
+
+/// An instance whose header was read.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub source: SourceId,
+    pub client_ref: ClientRef,
+    pub meta: Arc<InstanceMeta>,
+    pub frames: u32,
+}
+
+/// What the sender of an arrived instance is to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Decode and score it.
+    Decode,
+    /// Already received: its results are (or will be) sent to this sender; nothing else to do.
+    Duplicate,
+}
+
+/// Which instance a report is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceKey {
+    pub study: String,
+    pub sop: String,
+}
+
+/// A slice that failed after its instance was accepted.
+#[derive(Debug, Clone)]
+pub struct SliceFailure {
+    pub reason: pb::RejectReason,
+    pub message: String,
+}
+
+/// Counts, for tests and health.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    pub open: usize,
+    pub retained_complete: usize,
+    pub sources: usize,
+}
+
+// One message per instance or slice, moved once through the channel: boxing the finding would add an
+// allocation per slice for no saving.
+#[allow(clippy::large_enum_variant)]
+enum Command {
+    Arrived(Arrival, oneshot::Sender<Admission>),
+    HeaderRejected {
+        source: SourceId,
+        rejection: pb::InstanceRejected,
+    },
+    Decoded {
+        key: InstanceKey,
+        result: Result<(), pb::InstanceRejected>,
+    },
+    SliceDone {
+        key: InstanceKey,
+        frame: u32,
+        result: Result<(pb::SliceFinding, Vec<f32>), SliceFailure>,
+    },
+    Overlay(Overlay),
+    /// The task handling an instance went away (its stream was cut off) before finishing it.
+    Abandoned {
+        source: SourceId,
+        key: Option<InstanceKey>,
+    },
+    EndOfStudy {
+        source: SourceId,
+        study: String,
+        after: u64,
+    },
+    SourceClosed {
+        source: SourceId,
+        after: u64,
+    },
+    Stats(oneshot::Sender<RegistryStats>),
+}
+
+/// Handle to the registry task. Cheap to clone; never blocks (the task is fast and owns no I/O but
+/// the log reads of studies it has to rebuild).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Registry {
+    /// Starts the registry: studies the log holds as open (the process stopped before they completed)
+    /// are rebuilt first and complete on their idle timers.
+    pub fn start(hub: Hub, rules: StudyRules, config: RegistryConfig) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = RegistryTask {
+            hub,
+            rules: Arc::new(rules),
+            config,
+            studies: HashMap::new(),
+            sources: HashMap::new(),
+            timers: DelayQueue::new(),
+            completed: VecDeque::new(),
+            retained_complete: 0,
+            emits: Vec::new(),
+        };
+        tokio::spawn(task.run(rx));
+        Self { tx }
+    }
+
+    fn send(&self, c: Command) {
+        // The task ends only when every handle is gone.
+        let _ = self.tx.send(c);
+    }
+
+    /// An instance's header was read: decode it, or not (a duplicate).
+    pub async fn arrived(&self, arrival: Arrival) -> Admission {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Arrived(arrival, tx));
+        rx.await.unwrap_or(Admission::Decode)
+    }
+
+    /// As [`arrived`](Self::arrived), from a blocking thread (a decode).
+    pub fn arrived_blocking(&self, arrival: Arrival) -> Admission {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Arrived(arrival, tx));
+        rx.blocking_recv().unwrap_or(Admission::Decode)
+    }
+
+    /// The header could not be read: the instance is rejected (in its study when it names one).
+    pub fn header_rejected(&self, source: SourceId, rejection: pb::InstanceRejected) {
+        self.send(Command::HeaderRejected { source, rejection });
+    }
+
+    /// The pixels of an arrived instance decoded (its frames go to scoring), or not.
+    pub fn decoded(&self, key: InstanceKey, result: Result<(), pb::InstanceRejected>) {
+        self.send(Command::Decoded { key, result });
+    }
+
+    pub fn slice_done(
+        &self,
+        key: InstanceKey,
+        frame: u32,
+        result: Result<(pb::SliceFinding, Vec<f32>), SliceFailure>,
+    ) {
+        self.send(Command::SliceDone { key, frame, result });
+    }
+
+    pub fn overlay(&self, overlay: Overlay) {
+        self.send(Command::Overlay(overlay));
+    }
+
+    /// The task of an instance ended before reporting everything (`key`: after its header arrived).
+    pub fn abandoned(&self, source: SourceId, key: Option<InstanceKey>) {
+        self.send(Command::Abandoned { source, key });
+    }
+
+    /// The source declared `study` ended, after sending `after` instances.
+    pub fn end_of_study(&self, source: SourceId, study: String, after: u64) {
+        self.send(Command::EndOfStudy {
+            source,
+            study,
+            after,
+        });
+    }
+
+    /// The source will send nothing more; it sent `after` instances.
+    pub fn source_closed(&self, source: SourceId, after: u64) {
+        self.send(Command::SourceClosed { source, after });
+    }
+
+    pub async fn stats(&self) -> RegistryStats {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Stats(tx));
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// What one command produced, in order: logged events and deliveries to single sources. Mostly
+/// `Log`, moved into the publish batch as it is: boxing it would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Emit {
+    Log(Outgoing),
+    Overlay(Overlay),
+    Direct(SourceId, SourceDelivery),
+}
+
+#[derive(Debug)]
+enum Timer {
+    Idle,
+    Evict,
+}
+
+/// One instance of a study, from its header on.
+#[derive(Debug)]
+struct Instance {
+    frames: u32,
+    slice: pb::SliceRef,
+    accepted: bool,
+    /// Results per frame, kept to re-send them to a duplicate.
+    findings: Vec<Arc<pb::SliceFinding>>,
+    failures: Vec<pb::InstanceRejected>,
+    resolved: u32,
+    /// Who sent it and by what name: the first is its sender, others sent it again meanwhile.
+    waiters: Vec<(SourceId, ClientRef)>,
+}
+
+#[derive(Debug)]
+struct Study {
+    uid: String,
+    modality: String,
+    seq: u64,
+    revision: u32,
+    complete: bool,
+    /// Something happened since the last summary.
+    dirty: bool,
+    first_unix_us: i64,
+    last_scored_unix_us: Option<i64>,
+    accepted: u32,
+    rejected: u32,
+    scored: u32,
+    failed: u32,
+    /// Instances decoding plus frames waiting for their score.
+    pending: u32,
+    end_requested: bool,
+    idle_due: bool,
+    open_sources: HashSet<SourceId>,
+    closed_since_summary: bool,
+    /// Sources that sent to it since its last summary: study-level events go to them.
+    listeners: HashSet<SourceId>,
+    /// Sources that only re-sent instances of the completed study: they get its latest summary again
+    /// when they close (no new revision is made for them).
+    resummarise: HashSet<SourceId>,
+    last_reason: pb::CompletionReason,
+    instances: HashMap<String, Instance>,
+    series: HashMap<String, Vec<ScoredSliceRef>>,
+    arrivals: u64,
+    best: Vec<Option<(f32, pb::SliceRef)>>,
+    positives: Vec<u32>,
+    critical: Vec<Option<(f32, u32)>>,
+    timer: Option<delay_queue::Key>,
+}
+
+impl Study {
+    fn new(uid: String, labels: usize) -> Self {
+        Self {
+            uid,
+            modality: String::new(),
+            seq: 0,
+            revision: 0,
+            complete: false,
+            dirty: false,
+            first_unix_us: crate::results::log::now_unix_us(),
+            last_scored_unix_us: None,
+            accepted: 0,
+            rejected: 0,
+            scored: 0,
+            failed: 0,
+            pending: 0,
+            end_requested: false,
+            idle_due: false,
+            open_sources: HashSet::new(),
+            closed_since_summary: false,
+            listeners: HashSet::new(),
+            resummarise: HashSet::new(),
+            last_reason: pb::CompletionReason::Unspecified,
+            instances: HashMap::new(),
+            series: HashMap::new(),
+            arrivals: 0,
+            best: vec![None; labels],
+            positives: vec![0; labels],
+            critical: vec![None; labels],
+            timer: None,
+        }
+    }
+
+    /// Rebuilds a study from its log (after eviction or a restart). Frames accepted but never scored
+    /// were lost with the process that held them: they count as failed.
+    fn from_log(uid: String, events: &[pb::StudyEvent], rules: &StudyRules) -> Self {
+        use pb::study_event::Event as E;
+        let mut s = Study::new(uid, rules.labels.len());
+        if let Some(first) = events.first() {
+            s.first_unix_us = first.logged_unix_us;
+        }
+        for e in events {
+            s.seq = s.seq.max(e.study_sequence);
+            if s.modality.is_empty() {
+                s.modality.clone_from(&e.modality);
+            }
+            s.complete = false;
+            s.dirty = true;
+            match &e.event {
+                Some(E::Accepted(a)) if !a.duplicate => {
+                    s.accepted += 1;
+                    let slice = a.slice.clone().unwrap_or_default();
+                    s.instances.insert(
+                        slice.sop_instance_uid.clone(),
+                        Instance {
+                            frames: a.frames,
+                            slice,
+                            accepted: true,
+                            findings: Vec::new(),
+                            failures: Vec::new(),
+                            resolved: 0,
+                            waiters: Vec::new(),
+                        },
+                    );
+                }
+                Some(E::Rejected(r)) => match r.frame {
+                    Some(_) => {
+                        s.failed += 1;
+                        if let Some(i) = s.instances.get_mut(&r.sop_instance_uid) {
+                            i.resolved += 1;
+                            i.failures.push(r.clone());
+                        }
+                    }
+                    None => s.rejected += 1,
+                },
+                Some(E::Finding(f)) => {
+                    let scores: Vec<f32> = f.scores.iter().map(|l| l.score).collect();
+                    let slice = f.slice.clone().unwrap_or_default();
+                    s.record_score(&slice, &scores, rules, e.logged_unix_us);
+                    if let Some(i) = s.instances.get_mut(&slice.sop_instance_uid) {
+                        i.resolved += 1;
+                        i.findings.push(Arc::new(f.clone()));
+                    }
+                }
+                Some(E::Critical(c)) => {
+                    if let Some(i) = rules.labels.iter().position(|l| l.name == c.label) {
+                        s.critical[i] = Some((c.score, c.revision));
+                    }
+                }
+                Some(E::Summary(sum)) => {
+                    s.revision = sum.revision;
+                    s.last_reason = pb::CompletionReason::try_from(sum.reason)
+                        .unwrap_or(pb::CompletionReason::Unspecified);
+                    s.complete = true;
+                    s.dirty = false;
+                }
+                _ => {}
+            }
+        }
+        for i in s.instances.values_mut() {
+            let lost = i.frames.saturating_sub(i.resolved);
+            i.resolved = i.frames;
+            s.failed += lost;
+        }
+        s
+    }
+
+    fn record_score(&mut self, slice: &pb::SliceRef, scores: &[f32], rules: &StudyRules, at: i64) {
+        self.scored += 1;
+        self.last_scored_unix_us = Some(at);
+        for (i, label) in rules.labels.iter().enumerate() {
+            let Some(&score) = scores.get(i) else {
+                continue;
+            };
+            if score >= label.threshold {
+                self.positives[i] += 1;
+            }
+            let better = match &self.best[i] {
+                None => true,
+                Some((best, _)) => score > *best,
+            };
+            if better {
+                self.best[i] = Some((score, slice.clone()));
+            }
+        }
+        self.arrivals += 1;
+        self.series
+            .entry(slice.series_instance_uid.clone())
+            .or_default()
+            .push(ScoredSliceRef {
+                slice: slice.clone(),
+                scores: scores.to_vec(),
+                arrival: self.arrivals,
+            });
+    }
+
+    fn event(&mut self, modality: &str, event: pb::study_event::Event) -> pb::StudyEvent {
+        self.seq += 1;
+        pb::StudyEvent {
+            sequence: 0,
+            study_instance_uid: self.uid.clone(),
+            study_sequence: self.seq,
+            logged_unix_us: 0,
+            modality: if modality.is_empty() {
+                self.modality.clone()
+            } else {
+                modality.to_string()
+            },
+            event: Some(event),
+        }
+    }
+
+    fn summary(&self, rules: &StudyRules, reason: pb::CompletionReason) -> pb::StudySummary {
+        let mut ordered: Vec<Vec<ScoredSliceRef>> = Vec::new();
+        if rules
+            .labels
+            .iter()
+            .any(|l| l.aggregate == Aggregate::Groups)
+        {
+            let mut uids: Vec<&String> = self.series.keys().collect();
+            uids.sort();
+            for uid in uids {
+                let mut slices = self.series[uid].clone();
+                series::order(&mut slices);
+                ordered.push(slices);
+            }
+        }
+        let labels = rules
+            .labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let (max_score, top_slice) = match &self.best[i] {
+                    Some((score, slice)) => (*score, Some(slice.clone())),
+                    None => (0.0, None),
+                };
+                let mut groups = Vec::new();
+                if label.aggregate == Aggregate::Groups {
+                    for slices in &ordered {
+                        for run in series::runs(slices, i, label.threshold) {
+                            groups.push(pb::SliceGroup {
+                                series_instance_uid: slices[run.first]
+                                    .slice
+                                    .series_instance_uid
+                                    .clone(),
+                                first: Some(slices[run.first].slice.clone()),
+                                last: Some(slices[run.last].slice.clone()),
+                                peak: Some(slices[run.peak].slice.clone()),
+                                max_score: run.max_score,
+                                slices: run.slices,
+                                extent_mm: run.extent_mm,
+                            });
+                        }
+                    }
+                    groups.sort_by(|a, b| b.max_score.total_cmp(&a.max_score));
+                }
+                pb::LabelSummary {
+                    label: label.name.clone(),
+                    max_score,
+                    top_slice,
+                    positive: self.scored > 0 && max_score >= label.threshold,
+                    positive_slices: self.positives[i],
+                    groups,
+                    critical_threshold: label.critical,
+                    critical: self.critical[i].is_some(),
+                }
+            })
+            .collect();
+        let end = self
+            .last_scored_unix_us
+            .unwrap_or_else(crate::results::log::now_unix_us);
+        pb::StudySummary {
+            study_instance_uid: self.uid.clone(),
+            model: Some(rules.model.clone()),
+            labels,
+            slices_scored: self.scored,
+            instances_accepted: self.accepted,
+            instances_rejected: self.rejected,
+            slices_failed: self.failed,
+            wall_time_ms: (end - self.first_unix_us).max(0) as f64 / 1e3,
+            reason: reason as i32,
+            revision: self.revision,
+            modality: self.modality.clone(),
+            series: self.series.len() as u32,
+        }
+    }
+}
+
+/// Per source: how many instances it has had header-checked, and what waits for that count.
+#[derive(Debug, Default)]
+struct Source {
+    seen: u64,
+    ends: Vec<(u64, String)>,
+    close: Option<u64>,
+    studies: HashSet<String>,
+}
+
+struct RegistryTask {
+    hub: Hub,
+    rules: Arc<StudyRules>,
+    config: RegistryConfig,
+    studies: HashMap<String, Study>,
+    sources: HashMap<SourceId, Source>,
+    timers: DelayQueue<(String, Timer)>,
+    /// Completed studies in completion order, with the revision they completed at.
+    completed: VecDeque<(String, u32)>,
+    retained_complete: usize,
+    emits: Vec<Emit>,
+}
+
+impl RegistryTask {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        self.recover().await;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.handle(cmd).await,
+                    None => break,
+                },
+                Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
+                    let (study, timer) = expired.into_inner();
+                    self.expire(study, timer);
+                }
+            }
+            self.flush().await;
+        }
+        self.flush().await;
+    }
+
+    /// Sends what the last command produced, in order: runs of logged events as one publish.
+    async fn flush(&mut self) {
+        let mut events = Vec::new();
+        let mut overlays = Vec::new();
+        for emit in std::mem::take(&mut self.emits) {
+            match emit {
+                Emit::Log(o) => events.push(o),
+                Emit::Overlay(o) => overlays.push(o),
+                Emit::Direct(source, delivery) => {
+                    self.hub
+                        .publish(std::mem::take(&mut events), std::mem::take(&mut overlays))
+                        .await;
+                    self.hub.direct(source, delivery).await;
+                }
+            }
+        }
+        self.hub.publish(events, overlays).await;
+    }
+
+    async fn recover(&mut self) {
+        let log = self.hub.log().clone();
+        let open = tokio::task::spawn_blocking(move || log.open_studies()).await;
+        match open {
+            Ok(Ok(open)) => {
+                if !open.is_empty() {
+                    tracing::info!(
+                        studies = open.len(),
+                        "resuming studies that were open when the service stopped"
+                    );
+                }
+                for uid in open {
+                    self.ensure(&uid).await;
+                }
+            }
+            Ok(Err(e)) => tracing::error!("cannot list the open studies of the event log: {e}"),
+            Err(e) => tracing::error!("cannot list the open studies of the event log: {e}"),
+        }
+    }
+
+    /// Makes sure `uid` is in memory: rebuilt from the log when it has events there, else new.
+    async fn ensure(&mut self, uid: &str) {
+        if self.studies.contains_key(uid) {
+            return;
+        }
+        // What was published for it must be in the log before it is read back.
+        self.flush().await;
+        self.hub.flush().await;
+        let log = self.hub.log().clone();
+        let key = uid.to_string();
+        let events = tokio::task::spawn_blocking(move || log.read_study(&key)).await;
+        let events = match events {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                tracing::error!("cannot read a study back from the event log: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!("cannot read a study back from the event log: {e}");
+                Vec::new()
+            }
+        };
+        let mut study = if events.is_empty() {
+            Study::new(uid.to_string(), self.rules.labels.len())
+        } else {
+            Study::from_log(uid.to_string(), &events, &self.rules)
+        };
+        if study.complete {
+            self.retained_complete += 1;
+            self.completed.push_back((uid.to_string(), study.revision));
+            study.timer = Some(self.timers.insert(
+                (uid.to_string(), Timer::Evict),
+                self.config.retain_completed,
+            ));
+        } else if study.dirty {
+            study.timer = Some(
+                self.timers
+                    .insert((uid.to_string(), Timer::Idle), self.config.idle_timeout),
+            );
+        }
+        self.studies.insert(uid.to_string(), study);
+        self.enforce_retention();
+    }
+
+    fn source(&mut self, id: SourceId) -> &mut Source {
+        self.sources.entry(id).or_default()
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Arrived(arrival, reply) => {
+                let source = arrival.source;
+                let admission = self.arrived(arrival).await;
+                let _ = reply.send(admission);
+                self.seen(source).await;
+            }
+            Command::HeaderRejected { source, rejection } => {
+                self.header_rejected(source, rejection).await;
+                self.seen(source).await;
+            }
+            Command::Decoded { key, result } => self.decoded(key, result),
+            Command::SliceDone { key, frame, result } => self.slice_done(key, frame, result),
+            Command::Overlay(o) => self.emits.push(Emit::Overlay(o)),
+            Command::Abandoned { source, key } => match key {
+                None => self.seen(source).await,
+                Some(key) => self.abandoned(key),
+            },
+            Command::EndOfStudy {
+                source,
+                study,
+                after,
+            } => {
+                self.source(source).ends.push((after, study));
+                self.apply_barriers(source).await;
+            }
+            Command::SourceClosed { source, after } => {
+                self.source(source).close = Some(after);
+                self.apply_barriers(source).await;
+            }
+            Command::Stats(reply) => {
+                let _ = reply.send(RegistryStats {
+                    open: self.studies.len() - self.retained_complete,
+                    retained_complete: self.retained_complete,
+                    sources: self.sources.len(),
+                });
+            }
+        }
+    }
+
+    async fn seen(&mut self, source: SourceId) {
+        self.source(source).seen += 1;
+        self.apply_barriers(source).await;
+    }
+
+    /// Applies the end markers and the close of `source` whose instances have all been seen.
+    async fn apply_barriers(&mut self, source: SourceId) {
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        let seen = s.seen;
+        let (due, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut s.ends)
+            .into_iter()
+            .partition(|(after, _)| *after <= seen);
+        s.ends = waiting;
+        let close = s.close.is_some_and(|after| after <= seen);
+        for (_, study) in due {
+            self.ensure(&study).await;
+            let Some(st) = self.studies.get_mut(&study) else {
+                continue;
+            };
+            if st.complete && !st.dirty {
+                // Nothing new since its summary (another stream ended it first): that summary again,
+                // to this sender only, not a new revision.
+                st.resummarise.remove(&source);
+                let summary = st.summary(&self.rules, pb::CompletionReason::EndOfStudy);
+                self.emits.push(Emit::Direct(
+                    source,
+                    direct(pb::analyze_response::Event::Summary(summary)),
+                ));
+                continue;
+            }
+            st.end_requested = true;
+            st.dirty = true;
+            st.listeners.insert(source);
+            self.maybe_complete(&study);
+        }
+        if close {
+            let Some(s) = self.sources.remove(&source) else {
+                return;
+            };
+            for study in s.studies {
+                if let Some(st) = self.studies.get_mut(&study) {
+                    if st.open_sources.remove(&source) {
+                        st.closed_since_summary = true;
+                    }
+                    if st.resummarise.remove(&source) {
+                        if st.complete && !st.dirty {
+                            let summary = st.summary(&self.rules, st.last_reason);
+                            self.emits.push(Emit::Direct(
+                                source,
+                                direct(pb::analyze_response::Event::Summary(summary)),
+                            ));
+                        } else {
+                            // re-opened meanwhile: the next revision reaches it
+                            st.listeners.insert(source);
+                        }
+                    }
+                }
+                self.maybe_complete(&study);
+            }
+        }
+    }
+
+    /// A source sent (or sent again) an instance of `study`: the study is active and open again.
+    fn touch(&mut self, study: &str, source: SourceId) {
+        self.source(source).studies.insert(study.to_string());
+        let Some(st) = self.studies.get_mut(study) else {
+            return;
+        };
+        st.dirty = true;
+        st.listeners.insert(source);
+        st.open_sources.insert(source);
+        if st.complete {
+            st.complete = false;
+            self.retained_complete = self.retained_complete.saturating_sub(1);
+        }
+        st.idle_due = false;
+        let key = (study.to_string(), Timer::Idle);
+        match st.timer.take() {
+            Some(k) => {
+                // the key may be of an eviction timer: replace the whole entry
+                let _ = self.timers.try_remove(&k);
+                st.timer = Some(self.timers.insert(key, self.config.idle_timeout));
+            }
+            None => st.timer = Some(self.timers.insert(key, self.config.idle_timeout)),
+        }
+    }
+
+    async fn arrived(&mut self, a: Arrival) -> Admission {
+        let meta = &a.meta;
+        let uid = meta.study_instance_uid.clone();
+        self.ensure(&uid).await;
+        let Some(study) = self.studies.get_mut(&uid) else {
+            return Admission::Decode;
+        };
+        if let Some(inst) = study.instances.get_mut(&meta.sop_instance_uid) {
+            // A duplicate: what is known is re-sent now, the rest as it comes; its sender hears the
+            // study's summary too (the next one, or the latest again when it closes).
+            if study.complete && !study.dirty {
+                study.resummarise.insert(a.source);
+            } else {
+                study.listeners.insert(a.source);
+            }
+            self.sources
+                .entry(a.source)
+                .or_default()
+                .studies
+                .insert(uid.clone());
+            let client_ref = a.client_ref.clone();
+            if inst.accepted {
+                self.emits.push(Emit::Direct(
+                    a.source,
+                    direct(pb::analyze_response::Event::Accepted(
+                        pb::InstanceAccepted {
+                            client_ref: client_ref.to_string(),
+                            slice: Some(inst.slice.clone()),
+                            frames: inst.frames,
+                            duplicate: true,
+                        },
+                    )),
+                ));
+                for f in &inst.findings {
+                    let mut f = (**f).clone();
+                    f.client_ref = client_ref.to_string();
+                    f.resent = true;
+                    self.emits.push(Emit::Direct(
+                        a.source,
+                        direct(pb::analyze_response::Event::Finding(f)),
+                    ));
+                }
+                for r in &inst.failures {
+                    let mut r = r.clone();
+                    r.client_ref = client_ref.to_string();
+                    self.emits.push(Emit::Direct(
+                        a.source,
+                        direct(pb::analyze_response::Event::Rejected(r)),
+                    ));
+                }
+            }
+            if inst.accepted && inst.resolved >= inst.frames {
+                self.emits
+                    .push(Emit::Direct(a.source, SourceDelivery::InstanceDone));
+            } else {
+                inst.waiters.push((a.source, client_ref));
+            }
+            return Admission::Duplicate;
+        }
+        let slice = crate::results::slice_ref(&crate::results::slice_id(meta, 0));
+        if study.modality.is_empty() {
+            study.modality = slice.modality.clone();
+        }
+        study.pending += 1;
+        study.instances.insert(
+            meta.sop_instance_uid.clone(),
+            Instance {
+                frames: a.frames,
+                slice,
+                accepted: false,
+                findings: Vec::new(),
+                failures: Vec::new(),
+                resolved: 0,
+                waiters: vec![(a.source, a.client_ref)],
+            },
+        );
+        self.touch(&uid, a.source);
+        Admission::Decode
+    }
+
+    async fn header_rejected(&mut self, source: SourceId, mut r: pb::InstanceRejected) {
+        if r.study_instance_uid.is_empty() {
+            self.emits.push(Emit::Direct(
+                source,
+                direct(pb::analyze_response::Event::Rejected(r)),
+            ));
+        } else {
+            let uid = r.study_instance_uid.clone();
+            self.ensure(&uid).await;
+            self.touch(&uid, source);
+            if let Some(study) = self.studies.get_mut(&uid) {
+                study.rejected += 1;
+                let client_ref = ClientRef::new(std::mem::take(&mut r.client_ref));
+                let event = study.event("", pb::study_event::Event::Rejected(r));
+                self.emits.push(Emit::Log(Outgoing {
+                    event,
+                    targets: vec![(source, Some(client_ref))],
+                }));
+            }
+            self.maybe_complete(&uid);
+        }
+        self.emits
+            .push(Emit::Direct(source, SourceDelivery::InstanceDone));
+    }
+
+    /// Sends an instance-level event: logged for its sender, directly (re-sent) to later senders.
+    fn instance_event(
+        emits: &mut Vec<Emit>,
+        study: &mut Study,
+        waiters: &[(SourceId, ClientRef)],
+        modality: &str,
+        event: pb::study_event::Event,
+    ) {
+        use pb::analyze_response::Event as R;
+        use pb::study_event::Event as E;
+        for (source, client_ref) in waiters.iter().skip(1) {
+            let direct = match &event {
+                E::Accepted(a) => R::Accepted(pb::InstanceAccepted {
+                    client_ref: client_ref.to_string(),
+                    duplicate: true,
+                    ..a.clone()
+                }),
+                E::Finding(f) => R::Finding(pb::SliceFinding {
+                    client_ref: client_ref.to_string(),
+                    resent: true,
+                    ..f.clone()
+                }),
+                E::Rejected(r) => R::Rejected(pb::InstanceRejected {
+                    client_ref: client_ref.to_string(),
+                    ..r.clone()
+                }),
+                _ => continue,
+            };
+            emits.push(Emit::Direct(*source, self::direct(direct)));
+        }
+        let event = study.event(modality, event);
+        let targets = waiters
+            .first()
+            .map(|(s, r)| vec![(*s, Some(r.clone()))])
+            .unwrap_or_default();
+        emits.push(Emit::Log(Outgoing { event, targets }));
+    }
+
+    fn decoded(&mut self, key: InstanceKey, result: Result<(), pb::InstanceRejected>) {
+        let Some(study) = self.studies.get_mut(&key.study) else {
+            return;
+        };
+        let Some(inst) = study.instances.get_mut(&key.sop) else {
+            return;
+        };
+        let waiters = inst.waiters.clone();
+        match result {
+            Ok(()) => {
+                inst.accepted = true;
+                // Logged without a client_ref: that is each sender's own name for the instance.
+                let accepted = pb::InstanceAccepted {
+                    client_ref: String::new(),
+                    slice: Some(inst.slice.clone()),
+                    frames: inst.frames,
+                    duplicate: false,
+                };
+                study.accepted += 1;
+                study.pending = study.pending.saturating_sub(1).saturating_add(inst.frames);
+                let modality = inst.slice.modality.clone();
+                Self::instance_event(
+                    &mut self.emits,
+                    study,
+                    &waiters,
+                    &modality,
+                    pb::study_event::Event::Accepted(accepted),
+                );
+                if inst_done(study, &key.sop) {
+                    self.resolve(&key);
+                }
+            }
+            Err(rejection) => {
+                let modality = inst.slice.modality.clone();
+                study.instances.remove(&key.sop);
+                study.pending = study.pending.saturating_sub(1);
+                study.rejected += 1;
+                Self::instance_event(
+                    &mut self.emits,
+                    study,
+                    &waiters,
+                    &modality,
+                    pb::study_event::Event::Rejected(rejection),
+                );
+                for (source, _) in waiters {
+                    self.emits
+                        .push(Emit::Direct(source, SourceDelivery::InstanceDone));
+                }
+            }
+        }
+        self.maybe_complete(&key.study);
+    }
+
+    fn slice_done(
+        &mut self,
+        key: InstanceKey,
+        frame: u32,
+        result: Result<(pb::SliceFinding, Vec<f32>), SliceFailure>,
+    ) {
+        let rules = self.rules.clone();
+        let Some(study) = self.studies.get_mut(&key.study) else {
+            return;
+        };
+        let Some(inst) = study.instances.get_mut(&key.sop) else {
+            return;
+        };
+        if inst.resolved >= inst.frames {
+            return;
+        }
+        inst.resolved += 1;
+        let waiters = inst.waiters.clone();
+        let slice = inst.slice.clone();
+        study.pending = study.pending.saturating_sub(1);
+        match result {
+            Ok((finding, scores)) => {
+                let finding_slice = finding.slice.clone().unwrap_or(slice);
+                let received = finding
+                    .timings
+                    .as_ref()
+                    .map(|t| t.received_unix_us)
+                    .unwrap_or_default();
+                if let Some(i) = study.instances.get_mut(&key.sop) {
+                    i.findings.push(Arc::new(finding.clone()));
+                }
+                study.record_score(
+                    &finding_slice,
+                    &scores,
+                    &rules,
+                    crate::results::log::now_unix_us(),
+                );
+                let peaks: Vec<Option<pb::Location>> =
+                    finding.scores.iter().map(|s| s.peak).collect();
+                Self::instance_event(
+                    &mut self.emits,
+                    study,
+                    &waiters,
+                    &finding_slice.modality,
+                    pb::study_event::Event::Finding(finding),
+                );
+                // Critical findings: at once, to every listener of the study.
+                for (i, label) in rules.labels.iter().enumerate() {
+                    let (Some(threshold), Some(&score)) = (label.critical, scores.get(i)) else {
+                        continue;
+                    };
+                    let raised = match study.critical[i] {
+                        None => score >= threshold,
+                        Some((best, _)) => score >= threshold && score > best,
+                    };
+                    if !raised {
+                        continue;
+                    }
+                    let revision = study.critical[i].map_or(1, |(_, r)| r + 1);
+                    study.critical[i] = Some((score, revision));
+                    let critical = pb::CriticalFinding {
+                        study_instance_uid: study.uid.clone(),
+                        label: label.name.clone(),
+                        score,
+                        critical_threshold: threshold,
+                        slice: Some(finding_slice.clone()),
+                        revision,
+                        model: Some(rules.model.clone()),
+                        peak: peaks.get(i).cloned().flatten(),
+                        slice_received_unix_us: received,
+                    };
+                    let event = study.event(
+                        &finding_slice.modality,
+                        pb::study_event::Event::Critical(critical),
+                    );
+                    let targets = study.listeners.iter().map(|s| (*s, None)).collect();
+                    self.emits.push(Emit::Log(Outgoing { event, targets }));
+                }
+            }
+            Err(failure) => {
+                study.failed += 1;
+                let rejected = pb::InstanceRejected {
+                    client_ref: String::new(),
+                    sop_instance_uid: key.sop.clone(),
+                    study_instance_uid: key.study.clone(),
+                    series_instance_uid: slice.series_instance_uid.clone(),
+                    reason: failure.reason as i32,
+                    message: failure.message,
+                    frame: Some(frame),
+                };
+                if let Some(i) = study.instances.get_mut(&key.sop) {
+                    i.failures.push(rejected.clone());
+                }
+                Self::instance_event(
+                    &mut self.emits,
+                    study,
+                    &waiters,
+                    &slice.modality,
+                    pb::study_event::Event::Rejected(rejected),
+                );
+            }
+        }
+        if inst_done(study, &key.sop) {
+            self.resolve(&key);
+        }
+        self.maybe_complete(&key.study);
+    }
+
+    /// Every frame of the instance is answered: each of its senders hears so.
+    fn resolve(&mut self, key: &InstanceKey) {
+        let Some(inst) = self
+            .studies
+            .get_mut(&key.study)
+            .and_then(|s| s.instances.get_mut(&key.sop))
+        else {
+            return;
+        };
+        for (source, _) in std::mem::take(&mut inst.waiters) {
+            self.emits
+                .push(Emit::Direct(source, SourceDelivery::InstanceDone));
+        }
+    }
+
+    fn abandoned(&mut self, key: InstanceKey) {
+        let Some(inst) = self
+            .studies
+            .get(&key.study)
+            .and_then(|s| s.instances.get(&key.sop))
+        else {
+            return;
+        };
+        let (accepted, left) = (inst.accepted, inst.frames.saturating_sub(inst.resolved));
+        let failure = || SliceFailure {
+            reason: pb::RejectReason::Overloaded,
+            message: "cancelled: the stream that sent this instance went away before it was \
+                      scored; send it again"
+                .into(),
+        };
+        if !accepted {
+            let rejection = pb::InstanceRejected {
+                sop_instance_uid: key.sop.clone(),
+                study_instance_uid: key.study.clone(),
+                reason: pb::RejectReason::Overloaded as i32,
+                message: failure().message,
+                ..Default::default()
+            };
+            self.decoded(key, Err(rejection));
+            return;
+        }
+        let frames = inst.frames;
+        for frame in (frames - left)..frames {
+            self.slice_done(key.clone(), frame, Err(failure()));
+        }
+    }
+
+    fn maybe_complete(&mut self, uid: &str) {
+        let Some(study) = self.studies.get_mut(uid) else {
+            return;
+        };
+        if study.pending > 0 || !study.dirty || study.complete {
+            return;
+        }
+        let reason = if study.end_requested {
+            pb::CompletionReason::EndOfStudy
+        } else if study.closed_since_summary && study.open_sources.is_empty() {
+            pb::CompletionReason::StreamClosed
+        } else if study.idle_due {
+            pb::CompletionReason::Idle
+        } else {
+            return;
+        };
+        study.revision += 1;
+        study.last_reason = reason;
+        let summary = study.summary(&self.rules, reason);
+        let event = study.event("", pb::study_event::Event::Summary(summary));
+        let targets = study.listeners.drain().map(|s| (s, None)).collect();
+        self.emits.push(Emit::Log(Outgoing { event, targets }));
+        study.complete = true;
+        study.dirty = false;
+        study.end_requested = false;
+        study.idle_due = false;
+        study.closed_since_summary = false;
+        if let Some(k) = study.timer.take() {
+            let _ = self.timers.try_remove(&k);
+        }
+        study.timer = Some(self.timers.insert(
+            (uid.to_string(), Timer::Evict),
+            self.config.retain_completed,
+        ));
+        self.retained_complete += 1;
+        self.completed.push_back((uid.to_string(), study.revision));
+        self.enforce_retention();
+    }
+
+    /// Drops the oldest completed studies beyond `max_retained`.
+    fn enforce_retention(&mut self) {
+        while self.retained_complete > self.config.max_retained {
+            let Some((uid, revision)) = self.completed.pop_front() else {
+                break;
+            };
+            let evict = self
+                .studies
+                .get(&uid)
+                .is_some_and(|s| s.complete && s.revision == revision);
+            if evict {
+                self.evict(&uid);
+            }
+        }
+        // stale entries (re-opened studies) must not pile up
+        if self.completed.len() > 2 * self.config.max_retained.max(16) {
+            let studies = &self.studies;
+            self.completed.retain(|(uid, revision)| {
+                studies
+                    .get(uid)
+                    .is_some_and(|s| s.complete && s.revision == *revision)
+            });
+        }
+    }
+
+    fn evict(&mut self, uid: &str) {
+        if let Some(study) = self.studies.remove(uid) {
+            if let Some(k) = study.timer {
+                let _ = self.timers.try_remove(&k);
+            }
+            if study.complete {
+                self.retained_complete = self.retained_complete.saturating_sub(1);
+            }
+        }
+    }
+
+    fn expire(&mut self, uid: String, timer: Timer) {
+        let Some(study) = self.studies.get_mut(&uid) else {
+            return;
+        };
+        study.timer = None;
+        match timer {
+            Timer::Idle => {
+                study.idle_due = true;
+                self.maybe_complete(&uid);
+            }
+            Timer::Evict => {
+                if study.complete {
+                    self.evict(&uid);
+                }
+            }
+        }
+    }
+}
+
+/// A message for one source only, not logged.
+fn direct(event: pb::analyze_response::Event) -> SourceDelivery {
+    SourceDelivery::Direct(Box::new(event))
+}
+
+fn inst_done(study: &Study, sop: &str) -> bool {
+    study
+        .instances
+        .get(sop)
+        .is_some_and(|i| i.accepted && i.resolved >= i.frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        decode::Photometric,
+        results::{hub::SourceFeed, log::SqliteLog},
+    };
+
+    fn meta(study: &str, n: i32) -> Arc<InstanceMeta> {
+        Arc::new(InstanceMeta {
+            sop_instance_uid: format!("{study}.{n}"),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: format!("{study}.0"),
+            patient_id: None,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            modality: Some("CT".into()),
+            rows: 8,
+            cols: 8,
+            number_of_frames: 1,
+            samples_per_pixel: 1,
+            bits_allocated: 16,
+            bits_stored: 16,
+            pixel_representation: 0,
+            photometric: Photometric::Monochrome2,
+            photometric_original: "MONOCHROME2".into(),
+            pixel_spacing: Some([1.0, 1.0]),
+            image_position: Some([0.0, 0.0, f64::from(n) * 5.0]),
+            image_orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
+            instance_number: Some(n),
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            windows: Vec::new(),
+        })
+    }
+
+    fn rules() -> StudyRules {
+        StudyRules {
+            labels: vec![LabelSpec {
+                name: "lesion".into(),
+                threshold: 0.5,
+                critical: Some(0.9),
+                aggregate: Aggregate::Groups,
+            }],
+            model: pb::ModelRef::default(),
+        }
+    }
+
+    /// Pushes one single-frame instance through the registry as the intake would, scoring it `score`.
+    async fn push(
+        registry: &Registry,
+        source: SourceId,
+        study: &str,
+        n: i32,
+        score: f32,
+    ) -> Admission {
+        let meta = meta(study, n);
+        let admission = registry
+            .arrived(Arrival {
+                source,
+                client_ref: ClientRef::new(format!("f{n}")),
+                meta: meta.clone(),
+                frames: 1,
+            })
+            .await;
+        if admission == Admission::Decode {
+            let key = InstanceKey {
+                study: study.into(),
+                sop: meta.sop_instance_uid.clone(),
+            };
+            registry.decoded(key.clone(), Ok(()));
+            let id = crate::results::slice_id(&meta, 0);
+            let finding = pb::SliceFinding {
+                slice: Some(crate::results::slice_ref(&id)),
+                scores: vec![pb::LabelScore {
+                    label: "lesion".into(),
+                    score,
+                    positive: score >= 0.5,
+                    threshold: 0.5,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            registry.slice_done(key, 0, Ok((finding, vec![score])));
+        }
+        admission
+    }
+
+    /// Reads the feed until a summary of `study` arrives; returns it.
+    async fn summary(feed: &mut SourceFeed, study: &str) -> pb::StudySummary {
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+                .await
+                .expect("a summary in time")
+                .expect("feed open");
+            if let SourceDelivery::Event { event, .. } = next {
+                if let Some(pb::study_event::Event::Summary(s)) = &event.event {
+                    if s.study_instance_uid == study {
+                        return s.clone();
+                    }
+                }
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completed_studies_are_evicted_and_rebuilt_from_the_log_when_seen_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+        let hub = Hub::start(Arc::new(log), 64).expect("hub");
+        let registry = Registry::start(
+            hub.clone(),
+            rules(),
+            RegistryConfig {
+                idle_timeout: Duration::from_secs(60),
+                retain_completed: Duration::from_millis(300),
+                max_retained: 2,
+            },
+        );
+        let mut feed = hub.attach_source();
+        let source = feed.id;
+        // three studies, each ended by its sender
+        for (k, study) in ["1.2.1", "1.2.2", "1.2.3"].iter().enumerate() {
+            for n in 1..=3 {
+                push(&registry, source, study, n, if n == 2 { 0.95 } else { 0.1 }).await;
+            }
+            registry.end_of_study(source, study.to_string(), 3 * (k as u64 + 1));
+            let s = summary(&mut feed, study).await;
+            assert_eq!((s.revision, s.slices_scored), (1, 3));
+            assert_eq!(s.labels[0].groups.len(), 1);
+            assert!(s.labels[0].critical);
+        }
+        // the count limit keeps two of the three
+        let stats = registry.stats().await;
+        assert_eq!((stats.open, stats.retained_complete), (0, 2));
+        // the time limit drops the rest
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(registry.stats().await.retained_complete, 0);
+        // a late instance of an evicted study: rebuilt from its log, re-opened, next revision
+        assert_eq!(
+            push(&registry, source, "1.2.1", 4, 0.2).await,
+            Admission::Decode
+        );
+        // and a re-sent one is still recognised after the rebuild
+        assert_eq!(
+            push(&registry, source, "1.2.1", 2, 0.2).await,
+            Admission::Duplicate
+        );
+        registry.end_of_study(source, "1.2.1".into(), 11);
+        let s = summary(&mut feed, "1.2.1").await;
+        assert_eq!(
+            (s.revision, s.slices_scored, s.instances_accepted),
+            (2, 4, 4)
+        );
+        assert_eq!(s.labels[0].max_score, 0.95, "the earlier slices count");
+        assert_eq!(registry.stats().await.open, 0);
+    }
+}
