@@ -40,6 +40,57 @@ fn demo_prints_findings_and_a_positive_study_summary() {
         stdout.contains("STUDY") && stdout.contains("lesion: POSITIVE"),
         "{stdout}"
     );
+    // what the service does beyond the findings: the web view's address, the early warning, the
+    // adjacent positive slices as one lesion
+    let url = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no web view URL: {stdout}"));
+    assert!(url.ends_with('/'), "{url}");
+    assert!(stdout.contains("!! CRITICAL lesion"), "{stdout}");
+    assert!(
+        stdout.contains("group: 4 slices #5–#8, 20.0 mm"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bench_alerts_reports_latency_alone_and_under_load() {
+    let out = Command::new(BIN)
+        .args([
+            "bench",
+            "alerts",
+            "--pushers",
+            "3",
+            "--studies",
+            "1",
+            "--alone",
+            "2",
+        ])
+        .args(["--preprocess", "cpu"])
+        .env("RADSTREAM_LOG", "warn")
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<&str> = stdout.lines().filter(|l| l.contains(" alerts ")).collect();
+    assert_eq!(runs.len(), 2, "{stdout}");
+    // every copy of the sample study raises its critical findings, and each is timed
+    for (line, studies) in runs.iter().zip([2usize, 3]) {
+        let alerts: usize = line
+            .split_whitespace()
+            .zip(line.split_whitespace().skip(1))
+            .find(|(_, next)| *next == "alerts")
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("no alert count: {line}"));
+        assert!(alerts >= studies, "{line}");
+        assert!(line.contains("p50") && line.contains("p99"), "{line}");
+        assert!(!line.contains("NaN"), "{line}");
+    }
 }
 
 #[test]

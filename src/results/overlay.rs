@@ -125,23 +125,56 @@ pub fn render_png(
         );
         img = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle);
     }
-    use image::{
-        codecs::png::{CompressionType, FilterType, PngEncoder},
-        ImageEncoder,
-    };
+    indexed_png(&img).map_err(|detail| OverlayError::Write {
+        path: PathBuf::from("(stored overlay)"),
+        detail,
+    })
+}
+
+/// Palette index of the box and peak colours; 0..=253 are grey levels.
+const BOX_INDEX: u8 = 254;
+const PEAK_INDEX: u8 = 255;
+const GREYS: u16 = 254;
+
+/// An overlay as an 8-bit palette PNG: the windowed slice is grey, only the box and the peak are
+/// coloured, so one byte per pixel carries it. Measured on a 512² CT slice (release build): RGB with
+/// default compression 50 ms and 222 kB; RGB fast 1.2 ms but 495 kB; palette fast 0.4 ms, ~170 kB. At
+/// 50 ms per positive slice the overlays took more CPU than decoding and scoring under load (critical
+/// alerts p99 1.2 s with 32 pushers, 30 ms without overlays).
+fn indexed_png(img: &RgbImage) -> Result<Vec<u8>, String> {
+    let mut palette = Vec::with_capacity(256 * 3);
+    for i in 0..GREYS {
+        let v = ((u32::from(i) * 255 + u32::from(GREYS - 1) / 2) / u32::from(GREYS - 1)) as u8;
+        palette.extend_from_slice(&[v, v, v]);
+    }
+    palette.extend_from_slice(&BOX.0);
+    palette.extend_from_slice(&PEAK.0);
+    let indices: Vec<u8> = img
+        .pixels()
+        .map(|p| {
+            let [r, g, b] = p.0.map(i32::from);
+            if r == g && g == b {
+                ((r as u32 * u32::from(GREYS - 1) + 127) / 255) as u8
+            } else if g - b > r - g {
+                // a marker pixel, possibly blended with grey by a downscale: yellow has g >> b
+                PEAK_INDEX
+            } else {
+                BOX_INDEX
+            }
+        })
+        .collect();
     let mut png = Vec::new();
-    // Adaptive filtering: a windowed CT slice compresses to about half of what the fast default gives.
-    PngEncoder::new_with_quality(&mut png, CompressionType::Default, FilterType::Adaptive)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .map_err(|e| OverlayError::Write {
-            path: PathBuf::from("(stored overlay)"),
-            detail: e.to_string(),
-        })?;
+    let mut encoder = png::Encoder::new(&mut png, img.width(), img.height());
+    encoder.set_color(png::ColorType::Indexed);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_palette(palette);
+    encoder.set_compression(png::Compression::Fast);
+    encoder.set_filter(png::Filter::Adaptive);
+    let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
+    writer
+        .write_image_data(&indices)
+        .map_err(|e| e.to_string())?;
+    writer.finish().map_err(|e| e.to_string())?;
     Ok(png)
 }
 
@@ -205,5 +238,28 @@ mod tests {
         );
         assert_eq!(file_name("x/../a b.dcm", 3), "a_b-frame3.png");
         assert_eq!(file_name("", 1), "instance-frame1.png");
+    }
+
+    #[test]
+    fn a_stored_overlay_is_the_rendering_in_a_palette_png() {
+        let mut img = RgbImage::from_fn(40, 30, |x, y| {
+            let v = ((x * 6 + y) % 256) as u8;
+            Rgb([v, v, v])
+        });
+        img.put_pixel(3, 4, BOX);
+        img.put_pixel(5, 6, PEAK);
+        let png = indexed_png(&img).expect("encode");
+        let back = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+            .expect("a PNG")
+            .to_rgb8();
+        assert_eq!(back.dimensions(), (40, 30));
+        assert_eq!(*back.get_pixel(3, 4), BOX);
+        assert_eq!(*back.get_pixel(5, 6), PEAK);
+        for (a, b) in img.pixels().zip(back.pixels()) {
+            if *a != BOX && *a != PEAK {
+                assert!(a.0[0].abs_diff(b.0[0]) <= 1, "{a:?} vs {b:?}");
+                assert!(b.0[0] == b.0[1] && b.0[1] == b.0[2], "grey stays grey");
+            }
+        }
     }
 }
