@@ -4,11 +4,10 @@
 //! over `Studies.Watch`. Both print readable lines by default ([`render`]) or one JSON object per line
 //! ([`json`], one mapping shared by both, checked against the proto descriptors).
 
-mod json;
 mod render;
 mod watch;
 
-pub use json::{study_event_json, to_json, watch_event_json};
+pub use crate::results::json::{study_event_json, to_json, watch_event_json};
 pub use render::{render, short_study, Progress, Style};
 pub use watch::{watch, watch_and_print, Tracker, WatchOptions, WatchReport};
 
@@ -121,6 +120,19 @@ pub struct PushReport {
     pub critical: Vec<pb::CriticalFinding>,
 }
 
+/// A channel to the service at `endpoint`; an unreachable one is [`Error::Connect`] with a hint.
+pub(crate) async fn connect(endpoint: &str) -> Result<tonic::transport::Channel> {
+    let connect_err = |detail: String| Error::Connect {
+        endpoint: endpoint.to_string(),
+        detail,
+    };
+    tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|e| connect_err(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| connect_err(format!("{e} (is `radstream serve` running there?)")))
+}
+
 /// Streams `source` to `endpoint`; `on_response` sees every response as it arrives. Each instance goes
 /// out with its index as `client_ref`; responses (and the report) carry the local name again: the
 /// file's path, or the in-memory name.
@@ -130,15 +142,7 @@ pub async fn push(
     max_message_bytes: usize,
     mut on_response: impl FnMut(&pb::AnalyzeResponse),
 ) -> Result<PushReport> {
-    let connect_err = |detail: String| Error::Connect {
-        endpoint: endpoint.to_string(),
-        detail,
-    };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| connect_err(format!("{e} (is `radstream serve` running there?)")))?;
+    let channel = connect(endpoint).await?;
     let mut client = AnalysisClient::new(channel)
         .max_encoding_message_size(max_message_bytes)
         .max_decoding_message_size(max_message_bytes);
@@ -273,36 +277,17 @@ fn write_overlays(dir: &Path, report: &PushReport, kept: Option<&HashMap<String,
 mod tests {
     use super::*;
 
-    fn finding(window: Option<pb::WindowUsed>) -> pb::AnalyzeResponse {
-        pb::AnalyzeResponse {
-            event: Some(Event::Finding(pb::SliceFinding {
-                slice: Some(pb::SliceRef {
-                    sop_instance_uid: "1.2.3.4.5.6.7.8.9.10.11".into(),
-                    instance_number: Some(3),
-                    modality: "MR".into(),
-                    ..Default::default()
-                }),
-                scores: vec![pb::LabelScore {
-                    label: "lesion".into(),
-                    score: 0.25,
-                    threshold: 0.5,
-                    ..Default::default()
-                }],
-                window,
-                ..Default::default()
-            })),
-        }
-    }
-
     #[test]
     fn wire_refs_are_short_and_map_back_to_the_local_name() {
         let long = format!("/archive/{}/slice.dcm", "deep/".repeat(100));
         let names = vec!["a.dcm".to_string(), long.clone()];
         assert!(wire_ref(1).len() < 8);
-        let mut response = finding(None);
-        if let Some(Event::Finding(f)) = response.event.as_mut() {
-            f.client_ref = wire_ref(1);
-        }
+        let mut response = pb::AnalyzeResponse {
+            event: Some(Event::Finding(pb::SliceFinding {
+                client_ref: wire_ref(1),
+                ..Default::default()
+            })),
+        };
         restore_ref(&mut response, &names);
         assert!(matches!(&response.event, Some(Event::Finding(f)) if f.client_ref == long));
 

@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 
 use crate::proto::v1::{self as pb, analyze_response::Event};
 
-use super::json::{completion_reason_name, reject_reason_name};
+use crate::results::json::{completion_reason_name, reject_reason_name};
 
 /// Whether lines get ANSI colours: only on a terminal, and never with `NO_COLOR` set (no-color.org).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 
 use tokio_stream::StreamExt;
 
-use super::{json, render, OutputFormat};
+use super::{render, OutputFormat};
+use crate::results::json;
 use crate::{
     error::{Error, Result},
     proto::v1::{self as pb, studies_client::StudiesClient},
@@ -109,23 +110,17 @@ pub async fn watch(
     options: &WatchOptions,
     mut on_event: impl FnMut(&pb::WatchEvent),
 ) -> Result<WatchReport> {
-    let connect_err = |detail: String| Error::Connect {
-        endpoint: endpoint.to_string(),
-        detail,
-    };
-    let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| connect_err(format!("{e} (is `radstream serve` running there?)")))?;
+    let channel = super::connect(endpoint).await?;
     let mut client = StudiesClient::new(channel).max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES);
     let mut stream = match client.watch(options.request()).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == tonic::Code::Unimplemented => {
-            return Err(connect_err(
-                "the service there does not offer Studies.Watch (a radstream before issue 11?)"
-                    .into(),
-            ))
+            return Err(Error::Connect {
+                endpoint: endpoint.to_string(),
+                detail:
+                    "the service there does not offer Studies.Watch (a radstream before issue 11?)"
+                        .into(),
+            })
         }
         Err(status) => return Err(status.into()),
     };

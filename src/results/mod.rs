@@ -5,6 +5,7 @@
 //! ImageOrientationPatient and Δr/Δc the PixelSpacing row/column spacing.
 
 pub mod hub;
+pub mod json;
 pub mod log;
 pub mod overlay;
 pub mod webhook;

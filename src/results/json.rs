@@ -1,4 +1,5 @@
-//! The `--json` output of `push` and `watch`: one object per response or watch event, for tools.
+//! The JSON form of the wire messages, one for every way out: `push --json` and `watch --json` (one
+//! object per response or watch event), the web view's event stream and its JSON API.
 //!
 //! One rule for every message, so a tool never has to guess: keys are the proto field names
 //! (snake_case), every field is present (absent `optional` fields and messages are `null`, repeated
@@ -165,7 +166,7 @@ fn label_summary(l: &pb::LabelSummary) -> Value {
     })
 }
 
-fn summary(s: &pb::StudySummary) -> Value {
+pub(crate) fn summary(s: &pb::StudySummary) -> Value {
     json!({
         "study_instance_uid": s.study_instance_uid,
         "model": s.model.as_ref().map(model),
