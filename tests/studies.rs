@@ -724,3 +724,43 @@ async fn findings_survive_a_restart_and_can_be_replayed() {
     assert_eq!(s[0].instances_accepted, 12);
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_its_study_or_sop_uid_is_rejected_not_merged_or_taken_for_a_resend() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    python_eval(&format!(
+        r#"
+import glob, os, pydicom
+src = sorted(glob.glob(os.path.join({src:?}, "*.dcm")))
+ds = pydicom.dcmread(src[0]); del ds.StudyInstanceUID
+ds.save_as(os.path.join({dir:?}, "no-study.dcm"))
+for i, name in ((1, "no-sop-a.dcm"), (2, "no-sop-b.dcm")):
+    ds = pydicom.dcmread(src[i]); del ds.SOPInstanceUID; del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.save_as(os.path.join({dir:?}, name), enforce_file_format=False)
+"#,
+        src = sample_study_dir().display().to_string(),
+        dir = dir.path().display().to_string(),
+    ));
+    let server = start(test_config()).await;
+    let mut stream = Stream::open(&server).await;
+    for name in ["no-study.dcm", "no-sop-a.dcm", "no-sop-b.dcm"] {
+        stream
+            .send(instance(name, read(&dir.path().join(name))))
+            .await;
+    }
+    stream.close();
+    let events = stream.drain().await;
+    assert!(accepted(&events).is_empty(), "{events:?}");
+    let rejected = rejections(&events);
+    assert_eq!(rejected.len(), 3, "{events:?}");
+    for r in rejected {
+        assert_eq!(r.reason, pb::RejectReason::MissingAttribute as i32, "{r:?}");
+        let named = if r.client_ref == "no-study.dcm" {
+            "StudyInstanceUID (0020,000D)"
+        } else {
+            "SOPInstanceUID (0008,0018)"
+        };
+        assert!(r.message.contains(named), "{r:?}");
+    }
+    server.stop().await.expect("stop");
+}

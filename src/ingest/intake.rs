@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{budget::ByteBudget, probe};
 use crate::{
-    decode::{read_header, DecodeError, DecodedInstance, Limits, Rejection},
+    decode::{read_header, DecodeError, DecodedInstance, InstanceHeader, Limits, Rejection},
     pipeline::{Engine, EngineError, ScoredSlice},
     proto::v1 as pb,
     results::{
@@ -137,29 +137,30 @@ impl Intake {
             let mut guard = guard;
             let _slot = slot;
             let _running = probe::Decoding::start();
-            let outcome = match read_header(&dicom, &limits, Some(budget.as_ref())) {
-                Err(rejection) => Decoded::HeaderRejected(rejection),
-                Ok(header) => {
-                    let meta = Arc::new(header.meta().clone());
-                    guard.key = Some(InstanceKey {
-                        study: meta.study_instance_uid.clone(),
-                        sop: meta.sop_instance_uid.clone(),
-                    });
-                    let admission = registry.arrived_blocking(Arrival {
-                        source,
-                        client_ref: arrival_ref,
-                        meta: meta.clone(),
-                        frames: header.frames(),
-                    });
-                    match admission {
-                        Admission::Duplicate => Decoded::Duplicate,
-                        Admission::Decode => Decoded::Pixels {
-                            meta,
-                            result: header.decode_pixels(Some(budget.as_ref())),
-                        },
+            let outcome =
+                match read_header(&dicom, &limits, Some(budget.as_ref())).and_then(identified) {
+                    Err(rejection) => Decoded::HeaderRejected(rejection),
+                    Ok(header) => {
+                        let meta = Arc::new(header.meta().clone());
+                        guard.key = Some(InstanceKey {
+                            study: meta.study_instance_uid.clone(),
+                            sop: meta.sop_instance_uid.clone(),
+                        });
+                        let admission = registry.arrived_blocking(Arrival {
+                            source,
+                            client_ref: arrival_ref,
+                            meta: meta.clone(),
+                            frames: header.frames(),
+                        });
+                        match admission {
+                            Admission::Duplicate => Decoded::Duplicate,
+                            Admission::Decode => Decoded::Pixels {
+                                meta,
+                                result: header.decode_pixels(Some(budget.as_ref())),
+                            },
+                        }
                     }
-                }
-            };
+                };
             drop(dicom);
             drop(request_share);
             (guard, outcome)
@@ -287,6 +288,28 @@ impl Intake {
             }
         }
     }
+}
+
+/// The registry places an instance by its Study and SOP Instance UIDs (DICOM type 1): without them it
+/// would be merged into a study of everything unnamed, or taken for a re-send of another instance.
+// The `Rejection` is large; it is made once per rejected instance.
+#[allow(clippy::result_large_err)]
+fn identified(header: InstanceHeader<'_>) -> Result<InstanceHeader<'_>, Rejection> {
+    let meta = header.meta();
+    let missing = if meta.study_instance_uid.is_empty() {
+        "StudyInstanceUID (0020,000D)"
+    } else if meta.sop_instance_uid.is_empty() {
+        "SOPInstanceUID (0008,0018)"
+    } else {
+        return Ok(header);
+    };
+    let nonempty = |s: &String| (!s.is_empty()).then(|| s.clone());
+    Err(Rejection {
+        sop_instance_uid: nonempty(&meta.sop_instance_uid),
+        study_instance_uid: nonempty(&meta.study_instance_uid),
+        series_instance_uid: nonempty(&meta.series_instance_uid),
+        error: DecodeError::MissingAttribute { name: missing },
+    })
 }
 
 fn log_rejection(rejection: &Rejection) {
