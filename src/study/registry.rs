@@ -688,7 +688,7 @@ impl RegistryTask {
             }
             Command::Stats(reply) => {
                 let _ = reply.send(RegistryStats {
-                    open: self.studies.len() - self.retained_complete,
+                    open: self.studies.len().saturating_sub(self.retained_complete),
                     retained_complete: self.retained_complete,
                     sources: self.sources.len(),
                 });
@@ -1398,5 +1398,59 @@ mod tests {
         );
         assert_eq!(s.labels[0].max_score, 0.95, "the earlier slices count");
         assert_eq!(registry.stats().await.open, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_study_left_open_by_a_stopped_service_completes_after_the_restart() {
+        use crate::results::hub::{WatchFilter, Watched};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RegistryConfig {
+            idle_timeout: Duration::from_millis(200),
+            retain_completed: Duration::from_secs(60),
+            max_retained: 10,
+        };
+        {
+            // the first life: two slices scored, no end, the service stops before the idle time
+            let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+            let hub = Hub::start(Arc::new(log), 64).expect("hub");
+            let registry = Registry::start(
+                hub.clone(),
+                rules(),
+                RegistryConfig {
+                    idle_timeout: Duration::from_secs(3600),
+                    ..config
+                },
+            );
+            let feed = hub.attach_source();
+            for n in 1..=2 {
+                push(&registry, feed.id, "1.2.9", n, 0.95).await;
+            }
+            registry.stats().await;
+            hub.flush().await;
+        }
+        // the second life: the study is resumed from the log and completes on its idle timer
+        let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+        let hub = Hub::start(Arc::new(log), 64).expect("hub");
+        let mut viewer = hub.subscribe(WatchFilter::default(), None);
+        let _registry = Registry::start(hub.clone(), rules(), config);
+        let summary = loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), viewer.next())
+                .await
+                .expect("a summary in time")
+                .expect("open")
+                .expect("log");
+            if let Watched::Event(e) = next {
+                if let Some(pb::study_event::Event::Summary(s)) = &e.event {
+                    break s.clone();
+                }
+            }
+        };
+        assert_eq!(summary.study_instance_uid, "1.2.9");
+        assert_eq!(summary.reason, pb::CompletionReason::Idle as i32);
+        assert_eq!((summary.revision, summary.slices_scored), (1, 2));
+        assert!(
+            summary.labels[0].critical,
+            "the critical finding of the first life counts"
+        );
     }
 }
