@@ -1453,4 +1453,106 @@ mod tests {
             "the critical finding of the first life counts"
         );
     }
+
+    /// Property: whatever the arrival order of a study's slices, how they are spread over sources,
+    /// which are re-sent, and when a viewer joins, the study ends as one study: each SOP Instance UID
+    /// counted once, the positive slices grouped by position (not arrival), and the viewer sees every
+    /// event from its start exactly once, in log order.
+    mod proptests {
+        use super::*;
+        use crate::results::hub::{WatchFilter, Watched};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_arrival_order_makes_one_study_and_viewers_see_each_event_once(
+                order in Just((1..=10).collect::<Vec<i32>>()).prop_shuffle(),
+                resent in prop::collection::vec(1i32..=10, 0..5),
+                positive in prop::collection::vec(any::<bool>(), 10),
+                sources in prop::collection::vec(0usize..3, 15),
+                join in 0usize..15,
+                from_start in any::<bool>(),
+            ) {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt.block_on(async {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+                    let hub = Hub::start(Arc::new(log), 4096).expect("hub");
+                    let registry = Registry::start(hub.clone(), rules(), RegistryConfig {
+                        idle_timeout: Duration::from_secs(3600),
+                        retain_completed: Duration::from_secs(3600),
+                        max_retained: 10,
+                    });
+                    let feeds: Vec<SourceFeed> = (0..3).map(|_| hub.attach_source()).collect();
+                    let mut sent = [0u64; 3];
+                    let arrivals: Vec<i32> = order.iter().copied().chain(resent.iter().copied()).collect();
+                    let mut viewer = None;
+                    for (i, n) in arrivals.iter().enumerate() {
+                        if i == join {
+                            hub.flush().await;
+                            viewer = Some(hub.subscribe(WatchFilter::default(), from_start.then_some(1)));
+                        }
+                        let k = sources[i % sources.len()];
+                        let score = if positive[(*n - 1) as usize] { 0.8 } else { 0.2 };
+                        push(&registry, feeds[k].id, "1.2.7", *n, score).await;
+                        sent[k] += 1;
+                    }
+                    let mut viewer = viewer.unwrap_or_else(|| hub.subscribe(WatchFilter::default(), Some(1)));
+                    for (k, feed) in feeds.iter().enumerate() {
+                        registry.source_closed(feed.id, sent[k]);
+                    }
+                    // the summary, as the viewer sees it, with every event before it
+                    let mut seen = Vec::new();
+                    let summary = loop {
+                        let next = tokio::time::timeout(Duration::from_secs(10), viewer.next())
+                            .await
+                            .expect("the summary in time")
+                            .expect("open")
+                            .expect("log");
+                        if let Watched::Event(e) = next {
+                            seen.push(e.sequence);
+                            if let Some(pb::study_event::Event::Summary(s)) = &e.event {
+                                break s.clone();
+                            }
+                        }
+                    };
+                    assert_eq!((summary.instances_accepted, summary.slices_scored), (10, 10));
+                    assert_eq!(summary.revision, 1);
+                    let expected_positive = positive.iter().filter(|p| **p).count() as u32;
+                    assert_eq!(summary.labels[0].positive_slices, expected_positive);
+                    // runs of adjacent positives in position order (InstanceNumber n at n * 5 mm)
+                    let mut runs = Vec::new();
+                    let mut n = 1;
+                    while n <= 10 {
+                        if positive[n - 1] {
+                            let first = n;
+                            while n < 10 && positive[n] { n += 1; }
+                            runs.push((first as i32, n as i32));
+                        }
+                        n += 1;
+                    }
+                    let mut got: Vec<(i32, i32)> = summary.labels[0].groups.iter().map(|g| (
+                        g.first.as_ref().and_then(|s| s.instance_number).unwrap_or(0),
+                        g.last.as_ref().and_then(|s| s.instance_number).unwrap_or(0),
+                    )).collect();
+                    got.sort();
+                    assert_eq!(got, runs);
+                    for g in &summary.labels[0].groups {
+                        assert_eq!(g.extent_mm, Some(f64::from(g.slices) * 5.0));
+                    }
+                    // each event once, in order, without a gap from where the viewer started
+                    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+                    if from_start {
+                        assert_eq!(seen.first(), Some(&1));
+                    }
+                });
+            }
+        }
+    }
 }
