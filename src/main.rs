@@ -57,6 +57,25 @@ enum Command {
     /// Measure the service over its real interfaces (figures as distributions).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Model directories (model.toml + ONNX file).
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Check a model directory offline as the service does before serving it (manifest, graph
+    /// signature, a dry run of the largest batch); prints OK and a summary, or every problem (exit 1).
+    Validate {
+        /// The model directory.
+        dir: PathBuf,
+        /// The largest batch the service will send (`[batching] max_batch`).
+        #[arg(long, env = "RADSTREAM_MAX_BATCH", default_value_t = 16)]
+        max_batch: usize,
+        /// Path of libonnxruntime.so (1.31).
+        #[arg(long, env = "RADSTREAM_ORT_LIB")]
+        ort_library: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -344,6 +363,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(command) => bench(command).await?,
+        Command::Models(ModelsCommand::Validate {
+            dir,
+            max_batch,
+            ort_library,
+        }) => {
+            let config = Config {
+                ort_library,
+                ..Config::default()
+            };
+            let env = radstream::inference::runtime(&config.ort_library_path())?;
+            return Ok(
+                match radstream::model::validate::validate_dir(env, &dir, max_batch) {
+                    Ok(summary) => {
+                        print!("{summary}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(invalid) => {
+                        println!("INVALID {}", dir.display());
+                        for p in &invalid.problems {
+                            println!("  - {p}");
+                        }
+                        ExitCode::FAILURE
+                    }
+                },
+            );
+        }
         Command::Watch(args) => {
             let options = client::WatchOptions {
                 studies: args.studies,

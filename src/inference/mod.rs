@@ -1,9 +1,11 @@
 //! Scoring with ONNX Runtime through `ort`, loaded dynamically from a shared library the set-up provisions
 //! (the crate's own binary download reaches hosts this service must not depend on). A model is checked
-//! against its manifest when it is loaded — input name, layout and size, output names and label count —
-//! so a model that does not fit fails at load with a message naming the mismatch, never at the first
-//! slice. Batches arrive already preprocessed as one contiguous NCHW buffer, which is handed to ORT
-//! without a copy.
+//! against its manifest when it is loaded (`model::validate`: signature, then a dry run of the largest
+//! batch) so a model that does not fit fails at load with a message naming the mismatch and the fix,
+//! never at the first slice. Batches arrive already preprocessed as one contiguous NCHW float32 buffer;
+//! the rest of the service sees only that and per-label probabilities, whatever the graph wants: the
+//! session transposes to NHWC, converts to float16/uint8, splits or pads to a fixed batch and applies
+//! sigmoid/softmax to logits here. The common case (NCHW float32) is handed to ORT without a copy.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,10 +15,14 @@ use std::{
 use ort::{
     environment::Environment,
     session::Session,
-    value::{Outlet, TensorRef, ValueType},
+    value::{Outlet, TensorElementType, TensorRef, ValueType},
 };
 
-use crate::model::{Manifest, ModelInfo, ModelPackage};
+use crate::model::{
+    onnx,
+    validate::{self, Signature, TensorSig},
+    Batch, InputDtype, Layout, Manifest, ModelInfo, ModelPackage, OutputDtype, OutputKind,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
@@ -30,8 +36,11 @@ pub enum InferenceError {
     LibraryLoad { path: PathBuf, detail: String },
     #[error("model {model}: ONNX Runtime cannot load the graph: {detail}")]
     ModelLoad { model: String, detail: String },
-    #[error("model {model} does not fit its manifest: {problem}")]
-    ModelMismatch { model: String, problem: String },
+    #[error("model {model} does not fit its manifest: {}", problems.join("; "))]
+    ModelMismatch {
+        model: String,
+        problems: Vec<String>,
+    },
     #[error("model {model}: inference failed: {detail}")]
     Run { model: String, detail: String },
 }
@@ -77,11 +86,16 @@ pub struct ScoreMap {
     pub width: usize,
 }
 
-/// One loaded model, ready to score NCHW batches.
+/// One loaded model, ready to score NCHW float32 batches whatever the graph's own layout, element types
+/// and batch dimension (see [`ModelSession::run`]).
 pub struct ModelSession {
     session: Session,
     manifest: Manifest,
     info: ModelInfo,
+    /// Reused per call: the batch in the graph's layout and padded to its fixed batch, and converted.
+    staged: Vec<f32>,
+    staged_f16: Vec<half::f16>,
+    staged_u8: Vec<u8>,
 }
 
 impl std::fmt::Debug for ModelSession {
@@ -92,30 +106,174 @@ impl std::fmt::Debug for ModelSession {
     }
 }
 
-fn dims(ty: &ValueType) -> Option<Vec<i64>> {
+/// The element type as a manifest spells it (`float32`, `float16`, `uint8`), else ORT's short name.
+fn dtype_name(ty: TensorElementType) -> String {
     match ty {
-        ValueType::Tensor { shape, .. } => Some(shape.to_vec()),
-        _ => None,
+        TensorElementType::Float32 => "float32".into(),
+        TensorElementType::Float16 => "float16".into(),
+        TensorElementType::Uint8 => "uint8".into(),
+        TensorElementType::Float64 => "float64".into(),
+        TensorElementType::Int64 => "int64".into(),
+        TensorElementType::Int32 => "int32".into(),
+        TensorElementType::Int8 => "int8".into(),
+        TensorElementType::Bfloat16 => "bfloat16".into(),
+        other => other.to_string(),
     }
 }
 
-/// `-1` (dynamic) matches anything.
-fn dim_ok(actual: i64, expected: usize) -> bool {
-    actual < 0 || actual as usize == expected
+fn tensor_sig(o: &Outlet) -> TensorSig {
+    match o.dtype() {
+        ValueType::Tensor { ty, shape, .. } => TensorSig {
+            name: o.name().to_string(),
+            dims: Some(shape.to_vec()),
+            dtype: dtype_name(*ty),
+        },
+        other => TensorSig {
+            name: o.name().to_string(),
+            dims: None,
+            dtype: format!("{other:?}"),
+        },
+    }
 }
 
+/// The graph's declared inputs and outputs, for [`validate::check_signature`].
+fn signature(session: &Session) -> Signature {
+    Signature {
+        inputs: session.inputs().iter().map(tensor_sig).collect(),
+        outputs: session.outputs().iter().map(tensor_sig).collect(),
+    }
+}
+
+/// Rows `[0, rows)` of an output tensor as float32, checked against `[fed, rest...]`.
+fn read_output(
+    outputs: &ort::session::SessionOutputs<'_>,
+    name: &str,
+    dtype: OutputDtype,
+    fed: usize,
+    rows: usize,
+) -> Result<(Vec<i64>, Vec<f32>), String> {
+    let value = outputs
+        .get(name)
+        .ok_or_else(|| format!("output {name:?} missing"))?;
+    let (shape, values): (Vec<i64>, Vec<f32>) = match dtype {
+        OutputDtype::Float32 => {
+            let (shape, v) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| format!("output {name:?}: {e}"))?;
+            (shape.to_vec(), v.to_vec())
+        }
+        OutputDtype::Float16 => {
+            let (shape, v) = value
+                .try_extract_tensor::<half::f16>()
+                .map_err(|e| format!("output {name:?}: {e}"))?;
+            (shape.to_vec(), v.iter().map(|x| x.to_f32()).collect())
+        }
+    };
+    if shape.first().copied() != Some(fed as i64) || shape.iter().any(|d| *d < 0) {
+        return Err(format!(
+            "output {name:?} has shape {shape:?} for a batch of {fed}"
+        ));
+    }
+    let per_row = values.len() / fed.max(1);
+    let mut values = values;
+    values.truncate(rows * per_row);
+    Ok((shape, values))
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Softmax over `n` values `stride` apart starting at `start` (max-subtracted, so large logits are
+/// exact).
+fn softmax_strided(v: &mut [f32], start: usize, n: usize, stride: usize) {
+    let idx = |k: usize| start + k * stride;
+    let max = (0..n).map(|k| v[idx(k)]).fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for k in 0..n {
+        let e = (v[idx(k)] - max).exp();
+        v[idx(k)] = e;
+        sum += e;
+    }
+    for k in 0..n {
+        v[idx(k)] /= sum;
+    }
+}
+
+/// Turns the model's raw outputs into probabilities as `[outputs] kind` says.
+fn activate(kind: OutputKind, labels: usize, out: &mut BatchScores) {
+    match kind {
+        OutputKind::Probabilities => {}
+        OutputKind::Sigmoid => {
+            out.scores.iter_mut().for_each(|x| *x = sigmoid(*x));
+            if let Some(m) = &mut out.map {
+                m.values.iter_mut().for_each(|x| *x = sigmoid(*x));
+            }
+        }
+        OutputKind::Softmax => {
+            for row in 0..out.scores.len() / labels.max(1) {
+                softmax_strided(&mut out.scores, row * labels, labels, 1);
+            }
+            if let Some(m) = &mut out.map {
+                let cells = m.height * m.width;
+                let rows = m.values.len() / (labels * cells).max(1);
+                for row in 0..rows {
+                    for cell in 0..cells {
+                        softmax_strided(&mut m.values, row * labels * cells + cell, labels, cells);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Batch size the service sends when none is configured (`[batching] max_batch`'s default).
+const DEFAULT_MAX_BATCH: usize = 16;
+
 impl ModelSession {
-    /// Builds the ORT session and checks the graph against the manifest.
+    /// Builds the ORT session and checks the graph against the manifest, with a dry run of the default
+    /// largest batch. The service should use [`ModelSession::load_with_max_batch`] with its configured
+    /// `max_batch`.
     pub fn load(
         env: &Environment,
         package: &ModelPackage,
         options: &crate::config::InferenceConfig,
+    ) -> Result<Self, InferenceError> {
+        Self::load_with_max_batch(env, package, options, DEFAULT_MAX_BATCH)
+    }
+
+    /// Builds the ORT session (external data handed over in memory), checks the graph's signature
+    /// against the manifest, then dry-runs a zero batch of the largest size the service will send
+    /// (`max_batch`, or the manifest's fixed batch) and checks the outputs' shapes and, for
+    /// `kind = "probabilities"`, that they lie in 0..=1. Every problem found is returned at once.
+    pub fn load_with_max_batch(
+        env: &Environment,
+        package: &ModelPackage,
+        options: &crate::config::InferenceConfig,
+        max_batch: usize,
     ) -> Result<Self, InferenceError> {
         let model = format!("{} {}", package.info.name, package.info.version);
         let load_err = |detail: String| InferenceError::ModelLoad {
             model: model.clone(),
             detail,
         };
+        let mismatch = |problems: Vec<String>| InferenceError::ModelMismatch {
+            model: model.clone(),
+            problems,
+        };
+        // ORT would open external-data paths itself relative to nothing (an in-memory model): only
+        // files checked and read by `ModelPackage::load_dir` are allowed, handed over below.
+        let refs = onnx::external_refs(&package.onnx).map_err(|e| load_err(e.to_string()))?;
+        if let Some(r) = refs
+            .iter()
+            .find(|r| !package.external.iter().any(|(l, _)| *l == r.location))
+        {
+            return Err(mismatch(vec![format!(
+                "tensor {:?} has its data in external file {:?}, which was not loaded from the model \
+                 directory; load the model with ModelPackage::load_dir",
+                r.tensor, r.location
+            )]));
+        }
         let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
         // Spinning is off by default: ORT's pool threads otherwise busy-wait after every run, taking the
         // cores that decoding and the transport need. Measured on 2 cores (`cargo bench -- analyze_stream`):
@@ -125,16 +283,75 @@ impl ModelSession {
             .map_err(|e| load_err(e.to_string()))?
             .with_intra_op_spinning(options.spinning)
             .map_err(|e| load_err(e.to_string()))?;
+        for (location, bytes) in &package.external {
+            builder = builder
+                .with_external_initializer_file_in_memory(
+                    location,
+                    std::sync::Arc::from(bytes.as_slice()),
+                )
+                .map_err(|e| load_err(e.to_string()))?;
+        }
         let session = builder
             .commit_from_memory(&package.onnx)
             .map_err(|e| load_err(e.to_string()))?;
-        check_graph(&session, &package.manifest)
-            .map_err(|problem| InferenceError::ModelMismatch { model, problem })?;
-        Ok(Self {
+        let problems = validate::check_signature(&package.manifest, &signature(&session));
+        if !problems.is_empty() {
+            return Err(mismatch(problems));
+        }
+        let mut this = Self {
             session,
             manifest: package.manifest.clone(),
             info: package.info.clone(),
-        })
+            staged: Vec::new(),
+            staged_f16: Vec::new(),
+            staged_u8: Vec::new(),
+        };
+        this.dry_run(max_batch.max(1)).map_err(mismatch)?;
+        Ok(this)
+    }
+
+    /// Scores a zero batch of the largest size the service sends and checks what comes back.
+    fn dry_run(&mut self, max_batch: usize) -> Result<(), Vec<String>> {
+        let n = match self.manifest.input.batch {
+            Batch::Dynamic => max_batch,
+            Batch::Fixed(b) => max_batch.max(b as usize),
+        };
+        let i = &self.manifest.input;
+        let per = (i.channels * i.height * i.width) as usize;
+        let zeros = vec![0.0f32; n * per];
+        let out = self.run_raw(&zeros, n).map_err(|e| {
+            vec![format!(
+                "dry run on a zero batch of {n} (the largest the service sends; [batching] \
+                 max_batch) failed: {e}"
+            )]
+        })?;
+        let o = &self.manifest.outputs;
+        let mut problems = Vec::new();
+        let mut check = |field: &str, name: &str, values: &[f32]| {
+            if values.iter().any(|v| !v.is_finite()) {
+                problems.push(format!(
+                    "output {name:?} ([outputs] {field}) is not finite (NaN or infinity) on a zero \
+                     batch; check the graph"
+                ));
+            } else if o.kind == OutputKind::Probabilities {
+                if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                    problems.push(format!(
+                        "output {name:?} ([outputs] {field}) gives {v} on a zero batch: it looks like \
+                         logits, not probabilities (kind = \"probabilities\" needs values in 0..=1); \
+                         declare kind = \"sigmoid\" or \"softmax\" in [outputs]"
+                    ));
+                }
+            }
+        };
+        check("scores", &o.scores, &out.scores);
+        if let (Some(name), Some(map)) = (&o.map, &out.map) {
+            check("map", name, &map.values);
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -145,59 +362,142 @@ impl ModelSession {
         &self.manifest
     }
 
-    /// Scores `n` preprocessed slices laid out NCHW in `input`.
+    /// Scores `n` preprocessed slices laid out NCHW float32 in `input`; returns probabilities per label
+    /// (and map cell). Behind this call the batch is transposed to NHWC, converted to float16/uint8,
+    /// split into or zero-padded to the graph's fixed batch (padded rows' outputs dropped), and the
+    /// outputs converted to float32 and passed through the declared activation, as the manifest says.
     pub fn run(&mut self, input: &[f32], n: usize) -> Result<BatchScores, InferenceError> {
+        let mut out = self
+            .run_raw(input, n)
+            .map_err(|detail| InferenceError::Run {
+                model: format!("{} {}", self.info.name, self.info.version),
+                detail,
+            })?;
+        activate(
+            self.manifest.outputs.kind,
+            self.manifest.labels.len(),
+            &mut out,
+        );
+        Ok(out)
+    }
+
+    /// As [`ModelSession::run`] without the activation: the model's own outputs, as float32.
+    fn run_raw(&mut self, input: &[f32], n: usize) -> Result<BatchScores, String> {
         let i = &self.manifest.input;
         let (c, h, w) = (i.channels as usize, i.height as usize, i.width as usize);
-        // Runs per batch: the model's name is only formatted when there is an error to report.
-        let info = &self.info;
-        let run_err = |detail: String| InferenceError::Run {
-            model: format!("{} {}", info.name, info.version),
-            detail,
-        };
-        if input.len() != n * c * h * w {
-            return Err(run_err(format!(
+        let per = c * h * w;
+        if input.len() != n * per {
+            return Err(format!(
                 "input holds {} values, expected {n}x{c}x{h}x{w}",
                 input.len()
-            )));
+            ));
         }
-        let tensor = TensorRef::from_array_view(([n, c, h, w], input))
-            .map_err(|e| run_err(e.to_string()))?;
-        let outputs = self
-            .session
-            .run(ort::inputs![i.name.as_str() => tensor])
-            .map_err(|e| run_err(e.to_string()))?;
-        let labels = self.manifest.labels.len();
-        let out = &self.manifest.outputs;
-        let scores_value = outputs
-            .get(out.scores.as_str())
-            .ok_or_else(|| run_err(format!("output {:?} missing", out.scores)))?;
-        let (shape, scores) = scores_value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| run_err(e.to_string()))?;
-        if shape.iter().product::<i64>() as usize != n * labels {
-            return Err(run_err(format!(
-                "output {:?} has shape {shape:?}, expected [{n}, {labels}]",
-                out.scores
-            )));
+        let chunk = match i.batch {
+            Batch::Dynamic => n.max(1),
+            Batch::Fixed(b) => b as usize,
+        };
+        let mut scores = Vec::with_capacity(n * self.manifest.labels.len());
+        let mut map: Option<ScoreMap> = None;
+        let mut start = 0;
+        while start < n {
+            let rows = chunk.min(n - start);
+            let fed = match self.manifest.input.batch {
+                Batch::Dynamic => rows,
+                Batch::Fixed(b) => b as usize,
+            };
+            let part = self.run_chunk(&input[start * per..(start + rows) * per], rows, fed)?;
+            scores.extend_from_slice(&part.scores);
+            match (&mut map, part.map) {
+                (None, m) => map = m,
+                (Some(all), Some(m)) if (all.height, all.width) == (m.height, m.width) => {
+                    all.values.extend_from_slice(&m.values)
+                }
+                (Some(_), _) => return Err("map size changed between batches".into()),
+            }
+            start += rows;
         }
-        let scores = scores.to_vec();
-        let map = match &out.map {
+        Ok(BatchScores { scores, map })
+    }
+
+    /// One call of the graph: `rows` slices (NCHW float32) fed as a batch of `fed >= rows`.
+    fn run_chunk(&mut self, input: &[f32], rows: usize, fed: usize) -> Result<BatchScores, String> {
+        let Self {
+            session,
+            manifest,
+            staged,
+            staged_f16,
+            staged_u8,
+            ..
+        } = self;
+        let i = &manifest.input;
+        let (c, h, w) = (i.channels as usize, i.height as usize, i.width as usize);
+        let per = c * h * w;
+        let shape = match i.layout {
+            Layout::Nchw => [fed, c, h, w],
+            Layout::Nhwc => [fed, h, w, c],
+        };
+        // The common case (NCHW, no padding) hands the caller's buffer to ORT without a copy.
+        let data: &[f32] = if i.layout == Layout::Nchw && fed == rows {
+            input
+        } else {
+            staged.clear();
+            staged.resize(fed * per, 0.0);
+            match i.layout {
+                Layout::Nchw => staged[..input.len()].copy_from_slice(input),
+                Layout::Nhwc => {
+                    let plane = h * w;
+                    for (slice, out) in input.chunks_exact(per).zip(staged.chunks_exact_mut(per)) {
+                        for p in 0..plane {
+                            for ch in 0..c {
+                                out[p * c + ch] = slice[ch * plane + p];
+                            }
+                        }
+                    }
+                }
+            }
+            staged
+        };
+        let err = |e: ort::Error| e.to_string();
+        let outputs = match i.dtype {
+            InputDtype::Float32 => {
+                let t = TensorRef::from_array_view((shape, data)).map_err(err)?;
+                session.run(ort::inputs![i.name.as_str() => t])
+            }
+            InputDtype::Float16 => {
+                staged_f16.clear();
+                staged_f16.extend(data.iter().map(|x| half::f16::from_f32(*x)));
+                let t = TensorRef::from_array_view((shape, staged_f16.as_slice())).map_err(err)?;
+                session.run(ort::inputs![i.name.as_str() => t])
+            }
+            InputDtype::Uint8 => {
+                staged_u8.clear();
+                // round(clamp(x, 0, 255)); NaN (never produced by preprocessing) becomes 0.
+                staged_u8.extend(data.iter().map(|x| x.clamp(0.0, 255.0).round() as u8));
+                let t = TensorRef::from_array_view((shape, staged_u8.as_slice())).map_err(err)?;
+                session.run(ort::inputs![i.name.as_str() => t])
+            }
+        }
+        .map_err(err)?;
+        let labels = manifest.labels.len();
+        let o = &manifest.outputs;
+        let (shape, scores) = read_output(&outputs, &o.scores, o.dtype, fed, rows)?;
+        if shape != [fed as i64, labels as i64] {
+            return Err(format!(
+                "output {:?} has shape {shape:?}, expected [{fed}, {labels}] ({labels} labels)",
+                o.scores
+            ));
+        }
+        let map = match &o.map {
             None => None,
             Some(name) => {
-                let value = outputs
-                    .get(name.as_str())
-                    .ok_or_else(|| run_err(format!("output {name:?} missing")))?;
-                let (shape, values) = value
-                    .try_extract_tensor::<f32>()
-                    .map_err(|e| run_err(e.to_string()))?;
-                if shape.len() != 4 || shape[0] as usize != n || shape[1] as usize != labels {
-                    return Err(run_err(format!(
-                        "output {name:?} has shape {shape:?}, expected [{n}, {labels}, h, w]"
-                    )));
+                let (shape, values) = read_output(&outputs, name, o.dtype, fed, rows)?;
+                if shape.len() != 4 || shape[1] != labels as i64 {
+                    return Err(format!(
+                        "output {name:?} has shape {shape:?}, expected [{fed}, {labels}, h, w]"
+                    ));
                 }
                 Some(ScoreMap {
-                    values: values.to_vec(),
+                    values,
                     height: shape[2] as usize,
                     width: shape[3] as usize,
                 })
@@ -205,63 +505,6 @@ impl ModelSession {
         };
         Ok(BatchScores { scores, map })
     }
-}
-
-/// The graph input or output named by the manifest, or what the graph has instead.
-fn outlet<'a>(outlets: &'a [Outlet], name: &str, kind: &str) -> Result<&'a Outlet, String> {
-    outlets.iter().find(|o| o.name() == name).ok_or_else(|| {
-        let names: Vec<&str> = outlets.iter().map(|o| o.name()).collect();
-        format!("manifest {kind} {name:?} is not an {kind} of the graph (it has {names:?})")
-    })
-}
-
-/// Compares the graph's declared inputs and outputs with the manifest; returns what does not fit.
-fn check_graph(session: &Session, manifest: &Manifest) -> Result<(), String> {
-    let i = &manifest.input;
-    let input = outlet(session.inputs(), &i.name, "input")?;
-    let d = dims(input.dtype()).ok_or_else(|| format!("input {:?} is not a tensor", i.name))?;
-    let expected = [i.channels as usize, i.height as usize, i.width as usize];
-    if d.len() != 4 || !d[1..].iter().zip(expected).all(|(a, e)| dim_ok(*a, e)) {
-        return Err(format!(
-            "input {:?} has shape {d:?} but the manifest declares [N, {}, {}, {}] (NCHW)",
-            i.name, i.channels, i.height, i.width
-        ));
-    }
-    if let ValueType::Tensor { ty, .. } = input.dtype() {
-        if *ty != ort::value::TensorElementType::Float32 {
-            return Err(format!(
-                "input {:?} has element type {ty:?}; radstream feeds float32",
-                i.name
-            ));
-        }
-    }
-    if session.inputs().len() != 1 {
-        return Err(format!(
-            "the graph has {} inputs; radstream feeds exactly one",
-            session.inputs().len()
-        ));
-    }
-    let labels = manifest.labels.len();
-    let output_dims = |name: &str| -> Result<Vec<i64>, String> {
-        let o = outlet(session.outputs(), name, "output")?;
-        dims(o.dtype()).ok_or_else(|| format!("output {name:?} is not a tensor"))
-    };
-    let s = output_dims(&manifest.outputs.scores)?;
-    if s.len() != 2 || !dim_ok(s[1], labels) {
-        return Err(format!(
-            "scores output {:?} has shape {s:?} but the manifest declares [N, {labels}] ({labels} labels)",
-            manifest.outputs.scores
-        ));
-    }
-    if let Some(map) = &manifest.outputs.map {
-        let m = output_dims(map)?;
-        if m.len() != 4 || !dim_ok(m[1], labels) {
-            return Err(format!(
-                "map output {map:?} has shape {m:?} but the manifest declares [N, {labels}, h, w]"
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -315,7 +558,8 @@ mod tests {
             .expect_err("name mismatch")
             .to_string();
         assert!(
-            err.contains("\"pixels\" is not an input of the graph"),
+            err.contains("\"pixels\" is not an input of the graph")
+                && err.contains("set name = \"image\" in [input]"),
             "{err}"
         );
 
@@ -346,6 +590,106 @@ mod tests {
             .to_string();
         assert!(
             err.contains("scripts/setup.sh") && err.contains("RADSTREAM_ORT_LIB"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn activations_turn_logits_into_probabilities() {
+        let mut out = BatchScores {
+            scores: vec![0.0, 2.0, -1.0, 1000.0, 0.0, -1000.0],
+            map: Some(ScoreMap {
+                // 1 row, 3 labels, 1x2 cells: [label][cell].
+                values: vec![0.0, 5.0, 0.0, 5.0, 0.0, 5.0],
+                height: 1,
+                width: 2,
+            }),
+        };
+        activate(OutputKind::Softmax, 3, &mut out);
+        let row0: f32 = out.scores[..3].iter().sum();
+        assert!((row0 - 1.0).abs() < 1e-6, "{:?}", out.scores);
+        let e = [1.0f32, 2.0f32.exp(), (-1.0f32).exp()];
+        let sum: f32 = e.iter().sum();
+        for (got, want) in out.scores[..3].iter().zip(e.iter().map(|x| x / sum)) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+        assert_eq!(
+            &out.scores[3..],
+            &[1.0, 0.0, 0.0],
+            "large logits stay exact"
+        );
+        let map = out.map.expect("map");
+        for v in &map.values {
+            assert!(
+                (v - 1.0 / 3.0).abs() < 1e-6,
+                "softmax across labels per cell: {v}"
+            );
+        }
+
+        let mut out = BatchScores {
+            scores: vec![0.0, 3.0, -3.0],
+            map: None,
+        };
+        activate(OutputKind::Sigmoid, 3, &mut out);
+        assert_eq!(out.scores[0], 0.5);
+        assert!((out.scores[1] - 1.0 / (1.0 + (-3.0f32).exp())).abs() < 1e-7);
+        assert!((out.scores[1] + out.scores[2] - 1.0).abs() < 1e-6);
+
+        let mut out = BatchScores {
+            scores: vec![0.25],
+            map: None,
+        };
+        activate(OutputKind::Probabilities, 1, &mut out);
+        assert_eq!(out.scores, [0.25]);
+    }
+
+    #[test]
+    fn the_default_model_is_dry_run_at_its_largest_batch_and_an_nhwc_declaration_is_refused() {
+        let package = ModelPackage::embedded_default().expect("embedded manifest");
+        ModelSession::load_with_max_batch(env(), &package, &Default::default(), 64)
+            .expect("a batch of 64 runs");
+        let mut package = ModelPackage::embedded_default().expect("embedded manifest");
+        package.manifest.input.layout = Layout::Nhwc;
+        let err = ModelSession::load(env(), &package, &Default::default())
+            .expect_err("layout")
+            .to_string();
+        assert!(
+            err.contains("input \"image\" is [N, 1, 64, 64], which is NCHW")
+                && err.contains("declare layout = \"NCHW\" in [input]"),
+            "{err}"
+        );
+        let mut package = ModelPackage::embedded_default().expect("embedded manifest");
+        package.manifest.input.batch = Batch::Fixed(4);
+        let mut session = ModelSession::load(env(), &package, &Default::default())
+            .expect("a dynamic graph may be fed a fixed batch");
+        let per = 64 * 64;
+        let one = session.run(&vec![0.1; per], 1).expect("padded").scores;
+        let five = session.run(&vec![0.1; 5 * per], 5).expect("split").scores;
+        assert_eq!(five.len(), 5);
+        assert!(five.iter().all(|s| *s == one[0]), "{one:?} {five:?}");
+    }
+
+    #[test]
+    fn an_in_memory_model_may_not_name_external_data() {
+        // A minimal ModelProto: graph { initializer { name "w", external_data {location "w.bin"}, data_location 1 } }.
+        let entry = [&[0x0a, 8][..], b"location", &[0x12, 5], b"w.bin"].concat();
+        let tensor = [
+            &[0x42, 1][..],
+            b"w",
+            &[0x6a, entry.len() as u8],
+            &entry,
+            &[0x70, 1],
+        ]
+        .concat();
+        let graph = [&[0x2a, tensor.len() as u8][..], &tensor].concat();
+        let model = [&[0x3a, graph.len() as u8][..], &graph].concat();
+        let mut package = ModelPackage::embedded_default().expect("embedded manifest");
+        package.onnx = model;
+        let err = ModelSession::load(env(), &package, &Default::default())
+            .expect_err("external data without a directory")
+            .to_string();
+        assert!(
+            err.contains("\"w.bin\"") && err.contains("not loaded from the model directory"),
             "{err}"
         );
     }

@@ -28,7 +28,9 @@ pub struct ModelSection {
     pub description: String,
 }
 
-/// The model input: one NCHW float32 tensor with a dynamic batch dimension.
+/// The model input: one tensor. The service always preprocesses into NCHW float32; `layout`, `dtype` and
+/// `batch` say how the inference stage hands that to the graph (see `inference`), so a model exported
+/// for another runtime fits without re-exporting it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputSpec {
@@ -36,6 +38,130 @@ pub struct InputSpec {
     pub channels: u32,
     pub height: u32,
     pub width: u32,
+    /// Axis order of the graph's input.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Element type of the graph's input.
+    #[serde(default)]
+    pub dtype: InputDtype,
+    /// The graph's batch dimension: `"dynamic"` or a fixed size.
+    #[serde(default)]
+    pub batch: Batch,
+}
+
+/// Axis order of a 4-D image tensor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    /// `[N, C, H, W]` (PyTorch, the service's own).
+    #[default]
+    #[serde(rename = "NCHW")]
+    Nchw,
+    /// `[N, H, W, C]` (TensorFlow/Keras, JAX).
+    #[serde(rename = "NHWC")]
+    Nhwc,
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Nchw => "NCHW",
+            Layout::Nhwc => "NHWC",
+        })
+    }
+}
+
+/// Element type of the graph's input. The normalised float32 values are converted: `float16` by
+/// round-to-nearest-even (`half::f16::from_f32`), `uint8` as `round(clamp(x, 0, 255))` (halves away
+/// from zero) — so a uint8 model expects `[preprocess]` to map pixels onto 0..=255 (e.g. mean 0,
+/// std 1/255).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputDtype {
+    #[default]
+    Float32,
+    Float16,
+    Uint8,
+}
+
+impl std::fmt::Display for InputDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputDtype::Float32 => "float32",
+            InputDtype::Float16 => "float16",
+            InputDtype::Uint8 => "uint8",
+        })
+    }
+}
+
+/// Element type of the graph's outputs, converted to float32 on the way out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputDtype {
+    #[default]
+    Float32,
+    Float16,
+}
+
+impl std::fmt::Display for OutputDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputDtype::Float32 => "float32",
+            OutputDtype::Float16 => "float16",
+        })
+    }
+}
+
+/// The graph's batch dimension. A fixed one does not limit the service's batches: larger ones are split,
+/// smaller ones padded with zero slices whose outputs are dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Batch {
+    #[default]
+    Dynamic,
+    Fixed(u32),
+}
+
+impl std::fmt::Display for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Batch::Dynamic => f.write_str("dynamic"),
+            Batch::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// The most slices one fixed batch may hold (a bound on the padding buffer a manifest can ask for).
+pub const MAX_FIXED_BATCH: u32 = 1024;
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Batch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(
+                    f,
+                    "\"dynamic\" or a fixed batch size 1..={MAX_FIXED_BATCH} (the graph's first input dimension)"
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Batch, E> {
+                if v == "dynamic" {
+                    Ok(Batch::Dynamic)
+                } else {
+                    Err(E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Batch, E> {
+                match u32::try_from(v) {
+                    Ok(n) if (1..=MAX_FIXED_BATCH).contains(&n) => Ok(Batch::Fixed(n)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Batch, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,11 +185,41 @@ pub struct WindowToml {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputSpec {
-    /// `[N, labels]` probabilities.
+    /// `[N, labels]` scores.
     pub scores: String,
-    /// Optional `[N, labels, h, w]` probability map over the model input.
+    /// Optional `[N, labels, h, w]` map over the model input.
     #[serde(default)]
     pub map: Option<String>,
+    /// What the outputs hold; the service turns them into probabilities.
+    #[serde(default)]
+    pub kind: OutputKind,
+    /// Element type of the outputs.
+    #[serde(default)]
+    pub dtype: OutputDtype,
+}
+
+/// What the model's outputs hold. With `sigmoid` or `softmax` they are logits and the service applies
+/// the activation (to the map too: elementwise, or across the labels axis per map cell).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputKind {
+    /// Already probabilities in 0..=1, one independent score per label.
+    #[default]
+    Probabilities,
+    /// Independent logits per label (multi-label).
+    Sigmoid,
+    /// Logits of mutually exclusive classes: exactly one label describes a slice.
+    Softmax,
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputKind::Probabilities => "probabilities",
+            OutputKind::Sigmoid => "sigmoid",
+            OutputKind::Softmax => "softmax",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,7 +368,36 @@ impl Manifest {
         if self.model.name.trim().is_empty() || self.model.version.trim().is_empty() {
             return Err("[model] name and version must not be empty".into());
         }
+        check_relative_file(&self.model.file)
+            .map_err(|problem| format!("[model] file = {:?} {problem}", self.model.file))?;
+        if self.outputs.kind == OutputKind::Softmax && self.labels.len() < 2 {
+            return Err(
+                "[outputs] kind = \"softmax\" with one label: a softmax over one class is always 1; \
+                 declare every class as a [[labels]] entry, or use kind = \"sigmoid\""
+                    .into(),
+            );
+        }
         Ok(())
+    }
+
+    /// Whether label `index` is positive given one slice's scores (all labels, probabilities). For
+    /// mutually exclusive classes (`kind = "softmax"`) only the most probable class can be positive
+    /// (ties: the first), and only at or over its threshold; otherwise each label is judged alone.
+    pub fn positive(&self, scores: &[f32], index: usize) -> bool {
+        let (Some(label), Some(&score)) = (self.labels.get(index), scores.get(index)) else {
+            return false;
+        };
+        if score.is_nan() || score < label.threshold {
+            return false;
+        }
+        if self.outputs.kind != OutputKind::Softmax {
+            return true;
+        }
+        let n = self.labels.len().min(scores.len());
+        scores[..n]
+            .iter()
+            .enumerate()
+            .all(|(j, s)| j == index || *s < score || (*s == score && j > index))
     }
 
     /// The preprocessing specification both the CPU and the WGSL path implement.
@@ -229,6 +414,29 @@ impl Manifest {
             std: self.preprocess.std.clone(),
         }
     }
+}
+
+/// A path named in a model directory must be relative and stay inside it lexically: no root, no
+/// drive, no `..`. (Symlinks are checked where the file is opened, against the real directory.)
+pub(crate) fn check_relative_file(file: &str) -> Result<(), String> {
+    use std::path::Component;
+    if file.trim().is_empty() {
+        return Err("is empty; name a file inside the model directory".into());
+    }
+    for c in std::path::Path::new(file).components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir => {
+                return Err("leaves the model directory (`..`); name a file inside it".into())
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(
+                    "is an absolute path; name a file relative to the model directory".into(),
+                )
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -330,5 +538,112 @@ threshold = 0.5
                 "{window}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn input_and_output_options_default_to_todays_model_and_parse_field_by_field() {
+        let m = Manifest::parse(GOOD, "t").expect("valid");
+        assert_eq!(
+            (m.input.layout, m.input.dtype, m.input.batch),
+            (Layout::Nchw, InputDtype::Float32, Batch::Dynamic)
+        );
+        assert_eq!(
+            (m.outputs.kind, m.outputs.dtype),
+            (OutputKind::Probabilities, OutputDtype::Float32)
+        );
+        let bundled = include_str!("../../models/lesion-demo/model.toml");
+        Manifest::parse(bundled, "bundled").expect("the bundled manifest stays valid");
+
+        let with = GOOD
+            .replace(
+                "width = 64\n",
+                "width = 64\nlayout = \"NHWC\"\ndtype = \"uint8\"\nbatch = 4\n",
+            )
+            .replace(
+                "scores = \"scores\"\n",
+                "scores = \"scores\"\nkind = \"sigmoid\"\ndtype = \"float16\"\n",
+            );
+        let m = Manifest::parse(&with, "t").expect("valid");
+        assert_eq!(
+            (m.input.layout, m.input.dtype, m.input.batch),
+            (Layout::Nhwc, InputDtype::Uint8, Batch::Fixed(4))
+        );
+        assert_eq!(
+            (m.outputs.kind, m.outputs.dtype),
+            (OutputKind::Sigmoid, OutputDtype::Float16)
+        );
+        let dynamic = GOOD.replace("width = 64\n", "width = 64\nbatch = \"dynamic\"\n");
+        assert_eq!(
+            Manifest::parse(&dynamic, "t").expect("valid").input.batch,
+            Batch::Dynamic
+        );
+
+        for (from, to, words) in [
+            ("width = 64\n", "width = 64\nlayout = \"NWHC\"\n", "layout"),
+            ("width = 64\n", "width = 64\ndtype = \"int8\"\n", "dtype"),
+            ("width = 64\n", "width = 64\nbatch = 0\n", "batch"),
+            ("width = 64\n", "width = 64\nbatch = \"auto\"\n", "batch"),
+            ("width = 64\n", "width = 64\nbatch = 100000\n", "batch"),
+            (
+                "scores = \"scores\"\n",
+                "scores = \"scores\"\nkind = \"logits\"\n",
+                "kind",
+            ),
+            (
+                "scores = \"scores\"\n",
+                "scores = \"scores\"\ndtype = \"uint8\"\n",
+                "dtype",
+            ),
+            (
+                "scores = \"scores\"\n",
+                "scores = \"scores\"\nkind = \"softmax\"\n",
+                "one label",
+            ),
+            ("file = \"m.onnx\"", "file = \"../m.onnx\"", "[model] file"),
+            ("file = \"m.onnx\"", "file = \"/models/m.onnx\"", "absolute"),
+            ("file = \"m.onnx\"", "file = \"\"", "is empty"),
+        ] {
+            let err = Manifest::parse(&GOOD.replace(from, to), "t")
+                .expect_err(to)
+                .to_string();
+            assert!(err.contains(words), "{to}: {err}");
+        }
+        check_relative_file("sub/./m.onnx").expect("relative inside");
+    }
+
+    #[test]
+    fn softmax_labels_are_positive_only_for_the_most_probable_class() {
+        let three = GOOD.replace(
+            "[[labels]]\nname = \"lesion\"\nthreshold = 0.5\n",
+            "[[labels]]\nname = \"a\"\nthreshold = 0.3\n[[labels]]\nname = \"b\"\nthreshold = 0.3\n\
+             [[labels]]\nname = \"c\"\nthreshold = 0.5\n",
+        );
+        let sigmoid = Manifest::parse(&three, "t").expect("valid");
+        let softmax = Manifest::parse(
+            &three.replace(
+                "scores = \"scores\"\n",
+                "scores = \"scores\"\nkind = \"softmax\"\n",
+            ),
+            "t",
+        )
+        .expect("valid");
+        let positives = |m: &Manifest, s: &[f32]| -> Vec<usize> {
+            (0..3).filter(|&i| m.positive(s, i)).collect()
+        };
+        // Independent labels: each over its threshold is positive.
+        assert_eq!(positives(&sigmoid, &[0.35, 0.4, 0.25]), [0, 1]);
+        // Exclusive classes: only the argmax, and only at or over its threshold.
+        assert_eq!(positives(&softmax, &[0.35, 0.4, 0.25]), [1]);
+        assert_eq!(positives(&softmax, &[0.2, 0.35, 0.45]), Vec::<usize>::new());
+        assert_eq!(
+            positives(&softmax, &[0.4, 0.4, 0.2]),
+            [0],
+            "a tie goes to the first"
+        );
+        assert!(!softmax.positive(&[0.5, f32::NAN, 0.0], 1));
+        assert!(
+            !softmax.positive(&[0.5], 2),
+            "a missing score is not positive"
+        );
     }
 }
