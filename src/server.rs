@@ -108,6 +108,7 @@ pub async fn serve(
     let hub = open_hub(config, data_dir)?;
     let rules = StudyRules {
         labels: engine.manifest().labels.clone(),
+        exclusive: engine.manifest().exclusive(),
         model: results::model_ref(engine.model()),
     };
     let registry = Registry::start(hub.clone(), rules, config.registry());

@@ -4,6 +4,26 @@ use serde::Deserialize;
 
 use crate::preprocess::{PreprocessSpec, Window};
 
+/// The positive rule of [`Manifest::positive`], for callers that hold the labels without the manifest:
+/// with `exclusive` (softmax classes) only the most probable class can be positive (ties: the first),
+/// and only at or over its threshold; otherwise each label is judged alone.
+pub fn label_positive(labels: &[LabelSpec], exclusive: bool, scores: &[f32], index: usize) -> bool {
+    let (Some(label), Some(&score)) = (labels.get(index), scores.get(index)) else {
+        return false;
+    };
+    if score.is_nan() || score < label.threshold {
+        return false;
+    }
+    if !exclusive {
+        return true;
+    }
+    let n = labels.len().min(scores.len());
+    scores[..n]
+        .iter()
+        .enumerate()
+        .all(|(j, s)| j == index || *s < score || (*s == score && j > index))
+}
+
 /// `model.toml`. Unknown keys are refused so a typo does not silently fall back to a default.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,20 +404,17 @@ impl Manifest {
     /// mutually exclusive classes (`kind = "softmax"`) only the most probable class can be positive
     /// (ties: the first), and only at or over its threshold; otherwise each label is judged alone.
     pub fn positive(&self, scores: &[f32], index: usize) -> bool {
-        let (Some(label), Some(&score)) = (self.labels.get(index), scores.get(index)) else {
-            return false;
-        };
-        if score.is_nan() || score < label.threshold {
-            return false;
-        }
-        if self.outputs.kind != OutputKind::Softmax {
-            return true;
-        }
-        let n = self.labels.len().min(scores.len());
-        scores[..n]
-            .iter()
-            .enumerate()
-            .all(|(j, s)| j == index || *s < score || (*s == score && j > index))
+        label_positive(
+            &self.labels,
+            self.outputs.kind == OutputKind::Softmax,
+            scores,
+            index,
+        )
+    }
+
+    /// Whether the labels are mutually exclusive classes (`kind = "softmax"`).
+    pub fn exclusive(&self) -> bool {
+        self.outputs.kind == OutputKind::Softmax
     }
 
     /// The preprocessing specification both the CPU and the WGSL path implement.

@@ -12,8 +12,9 @@ pub mod onnx;
 pub mod validate;
 
 pub use manifest::{
-    Aggregate, Batch, Card, InputDtype, InputSpec, LabelSpec, Layout, Manifest, ManifestError,
-    ModelSection, OutputDtype, OutputKind, OutputSpec, PreprocessSection, MAX_FIXED_BATCH,
+    label_positive, Aggregate, Batch, Card, InputDtype, InputSpec, LabelSpec, Layout, Manifest,
+    ManifestError, ModelSection, OutputDtype, OutputKind, OutputSpec, PreprocessSection,
+    MAX_FIXED_BATCH,
 };
 
 use std::path::Path;

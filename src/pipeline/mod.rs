@@ -319,7 +319,8 @@ impl Engine {
         batching: &BatchingConfig,
         inference: &InferenceConfig,
     ) -> Result<Self, EngineError> {
-        let session = ModelSession::load(env, package, inference)?;
+        let session =
+            ModelSession::load_with_max_batch(env, package, inference, batching.max_batch)?;
         let preprocessor = select_preprocessor(backend)?;
         Self::start(session, preprocessor, batching)
     }

@@ -176,7 +176,7 @@ pub fn slice_finding(
             pb::LabelScore {
                 label: label.name.clone(),
                 score,
-                positive: score >= label.threshold,
+                positive: manifest.positive(&scored.scores, i),
                 threshold: label.threshold,
                 peak: peak.map(|p| pb::Location {
                     row: p.row,

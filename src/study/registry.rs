@@ -49,7 +49,15 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct StudyRules {
     pub labels: Vec<LabelSpec>,
+    /// The labels are mutually exclusive classes (softmax): only the most probable can be positive.
+    pub exclusive: bool,
     pub model: pb::ModelRef,
+}
+
+impl StudyRules {
+    fn positive(&self, scores: &[f32], index: usize) -> bool {
+        crate::model::label_positive(&self.labels, self.exclusive, scores, index)
+    }
 }
 
 /// When studies complete and how long they are kept.
@@ -409,11 +417,14 @@ impl Study {
     fn record_score(&mut self, slice: &pb::SliceRef, scores: &[f32], rules: &StudyRules, at: i64) {
         self.scored += 1;
         self.last_scored_unix_us = Some(at);
-        for (i, label) in rules.labels.iter().enumerate() {
+        let positive: Vec<bool> = (0..rules.labels.len())
+            .map(|i| rules.positive(scores, i))
+            .collect();
+        for (i, &is_positive) in positive.iter().enumerate() {
             let Some(&score) = scores.get(i) else {
                 continue;
             };
-            if score >= label.threshold {
+            if is_positive {
                 self.positives[i] += 1;
             }
             let better = match &self.best[i] {
@@ -431,6 +442,7 @@ impl Study {
             .push(ScoredSliceRef {
                 slice: slice.clone(),
                 scores: scores.to_vec(),
+                positive,
                 arrival: self.arrivals,
             });
     }
@@ -478,7 +490,7 @@ impl Study {
                 let mut groups = Vec::new();
                 if label.aggregate == Aggregate::Groups {
                     for slices in &ordered {
-                        for run in series::runs(slices, i, label.threshold) {
+                        for run in series::runs(slices, i) {
                             groups.push(pb::SliceGroup {
                                 series_instance_uid: slices[run.first]
                                     .slice
@@ -499,7 +511,9 @@ impl Study {
                     label: label.name.clone(),
                     max_score,
                     top_slice,
-                    positive: self.scored > 0 && max_score >= label.threshold,
+                    // a slice was positive (for exclusive classes the maximum may sit on a slice
+                    // where another class won)
+                    positive: self.positives[i] > 0,
                     positive_slices: self.positives[i],
                     groups,
                     critical_threshold: label.critical,
@@ -1032,9 +1046,10 @@ impl RegistryTask {
                     let (Some(threshold), Some(&score)) = (label.critical, scores.get(i)) else {
                         continue;
                     };
+                    let over = score >= threshold && rules.positive(&scores, i);
                     let raised = match study.critical[i] {
-                        None => score >= threshold,
-                        Some((best, _)) => score >= threshold && score > best,
+                        None => over,
+                        Some((best, _)) => over && score > best,
                     };
                     if !raised {
                         continue;
@@ -1286,6 +1301,7 @@ mod tests {
                 critical: Some(0.9),
                 aggregate: Aggregate::Groups,
             }],
+            exclusive: false,
             model: pb::ModelRef::default(),
         }
     }
@@ -1398,6 +1414,66 @@ mod tests {
         );
         assert_eq!(s.labels[0].max_score, 0.95, "the earlier slices count");
         assert_eq!(registry.stats().await.open, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exclusive_classes_count_only_the_most_probable_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+        let hub = Hub::start(Arc::new(log), 64).expect("hub");
+        let label = |name: &str| LabelSpec {
+            name: name.into(),
+            threshold: 0.3,
+            critical: Some(0.35),
+            aggregate: Aggregate::Groups,
+        };
+        let registry = Registry::start(
+            hub.clone(),
+            StudyRules {
+                labels: vec![label("normal"), label("tumour")],
+                exclusive: true,
+                model: pb::ModelRef::default(),
+            },
+            RegistryConfig {
+                idle_timeout: Duration::from_secs(60),
+                retain_completed: Duration::from_secs(60),
+                max_retained: 10,
+            },
+        );
+        let mut feed = hub.attach_source();
+        // every slice: tumour 0.4 >= its threshold and its critical threshold, but normal wins
+        for n in 1..=3 {
+            let meta = meta("1.2.8", n);
+            registry
+                .arrived(Arrival {
+                    source: feed.id,
+                    client_ref: ClientRef::new(String::new()),
+                    meta: meta.clone(),
+                    frames: 1,
+                })
+                .await;
+            let key = InstanceKey {
+                study: "1.2.8".into(),
+                sop: meta.sop_instance_uid.clone(),
+            };
+            registry.decoded(key.clone(), Ok(()));
+            let finding = pb::SliceFinding {
+                slice: Some(crate::results::slice_ref(&crate::results::slice_id(&meta, 0))),
+                ..Default::default()
+            };
+            registry.slice_done(key, 0, Ok((finding, vec![0.6, 0.4])));
+        }
+        registry.end_of_study(feed.id, "1.2.8".into(), 3);
+        let s = summary(&mut feed, "1.2.8").await;
+        let tumour = &s.labels[1];
+        assert_eq!(tumour.max_score, 0.4);
+        assert!(!tumour.positive, "never the most probable class");
+        assert_eq!(tumour.positive_slices, 0);
+        assert!(tumour.groups.is_empty());
+        assert!(!tumour.critical, "no critical finding for a class that lost");
+        let normal = &s.labels[0];
+        assert!(normal.positive && normal.critical);
+        assert_eq!((normal.positive_slices, normal.groups.len()), (3, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,6 +12,9 @@ pub struct ScoredSliceRef {
     pub slice: pb::SliceRef,
     /// One score per manifest label.
     pub scores: Vec<f32>,
+    /// Whether each label is positive on this slice (the manifest's rule: for exclusive classes only
+    /// the most probable one can be).
+    pub positive: Vec<bool>,
     /// Arrival order within the study, the last tie-breaker.
     pub arrival: u64,
 }
@@ -70,15 +73,14 @@ pub fn spacing(ordered: &[ScoredSliceRef]) -> Option<f64> {
     Some(gaps[gaps.len() / 2])
 }
 
-/// Runs of adjacent slices at or over `threshold` for `label`, in `ordered` (already in slice order),
-/// highest first.
-pub fn runs(ordered: &[ScoredSliceRef], label: usize, threshold: f32) -> Vec<Run> {
+/// Runs of adjacent slices positive for `label`, in `ordered` (already in slice order), highest first.
+pub fn runs(ordered: &[ScoredSliceRef], label: usize) -> Vec<Run> {
     let step = spacing(ordered);
     let mut out = Vec::new();
     let mut i = 0;
     while i < ordered.len() {
         let score = |k: usize| ordered[k].scores.get(label).copied().unwrap_or(f32::NAN);
-        let at_or_over = |k: usize| score(k) >= threshold;
+        let at_or_over = |k: usize| ordered[k].positive.get(label).copied().unwrap_or(false);
         if !at_or_over(i) {
             i += 1;
             continue;
@@ -127,6 +129,7 @@ mod tests {
                 ..Default::default()
             },
             scores: vec![score],
+            positive: vec![score >= 0.5],
             arrival,
         }
     }
@@ -161,7 +164,7 @@ mod tests {
             .map(|(i, sc)| slice(i as i32, Some(i as f64 * 2.5), *sc, i as u64))
             .collect();
         order(&mut s);
-        let r = runs(&s, 0, 0.5);
+        let r = runs(&s, 0);
         assert_eq!(r.len(), 2);
         assert_eq!(
             (r[0].first, r[0].last, r[0].peak, r[0].slices),
@@ -171,14 +174,17 @@ mod tests {
         // slices at 2.5, 5.0 and 7.5 mm, 2.5 mm apart: 5 mm between centres + one slab
         assert_eq!(r[0].extent_mm, Some(7.5));
         assert_eq!((r[1].first, r[1].slices, r[1].extent_mm), (5, 1, Some(2.5)));
-        assert!(runs(&s, 0, 0.95).is_empty());
+        for x in &mut s {
+            x.positive = vec![x.scores[0] >= 0.95];
+        }
+        assert!(runs(&s, 0).is_empty());
     }
 
     #[test]
     fn without_positions_runs_have_no_extent() {
         let mut s = vec![slice(2, None, 0.9, 0), slice(1, None, 0.9, 1)];
         order(&mut s);
-        let r = runs(&s, 0, 0.5);
+        let r = runs(&s, 0);
         assert_eq!((r.len(), r[0].slices, r[0].extent_mm), (1, 2, None));
     }
 }
