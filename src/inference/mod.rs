@@ -203,7 +203,7 @@ fn softmax_strided(v: &mut [f32], start: usize, n: usize, stride: usize) {
 /// Turns the model's raw outputs into probabilities as `[outputs] kind` says.
 fn activate(kind: OutputKind, labels: usize, out: &mut BatchScores) {
     match kind {
-        OutputKind::Probabilities => {}
+        OutputKind::Probabilities | OutputKind::ExclusiveProbabilities => {}
         OutputKind::Sigmoid => {
             out.scores.iter_mut().for_each(|x| *x = sigmoid(*x));
             if let Some(m) = &mut out.map {
@@ -333,12 +333,16 @@ impl ModelSession {
                     "output {name:?} ([outputs] {field}) is not finite (NaN or infinity) on a zero \
                      batch; check the graph"
                 ));
-            } else if o.kind == OutputKind::Probabilities {
+            } else if matches!(
+                o.kind,
+                OutputKind::Probabilities | OutputKind::ExclusiveProbabilities
+            ) {
                 if let Some(v) = values.iter().find(|v| !(0.0..=1.0).contains(*v)) {
                     problems.push(format!(
                         "output {name:?} ([outputs] {field}) gives {v} on a zero batch: it looks like \
-                         logits, not probabilities (kind = \"probabilities\" needs values in 0..=1); \
-                         declare kind = \"sigmoid\" or \"softmax\" in [outputs]"
+                         logits, not probabilities (kind = \"{}\" needs values in 0..=1); \
+                         declare kind = \"sigmoid\" or \"softmax\" in [outputs]",
+                        o.kind
                     ));
                 }
             }
@@ -346,6 +350,23 @@ impl ModelSession {
         check("scores", &o.scores, &out.scores);
         if let (Some(name), Some(map)) = (&o.map, &out.map) {
             check("map", name, &map.values);
+        }
+        // Exclusive probabilities sum to 1 per slice; anything else is not what was declared.
+        let labels = self.manifest.labels.len();
+        if o.kind == OutputKind::ExclusiveProbabilities && labels > 0 {
+            if let Some(sum) = out
+                .scores
+                .chunks(labels)
+                .map(|row| row.iter().sum::<f32>())
+                .find(|sum| (sum - 1.0).abs() > 1e-3)
+            {
+                problems.push(format!(
+                    "output {:?} ([outputs] scores): a slice's scores sum to {sum} on a zero batch, \
+                     not 1: these are not probabilities of mutually exclusive classes; declare \
+                     kind = \"probabilities\" (independent labels) or \"softmax\" (logits)",
+                    o.scores
+                ));
+            }
         }
         if problems.is_empty() {
             Ok(())

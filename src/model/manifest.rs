@@ -230,6 +230,10 @@ pub enum OutputKind {
     Sigmoid,
     /// Logits of mutually exclusive classes: exactly one label describes a slice.
     Softmax,
+    /// Probabilities of mutually exclusive classes (the graph ends in its own softmax; a Keras export
+    /// typically does): used as they are, and only the most probable class can be positive.
+    #[serde(rename = "exclusive-probabilities")]
+    ExclusiveProbabilities,
 }
 
 impl std::fmt::Display for OutputKind {
@@ -238,6 +242,7 @@ impl std::fmt::Display for OutputKind {
             OutputKind::Probabilities => "probabilities",
             OutputKind::Sigmoid => "sigmoid",
             OutputKind::Softmax => "softmax",
+            OutputKind::ExclusiveProbabilities => "exclusive-probabilities",
         })
     }
 }
@@ -390,12 +395,12 @@ impl Manifest {
         }
         check_relative_file(&self.model.file)
             .map_err(|problem| format!("[model] file = {:?} {problem}", self.model.file))?;
-        if self.outputs.kind == OutputKind::Softmax && self.labels.len() < 2 {
-            return Err(
-                "[outputs] kind = \"softmax\" with one label: a softmax over one class is always 1; \
-                 declare every class as a [[labels]] entry, or use kind = \"sigmoid\""
-                    .into(),
-            );
+        if self.exclusive() && self.labels.len() < 2 {
+            return Err(format!(
+                "[outputs] kind = \"{}\" with one label: mutually exclusive classes need at least \
+                 two; declare every class as a [[labels]] entry, or use kind = \"sigmoid\"",
+                self.outputs.kind
+            ));
         }
         Ok(())
     }
@@ -404,17 +409,15 @@ impl Manifest {
     /// mutually exclusive classes (`kind = "softmax"`) only the most probable class can be positive
     /// (ties: the first), and only at or over its threshold; otherwise each label is judged alone.
     pub fn positive(&self, scores: &[f32], index: usize) -> bool {
-        label_positive(
-            &self.labels,
-            self.outputs.kind == OutputKind::Softmax,
-            scores,
-            index,
-        )
+        label_positive(&self.labels, self.exclusive(), scores, index)
     }
 
     /// Whether the labels are mutually exclusive classes (`kind = "softmax"`).
     pub fn exclusive(&self) -> bool {
-        self.outputs.kind == OutputKind::Softmax
+        matches!(
+            self.outputs.kind,
+            OutputKind::Softmax | OutputKind::ExclusiveProbabilities
+        )
     }
 
     /// The preprocessing specification both the CPU and the WGSL path implement.

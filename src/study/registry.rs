@@ -1458,7 +1458,9 @@ mod tests {
             };
             registry.decoded(key.clone(), Ok(()));
             let finding = pb::SliceFinding {
-                slice: Some(crate::results::slice_ref(&crate::results::slice_id(&meta, 0))),
+                slice: Some(crate::results::slice_ref(&crate::results::slice_id(
+                    &meta, 0,
+                ))),
                 ..Default::default()
             };
             registry.slice_done(key, 0, Ok((finding, vec![0.6, 0.4])));
@@ -1470,7 +1472,10 @@ mod tests {
         assert!(!tumour.positive, "never the most probable class");
         assert_eq!(tumour.positive_slices, 0);
         assert!(tumour.groups.is_empty());
-        assert!(!tumour.critical, "no critical finding for a class that lost");
+        assert!(
+            !tumour.critical,
+            "no critical finding for a class that lost"
+        );
         let normal = &s.labels[0];
         assert!(normal.positive && normal.critical);
         assert_eq!((normal.positive_slices, normal.groups.len()), (3, 1));

