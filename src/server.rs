@@ -110,6 +110,7 @@ pub async fn serve(
         labels: engine.manifest().labels.clone(),
         exclusive: engine.manifest().exclusive(),
         model: results::model_ref(engine.model()),
+        slices: engine.manifest().rules.slices(),
     };
     let registry = Registry::start(hub.clone(), rules, config.registry());
     let intake = Intake::new(

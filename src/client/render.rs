@@ -219,9 +219,16 @@ fn group_text(g: &pb::SliceGroup) -> String {
     )
 }
 
-/// The per-label lines of a summary (each starting with a newline and `indent`), then the model.
+/// The per-label lines of a summary (each starting with a newline and `indent`), then the model; first,
+/// when the study is outside the model's study-level rules, a line that says so.
 fn summary_details(s: &pb::StudySummary, style: Style, indent: &str) -> String {
     let mut out = String::new();
+    if !s.outside_model_rules.is_empty() {
+        out.push_str(&format!(
+            "\n{indent}{}",
+            style.warning(&format!("OUTSIDE MODEL RULES: {}", s.outside_model_rules))
+        ));
+    }
     for l in &s.labels {
         let verdict = if l.positive {
             style.positive("POSITIVE")
@@ -619,6 +626,43 @@ mod tests {
         )
         .expect("a line");
         assert!(text.contains("group: 4 slices #5–#8, max 0.973"), "{text}");
+    }
+
+    #[test]
+    fn a_study_outside_the_models_rules_says_so_under_its_study_line() {
+        let note = "the study has 12 slices; model m 1 is for 20..=400 (applies_to.slices)";
+        let outside = pb::StudySummary {
+            outside_model_rules: note.into(),
+            ..summary()
+        };
+        let text = render(
+            &pb::AnalyzeResponse {
+                event: Some(Event::Summary(outside.clone())),
+            },
+            Style::PLAIN,
+        )
+        .expect("a line");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("STUDY "), "{text}");
+        assert_eq!(lines[1], format!("  OUTSIDE MODEL RULES: {note}"), "{text}");
+        let event = watched(41, pb::study_event::Event::Summary(outside));
+        let text = watch_text(&event, None, false, Style::PLAIN).expect("a line");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("SUMMARY revision 3"), "{text}");
+        assert_eq!(
+            lines[1].trim(),
+            format!("OUTSIDE MODEL RULES: {note}"),
+            "{text}"
+        );
+        // a study that fits shows no such line
+        let text = render(
+            &pb::AnalyzeResponse {
+                event: Some(Event::Summary(summary())),
+            },
+            Style::PLAIN,
+        )
+        .expect("a line");
+        assert!(!text.contains("OUTSIDE"), "{text}");
     }
 
     #[test]

@@ -49,8 +49,8 @@ pub const MAX_FILE_WINDOWS: usize = 16;
 
 /// Metadata of one DICOM instance.
 ///
-/// `patient_id` is a patient identifier: it must never be logged. The manual
-/// `Debug` impl redacts it, so `{:?}` on this struct is safe to log.
+/// `patient_id` is a patient identifier and `series_description` free text: neither may ever be logged
+/// or echoed. The manual `Debug` impl redacts both, so `{:?}` on this struct is safe to log.
 #[derive(Clone)]
 pub struct InstanceMeta {
     pub sop_instance_uid: String,
@@ -64,6 +64,13 @@ pub struct InstanceMeta {
     /// Transfer syntax UID from the file meta group.
     pub transfer_syntax: String,
     pub modality: Option<String>,
+    /// Body Part Examined (0018,0015), trimmed and upper-cased, kept only when it has the form of a
+    /// defined term (see [`plausible_term`]): a Code String can still spell free text, which must never
+    /// be echoed.
+    pub body_part_examined: Option<String>,
+    /// Series Description (0008,103E): free text, used only to match a model's
+    /// `applies_to.series_description`. Never log or echo it (it may name a patient or a clinician).
+    pub series_description: Option<String>,
     pub rows: u32,
     pub cols: u32,
     /// Number of Frames, 1 when absent.
@@ -104,6 +111,11 @@ impl fmt::Debug for InstanceMeta {
             )
             .field("transfer_syntax", &self.transfer_syntax)
             .field("modality", &self.modality)
+            .field("body_part_examined", &self.body_part_examined)
+            .field(
+                "series_description",
+                &self.series_description.as_ref().map(|_| "<redacted>"),
+            )
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .field("number_of_frames", &self.number_of_frames)
@@ -291,6 +303,8 @@ pub(crate) fn instance_meta(
         patient_id: opt_str(obj, tags::PATIENT_ID),
         transfer_syntax: transfer_syntax.to_string(),
         modality: opt_str(obj, tags::MODALITY),
+        body_part_examined: opt_str(obj, tags::BODY_PART_EXAMINED).and_then(|v| plausible_term(&v)),
+        series_description: opt_str(obj, tags::SERIES_DESCRIPTION),
         rows: px.rows,
         cols: px.cols,
         number_of_frames: px.frames,
@@ -350,6 +364,22 @@ fn file_windows(obj: &Obj) -> Vec<Window> {
             width: widths.get(i).copied().unwrap_or(f64::NAN),
         })
         .collect()
+}
+
+/// The longest defined term kept (a Code String value is at most 16 characters, PS3.5 6.2).
+pub const MAX_TERM_CHARS: usize = 16;
+
+/// `value` trimmed and upper-cased when it has the form of a defined term — letters, digits, spaces and
+/// underscores, at most [`MAX_TERM_CHARS`] — else `None`. The defined terms of Body Part Examined are
+/// many (PS3.16 Annex L) and grow; the form is what keeps free text out of messages. Lower case is
+/// accepted (and upper-cased) because terms are compared case-insensitively.
+pub fn plausible_term(value: &str) -> Option<String> {
+    let t = trim(value);
+    let plausible = !t.is_empty()
+        && t.chars().count() <= MAX_TERM_CHARS
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '_');
+    plausible.then(|| t.to_ascii_uppercase())
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -452,6 +482,78 @@ mod tests {
             &un.iter().map(|w| (w.center, w.width)).collect::<Vec<_>>(),
             &[(40.0, 400.0)]
         ));
+    }
+
+    #[test]
+    fn only_plausible_terms_are_kept_as_body_parts() {
+        assert_eq!(plausible_term(" HEAD ").as_deref(), Some("HEAD"));
+        assert_eq!(plausible_term("brain\0").as_deref(), Some("BRAIN"));
+        assert_eq!(
+            plausible_term("ABDOMEN_PELVIS").as_deref(),
+            Some("ABDOMEN_PELVIS")
+        );
+        assert_eq!(plausible_term("C SPINE 2").as_deref(), Some("C SPINE 2"));
+        for free_text in [
+            "",
+            "   ",
+            "Doe^John",
+            "HEAD-NECK",
+            "A VERY LONG BODY PART",
+            "KOPF\u{e4}",
+            "HEAD\\NECK",
+        ] {
+            assert_eq!(plausible_term(free_text), None, "{free_text:?}");
+        }
+    }
+
+    #[test]
+    fn debug_redacts_the_series_description() {
+        let o = obj(None, None);
+        let px = PixelAttrs {
+            rows: 1,
+            cols: 1,
+            frames: 1,
+            samples: 1,
+            bits_allocated: 16,
+            bits_stored: 16,
+            pixel_representation: 0,
+            planar_configuration: 0,
+            photometric_original: "MONOCHROME2".into(),
+        };
+        let read = |o: &Obj| {
+            instance_meta(o, "1.2.840.10008.1.2.1", &px, Photometric::Monochrome2).expect("meta")
+        };
+        let meta = read(&o);
+        assert_eq!(
+            (meta.body_part_examined, meta.series_description),
+            (None, None)
+        );
+        let mut o = o;
+        o.put(DataElement::new(
+            tags::BODY_PART_EXAMINED,
+            VR::CS,
+            PrimitiveValue::from("head "),
+        ));
+        o.put(DataElement::new(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            PrimitiveValue::from("Dr Planted Descr"),
+        ));
+        let meta = read(&o);
+        assert_eq!(meta.body_part_examined.as_deref(), Some("HEAD"));
+        assert_eq!(meta.series_description.as_deref(), Some("Dr Planted Descr"));
+        o.put(DataElement::new(
+            tags::BODY_PART_EXAMINED,
+            VR::CS,
+            PrimitiveValue::from("Doe^John"),
+        ));
+        assert_eq!(read(&o).body_part_examined, None, "free text is not kept");
+        let debug = format!("{meta:?}");
+        assert!(!debug.contains("Planted"), "{debug}");
+        assert!(
+            debug.contains("<redacted>") && debug.contains("HEAD"),
+            "{debug}"
+        );
     }
 
     #[test]

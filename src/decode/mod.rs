@@ -67,7 +67,7 @@ use dicom::core::value::DicomValueType;
 use dicom::core::value::PrimitiveValue;
 
 pub use header::{read_header, InstanceHeader};
-pub use meta::{InstanceMeta, Photometric, Window};
+pub use meta::{plausible_term, InstanceMeta, Photometric, Window, MAX_TERM_CHARS};
 
 use meta::PixelAttrs;
 use pixels::Color;
@@ -519,7 +519,7 @@ const PHOTOMETRIC_DEFINED_TERMS: &[&str] = &[
 ];
 
 /// Modality (0008,0060) defined terms, PS3.3 C.7.3.1.1.1 (current and retired).
-const MODALITY_DEFINED_TERMS: &[&str] = &[
+pub(crate) const MODALITY_DEFINED_TERMS: &[&str] = &[
     "AR",
     "ASMT",
     "AU",

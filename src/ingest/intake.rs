@@ -4,7 +4,9 @@
 //! the results hub; nothing here knows gRPC.
 //!
 //! The header is read first and reported at once, so the study's bookkeeping never waits for pixels,
-//! and a duplicate is never decoded. Every instance ends in exactly one report to the registry about
+//! and a duplicate is never decoded. An instance the model is not for (its manifest's `[applies_to]`
+//! rules, see `model::rules`) is refused right after its header is read, before the registry is asked:
+//! it is rejected with its UIDs and the rule that excluded it, never decoded, scored or accepted. Every instance ends in exactly one report to the registry about
 //! its header (arrived, rejected, or abandoned before it was read) and, once arrived, in a report for
 //! its pixels and each of its frames; when the task is cut off (its sender went away) a guard reports
 //! what is left as abandoned, so no study waits forever for it. The decode keeps its slot and its
@@ -61,6 +63,8 @@ impl Drop for Guard {
 #[allow(clippy::large_enum_variant)]
 enum Decoded {
     HeaderRejected(Rejection),
+    /// The model's rules exclude the instance (`REJECT_REASON_NO_MODEL`).
+    NoModel(pb::InstanceRejected),
     Duplicate,
     Pixels {
         meta: Arc<crate::decode::InstanceMeta>,
@@ -129,6 +133,7 @@ impl Intake {
         let limits = self.limits;
         let budget = self.decoded_budget.clone();
         let registry = self.registry.clone();
+        let engine = self.engine.clone();
         let arrival_ref = client_ref.clone();
         let joined = tokio::task::spawn_blocking(move || {
             // The slot and the request bytes' share belong to the decode itself: when the sender
@@ -140,26 +145,29 @@ impl Intake {
             let outcome =
                 match read_header(&dicom, &limits, Some(budget.as_ref())).and_then(identified) {
                     Err(rejection) => Decoded::HeaderRejected(rejection),
-                    Ok(header) => {
-                        let meta = Arc::new(header.meta().clone());
-                        guard.key = Some(InstanceKey {
-                            study: meta.study_instance_uid.clone(),
-                            sop: meta.sop_instance_uid.clone(),
-                        });
-                        let admission = registry.arrived_blocking(Arrival {
-                            source,
-                            client_ref: arrival_ref,
-                            meta: meta.clone(),
-                            frames: header.frames(),
-                        });
-                        match admission {
-                            Admission::Duplicate => Decoded::Duplicate,
-                            Admission::Decode => Decoded::Pixels {
-                                meta,
-                                result: header.decode_pixels(Some(budget.as_ref())),
-                            },
+                    Ok(header) => match engine.manifest().rules.admits(header.meta()) {
+                        Err(exclusion) => Decoded::NoModel(no_model(header.meta(), &exclusion)),
+                        Ok(()) => {
+                            let meta = Arc::new(header.meta().clone());
+                            guard.key = Some(InstanceKey {
+                                study: meta.study_instance_uid.clone(),
+                                sop: meta.sop_instance_uid.clone(),
+                            });
+                            let admission = registry.arrived_blocking(Arrival {
+                                source,
+                                client_ref: arrival_ref,
+                                meta: meta.clone(),
+                                frames: header.frames(),
+                            });
+                            match admission {
+                                Admission::Duplicate => Decoded::Duplicate,
+                                Admission::Decode => Decoded::Pixels {
+                                    meta,
+                                    result: header.decode_pixels(Some(budget.as_ref())),
+                                },
+                            }
                         }
-                    }
+                    },
                 };
             drop(dicom);
             drop(request_share);
@@ -181,6 +189,18 @@ impl Intake {
                 guard.armed = false;
                 self.registry
                     .header_rejected(source, rejected(&rejection, &client_ref));
+                return;
+            }
+            Decoded::NoModel(mut rejected) => {
+                // Only UIDs and defined terms: the message never quotes the Series Description.
+                tracing::info!(
+                    sop_instance_uid = %rejected.sop_instance_uid,
+                    "instance rejected: {}",
+                    rejected.message
+                );
+                guard.armed = false;
+                rejected.client_ref = client_ref.to_string();
+                self.registry.header_rejected(source, rejected);
                 return;
             }
             Decoded::Duplicate => {
@@ -310,6 +330,23 @@ fn identified(header: InstanceHeader<'_>) -> Result<InstanceHeader<'_>, Rejectio
         series_instance_uid: nonempty(&meta.series_instance_uid),
         error: DecodeError::MissingAttribute { name: missing },
     })
+}
+
+/// The rejection of an instance the model's rules exclude, carrying its UIDs
+/// like other header rejections; the sender's name for it is filled in by the caller.
+fn no_model(
+    meta: &crate::decode::InstanceMeta,
+    exclusion: &crate::model::Exclusion,
+) -> pb::InstanceRejected {
+    pb::InstanceRejected {
+        client_ref: String::new(),
+        sop_instance_uid: meta.sop_instance_uid.clone(),
+        study_instance_uid: meta.study_instance_uid.clone(),
+        series_instance_uid: meta.series_instance_uid.clone(),
+        reason: pb::RejectReason::NoModel as i32,
+        message: exclusion.to_string(),
+        frame: None,
+    }
 }
 
 fn log_rejection(rejection: &Rejection) {

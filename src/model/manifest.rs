@@ -2,6 +2,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::rules::{AppliesToToml, ModelRules};
 use crate::preprocess::{PreprocessSpec, Window};
 
 /// The positive rule of [`Manifest::positive`], for callers that hold the labels without the manifest:
@@ -35,6 +36,12 @@ pub struct Manifest {
     pub labels: Vec<LabelSpec>,
     #[serde(default)]
     pub card: Card,
+    /// Which instances and studies the model is for, as written (`[applies_to]`); absent: all.
+    #[serde(default)]
+    pub applies_to: AppliesToToml,
+    /// `applies_to` validated and compiled by [`Manifest::parse`]: what the intake and the registry use.
+    #[serde(skip)]
+    pub rules: ModelRules,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -309,16 +316,18 @@ pub enum ManifestError {
 impl Manifest {
     /// Parses and validates a manifest; `origin` names it in errors (a path, or "embedded ...").
     pub fn parse(text: &str, origin: &str) -> Result<Self, ManifestError> {
-        let manifest: Manifest = toml::from_str(text).map_err(|source| ManifestError::Parse {
-            origin: origin.to_string(),
-            source: Box::new(source),
-        })?;
-        manifest
-            .validate()
-            .map_err(|problem| ManifestError::Invalid {
+        let mut manifest: Manifest =
+            toml::from_str(text).map_err(|source| ManifestError::Parse {
                 origin: origin.to_string(),
-                problem,
+                source: Box::new(source),
             })?;
+        let invalid = |problem| ManifestError::Invalid {
+            origin: origin.to_string(),
+            problem,
+        };
+        manifest.validate().map_err(invalid)?;
+        manifest.rules =
+            ModelRules::compile(&manifest.model, &manifest.applies_to).map_err(invalid)?;
         Ok(manifest)
     }
 
@@ -629,6 +638,50 @@ threshold = 0.5
             assert!(err.contains(words), "{to}: {err}");
         }
         check_relative_file("sub/./m.onnx").expect("relative inside");
+    }
+
+    #[test]
+    fn applies_to_is_optional_and_validated_field_by_field_with_the_manifest() {
+        let m = Manifest::parse(GOOD, "t").expect("valid");
+        assert!(m.rules.applies_to_everything(), "absent: applies to all");
+        let with = |table: &str| format!("{GOOD}[applies_to]\n{table}\n");
+        let m = Manifest::parse(
+            &with(
+                "modalities = [\"CT\", \"MR\"]\nbody_parts = [\"head\"]\n\
+                 series_description = '(?i)axial'\nslices = { min = 10, max = 400 }",
+            ),
+            "t",
+        )
+        .expect("valid rules");
+        assert_eq!(m.rules.slices(), Some((10, 400)));
+        assert!(!m.rules.applies_to_everything());
+        for (table, words) in [
+            (
+                "modalities = [\"CAT\"]",
+                "applies_to.modalities: \"CAT\" is not a DICOM Modality",
+            ),
+            ("body_parts = [\"x/y\"]", "applies_to.body_parts"),
+            (
+                "series_description = '[z-a]'",
+                "applies_to.series_description: regex parse error",
+            ),
+            (
+                "slices = { min = 5, max = 4 }",
+                "applies_to.slices: min = 5 is greater than max = 4",
+            ),
+        ] {
+            let err = Manifest::parse(&with(table), "models/x/model.toml")
+                .expect_err(table)
+                .to_string();
+            assert!(
+                err.contains("models/x/model.toml") && err.contains(words),
+                "{table}: {err}"
+            );
+        }
+        let err = Manifest::parse(&with("modality = [\"CT\"]"), "t")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("modality"), "{err}");
     }
 
     #[test]

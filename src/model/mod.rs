@@ -9,6 +9,7 @@
 
 mod manifest;
 pub mod onnx;
+pub mod rules;
 pub mod validate;
 
 pub use manifest::{
@@ -16,6 +17,7 @@ pub use manifest::{
     ManifestError, ModelSection, OutputDtype, OutputKind, OutputSpec, PreprocessSection,
     MAX_FIXED_BATCH,
 };
+pub use rules::{AppliesToToml, Exclusion, ModelRules};
 
 use std::path::Path;
 

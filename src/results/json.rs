@@ -180,6 +180,7 @@ pub(crate) fn summary(s: &pb::StudySummary) -> Value {
         "revision": s.revision,
         "modality": s.modality,
         "series": s.series,
+        "outside_model_rules": s.outside_model_rules,
     })
 }
 
@@ -538,6 +539,9 @@ mod tests {
                 revision: 2,
                 modality: "CT".into(),
                 series: 1,
+                outside_model_rules: "the study has 12 slices; model m 1 is for 20..=400 \
+                                      (applies_to.slices)"
+                    .into(),
             }),
             _ => return None,
         })

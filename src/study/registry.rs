@@ -52,6 +52,10 @@ pub struct StudyRules {
     /// The labels are mutually exclusive classes (softmax): only the most probable can be positive.
     pub exclusive: bool,
     pub model: pb::ModelRef,
+    /// The model's `applies_to.slices`: a study whose slice count is outside it gets a note in its
+    /// summary (`outside_model_rules`). The findings are reported all the same: the count is only
+    /// known as the study completes, and a late instance can still bring it in range.
+    pub slices: Option<(u32, u32)>,
 }
 
 impl StudyRules {
@@ -537,7 +541,23 @@ impl Study {
             revision: self.revision,
             modality: self.modality.clone(),
             series: self.series.len() as u32,
+            outside_model_rules: self.outside_model_rules(rules),
         }
+    }
+
+    /// The summary's note on the model's study-level rules: empty when the study fits them. The slices
+    /// are those of the accepted instances (every frame), scored or not.
+    fn outside_model_rules(&self, rules: &StudyRules) -> String {
+        let Some(range) = rules.slices else {
+            return String::new();
+        };
+        let slices = self
+            .instances
+            .values()
+            .filter(|i| i.accepted)
+            .fold(0u32, |n, i| n.saturating_add(i.frames));
+        let model = format!("{} {}", rules.model.name, rules.model.version);
+        crate::model::rules::slice_note(&model, range, slices).unwrap_or_default()
     }
 }
 
@@ -1274,6 +1294,8 @@ mod tests {
             patient_id: None,
             transfer_syntax: "1.2.840.10008.1.2.1".into(),
             modality: Some("CT".into()),
+            body_part_examined: None,
+            series_description: None,
             rows: 8,
             cols: 8,
             number_of_frames: 1,
@@ -1303,6 +1325,7 @@ mod tests {
             }],
             exclusive: false,
             model: pb::ModelRef::default(),
+            slices: None,
         }
     }
 
@@ -1361,6 +1384,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_study_outside_the_models_slice_range_says_so_in_its_summary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+        let hub = Hub::start(Arc::new(log), 64).expect("hub");
+        let registry = Registry::start(
+            hub.clone(),
+            StudyRules {
+                model: pb::ModelRef {
+                    name: "brain-mr".into(),
+                    version: "2.1".into(),
+                    ..Default::default()
+                },
+                slices: Some((3, 4)),
+                ..rules()
+            },
+            RegistryConfig {
+                idle_timeout: Duration::from_secs(60),
+                retain_completed: Duration::from_secs(60),
+                max_retained: 10,
+            },
+        );
+        let mut feed = hub.attach_source();
+        let source = feed.id;
+        for n in 1..=2 {
+            push(&registry, source, "1.3.1", n, 0.1).await;
+        }
+        registry.end_of_study(source, "1.3.1".into(), 2);
+        let s = summary(&mut feed, "1.3.1").await;
+        assert_eq!(
+            s.outside_model_rules,
+            "the study has 2 slices; model brain-mr 2.1 is for 3..=4 (applies_to.slices)"
+        );
+        assert_eq!(s.slices_scored, 2, "the findings are reported all the same");
+        // a late slice brings the study into range: its next summary has no note
+        push(&registry, source, "1.3.1", 3, 0.1).await;
+        registry.end_of_study(source, "1.3.1".into(), 3);
+        let s = summary(&mut feed, "1.3.1").await;
+        assert_eq!((s.revision, s.outside_model_rules.as_str()), (2, ""));
+        // and two more take it over the top
+        push(&registry, source, "1.3.1", 4, 0.1).await;
+        push(&registry, source, "1.3.1", 5, 0.1).await;
+        registry.end_of_study(source, "1.3.1".into(), 5);
+        let s = summary(&mut feed, "1.3.1").await;
+        assert!(
+            s.outside_model_rules.starts_with("the study has 5 slices;"),
+            "{s:?}"
+        );
+        // without a range no study gets a note
+        let plain = Registry::start(
+            hub.clone(),
+            rules(),
+            RegistryConfig {
+                idle_timeout: Duration::from_secs(60),
+                retain_completed: Duration::from_secs(60),
+                max_retained: 10,
+            },
+        );
+        push(&plain, source, "1.3.2", 1, 0.1).await;
+        plain.end_of_study(source, "1.3.2".into(), 1);
+        assert_eq!(summary(&mut feed, "1.3.2").await.outside_model_rules, "");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1433,6 +1519,7 @@ mod tests {
                 labels: vec![label("normal"), label("tumour")],
                 exclusive: true,
                 model: pb::ModelRef::default(),
+                slices: None,
             },
             RegistryConfig {
                 idle_timeout: Duration::from_secs(60),
