@@ -49,6 +49,9 @@ std = [1.0, 1.0, 1.0]
 scores = "dense_3"
 kind = "{kind}"
 
+[applies_to]
+modalities = ["MR"]
+
 {labels}
 [card]
 detects = "glioma, meningioma, pituitary tumour or no tumour on a brain MR slice (a test model: not validated here)"

@@ -98,6 +98,41 @@ pub struct InstanceMeta {
     pub windows: Vec<Window>,
 }
 
+#[cfg(test)]
+impl InstanceMeta {
+    /// A 16-bit 8x8 monochrome CT slice of `study` with SOP Instance UID `sop`, no geometry: what unit
+    /// tests elsewhere adjust with struct update syntax.
+    pub(crate) fn for_test(study: &str, sop: &str) -> Self {
+        Self {
+            sop_instance_uid: sop.into(),
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
+            study_instance_uid: study.into(),
+            series_instance_uid: format!("{study}.0"),
+            patient_id: None,
+            transfer_syntax: "1.2.840.10008.1.2.1".into(),
+            modality: Some("CT".into()),
+            body_part_examined: None,
+            series_description: None,
+            rows: 8,
+            cols: 8,
+            number_of_frames: 1,
+            samples_per_pixel: 1,
+            bits_allocated: 16,
+            bits_stored: 16,
+            pixel_representation: 0,
+            photometric: Photometric::Monochrome2,
+            photometric_original: "MONOCHROME2".into(),
+            pixel_spacing: None,
+            image_position: None,
+            image_orientation: None,
+            instance_number: None,
+            rescale_slope: 1.0,
+            rescale_intercept: 0.0,
+            windows: Vec::new(),
+        }
+    }
+}
+
 impl fmt::Debug for InstanceMeta {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InstanceMeta")

@@ -314,7 +314,6 @@ fn compile_pattern(pattern: &str) -> Result<Regex, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::Photometric;
 
     fn section() -> ModelSection {
         ModelSection {
@@ -332,31 +331,11 @@ mod tests {
 
     fn meta(modality: Option<&str>, body: Option<&str>, description: Option<&str>) -> InstanceMeta {
         InstanceMeta {
-            sop_instance_uid: "1.2.3.4".into(),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.4".into(),
-            study_instance_uid: "1.2.3".into(),
-            series_instance_uid: "1.2.3.1".into(),
-            patient_id: None,
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
             modality: modality.map(Into::into),
             body_part_examined: body.map(Into::into),
             series_description: description.map(Into::into),
-            rows: 8,
-            cols: 8,
-            number_of_frames: 1,
-            samples_per_pixel: 1,
-            bits_allocated: 16,
-            bits_stored: 16,
-            pixel_representation: 0,
-            photometric: Photometric::Monochrome2,
-            photometric_original: "MONOCHROME2".into(),
-            pixel_spacing: None,
-            image_position: None,
-            image_orientation: None,
             instance_number: Some(1),
-            rescale_slope: 1.0,
-            rescale_intercept: 0.0,
-            windows: Vec::new(),
+            ..InstanceMeta::for_test("1.2.3", "1.2.3.4")
         }
     }
 

@@ -1280,39 +1280,25 @@ fn inst_done(study: &Study, sop: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        decode::Photometric,
-        results::{hub::SourceFeed, log::SqliteLog},
-    };
+    use crate::results::{hub::SourceFeed, log::SqliteLog};
 
     fn meta(study: &str, n: i32) -> Arc<InstanceMeta> {
         Arc::new(InstanceMeta {
-            sop_instance_uid: format!("{study}.{n}"),
-            sop_class_uid: "1.2.840.10008.5.1.4.1.1.2".into(),
-            study_instance_uid: study.into(),
-            series_instance_uid: format!("{study}.0"),
-            patient_id: None,
-            transfer_syntax: "1.2.840.10008.1.2.1".into(),
-            modality: Some("CT".into()),
-            body_part_examined: None,
-            series_description: None,
-            rows: 8,
-            cols: 8,
-            number_of_frames: 1,
-            samples_per_pixel: 1,
-            bits_allocated: 16,
-            bits_stored: 16,
-            pixel_representation: 0,
-            photometric: Photometric::Monochrome2,
-            photometric_original: "MONOCHROME2".into(),
             pixel_spacing: Some([1.0, 1.0]),
             image_position: Some([0.0, 0.0, f64::from(n) * 5.0]),
             image_orientation: Some([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]),
             instance_number: Some(n),
-            rescale_slope: 1.0,
-            rescale_intercept: 0.0,
-            windows: Vec::new(),
+            ..InstanceMeta::for_test(study, &format!("{study}.{n}"))
         })
+    }
+
+    /// Studies complete by end marker or close (a long idle time); completed ones kept as given.
+    fn config(retain_completed: Duration, max_retained: usize) -> RegistryConfig {
+        RegistryConfig {
+            idle_timeout: Duration::from_secs(60),
+            retain_completed,
+            max_retained,
+        }
     }
 
     fn rules() -> StudyRules {
@@ -1402,11 +1388,7 @@ mod tests {
                 slices: Some((3, 4)),
                 ..rules()
             },
-            RegistryConfig {
-                idle_timeout: Duration::from_secs(60),
-                retain_completed: Duration::from_secs(60),
-                max_retained: 10,
-            },
+            config(Duration::from_secs(60), 10),
         );
         let mut feed = hub.attach_source();
         let source = feed.id;
@@ -1435,15 +1417,7 @@ mod tests {
             "{s:?}"
         );
         // without a range no study gets a note
-        let plain = Registry::start(
-            hub.clone(),
-            rules(),
-            RegistryConfig {
-                idle_timeout: Duration::from_secs(60),
-                retain_completed: Duration::from_secs(60),
-                max_retained: 10,
-            },
-        );
+        let plain = Registry::start(hub.clone(), rules(), config(Duration::from_secs(60), 10));
         push(&plain, source, "1.3.2", 1, 0.1).await;
         plain.end_of_study(source, "1.3.2".into(), 1);
         assert_eq!(summary(&mut feed, "1.3.2").await.outside_model_rules, "");
@@ -1454,15 +1428,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = SqliteLog::in_data_dir(dir.path()).expect("log");
         let hub = Hub::start(Arc::new(log), 64).expect("hub");
-        let registry = Registry::start(
-            hub.clone(),
-            rules(),
-            RegistryConfig {
-                idle_timeout: Duration::from_secs(60),
-                retain_completed: Duration::from_millis(300),
-                max_retained: 2,
-            },
-        );
+        let registry = Registry::start(hub.clone(), rules(), config(Duration::from_millis(300), 2));
         let mut feed = hub.attach_source();
         let source = feed.id;
         // three studies, each ended by its sender
@@ -1521,11 +1487,7 @@ mod tests {
                 model: pb::ModelRef::default(),
                 slices: None,
             },
-            RegistryConfig {
-                idle_timeout: Duration::from_secs(60),
-                retain_completed: Duration::from_secs(60),
-                max_retained: 10,
-            },
+            config(Duration::from_secs(60), 10),
         );
         let mut feed = hub.attach_source();
         // every slice: tumour 0.4 >= its threshold and its critical threshold, but normal wins
