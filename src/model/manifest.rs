@@ -1,9 +1,9 @@
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::Deserialize;
 
 use super::rules::{AppliesToToml, ModelRules};
-use crate::preprocess::{PreprocessSpec, Window};
+use crate::preprocess::{ManifestWindows, PreprocessSpec, Window, MAX_STACKED_WINDOWS};
 
 /// The positive rule of [`Manifest::positive`], for callers that hold the labels without the manifest:
 /// with `exclusive` (softmax classes) only the most probable class can be positive (ties: the first),
@@ -194,12 +194,30 @@ impl<'de> Deserialize<'de> for Batch {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessSection {
-    /// Fixed window (finite centre, finite width >= 1); absent: the file's first valid window, else the
-    /// slice's min/max.
+    /// Fixed window (finite centre, finite width >= 1) for every channel; absent (and no `windows`):
+    /// the file's first valid window, else the slice's min/max.
     #[serde(default)]
     pub window: Option<WindowToml>,
+    /// Fixed windows stacked as channels: channel k is windowed with window k, one per `[input]`
+    /// channel (e.g. brain, subdural and bone windows for a CT model). Excludes `window`.
+    #[serde(default)]
+    pub windows: Option<Vec<WindowToml>>,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    /// `[preprocess.modality.<term>]`, keyed by DICOM Modality (0008,0060) defined term: windows that
+    /// replace the default ones (`window`/`windows`/the file's) for slices of that modality.
+    #[serde(default)]
+    pub modality: BTreeMap<String, ModalityWindowsToml>,
+}
+
+/// `[preprocess.modality.<term>]`: exactly one of `window` and `windows`, as in `[preprocess]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModalityWindowsToml {
+    #[serde(default)]
+    pub window: Option<WindowToml>,
+    #[serde(default)]
+    pub windows: Option<Vec<WindowToml>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -359,21 +377,30 @@ impl Manifest {
                 "[preprocess] std values must be positive, found {s}"
             ));
         }
-        if let Some(w) = p.window {
-            // The same rule as a file's window (PS3.3 C.11.2.1.2), but a manifest is fixed by whoever
-            // wrote it: refused at load, not skipped per slice.
-            if !w.center.is_finite() {
+        check_windows(
+            "[preprocess]",
+            p.window,
+            p.windows.as_deref(),
+            i.channels,
+            true,
+        )?;
+        let mut terms = std::collections::HashSet::new();
+        for (term, m) in &p.modality {
+            let table = format!("[preprocess.modality.{term}]");
+            let upper = term.trim().to_ascii_uppercase();
+            if !crate::decode::MODALITY_DEFINED_TERMS.contains(&upper.as_str()) {
                 return Err(format!(
-                    "[preprocess] window.center must be a finite number (found {})",
-                    w.center
+                    "{table}: {term:?} is not a DICOM Modality (0008,0060) defined term (PS3.3 \
+                     C.7.3.1.1.1); accepted: {}",
+                    crate::decode::MODALITY_DEFINED_TERMS.join(", ")
                 ));
             }
-            if !(w.width.is_finite() && w.width >= 1.0) {
+            if !terms.insert(upper) {
                 return Err(format!(
-                    "[preprocess] window.width must be a finite number >= 1 (DICOM PS3.3 C.11.2.1.2; found {})",
-                    w.width
+                    "{table}: modality {term:?} is given windows twice (terms are case-insensitive)"
                 ));
             }
+            check_windows(&table, m.window, m.windows.as_deref(), i.channels, false)?;
         }
         if self.labels.is_empty() {
             return Err("at least one [[labels]] entry is required".into());
@@ -435,14 +462,93 @@ impl Manifest {
             channels: self.input.channels,
             height: self.input.height,
             width: self.input.width,
-            window: self.preprocess.window.map(|w| Window {
-                center: w.center,
-                width: w.width,
-            }),
+            window: self.manifest_windows(),
             mean: self.preprocess.mean.clone(),
             std: self.preprocess.std.clone(),
         }
     }
+}
+
+impl Manifest {
+    /// The `[preprocess]` windows as the specification takes them; `None` when none is given.
+    fn manifest_windows(&self) -> Option<ManifestWindows> {
+        let p = &self.preprocess;
+        let list = |one: Option<WindowToml>, many: &Option<Vec<WindowToml>>| -> Vec<Window> {
+            one.into_iter()
+                .chain(many.iter().flatten().copied())
+                .map(|w| Window {
+                    center: w.center,
+                    width: w.width,
+                })
+                .collect()
+        };
+        let windows = ManifestWindows {
+            default: list(p.window, &p.windows),
+            by_modality: p
+                .modality
+                .iter()
+                .map(|(term, m)| (term.trim().to_ascii_uppercase(), list(m.window, &m.windows)))
+                .collect(),
+        };
+        (!windows.default.is_empty() || !windows.by_modality.is_empty()).then_some(windows)
+    }
+}
+
+/// Validates one table's `window` / `windows` pair: not both; `windows` one per `[input]` channel (at
+/// most [`MAX_STACKED_WINDOWS`]); every window valid as a file's must be (PS3.3 C.11.2.1.2) — but a
+/// manifest is fixed by whoever wrote it, so it is refused at load, not skipped per slice. With
+/// `optional` false (a per-modality table) one of the two is required.
+fn check_windows(
+    table: &str,
+    window: Option<WindowToml>,
+    windows: Option<&[WindowToml]>,
+    channels: u32,
+    optional: bool,
+) -> Result<(), String> {
+    let named: Vec<(String, WindowToml)> = match (window, windows) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{table} window and windows are mutually exclusive: give one window for every \
+                 channel (window) or one per channel stacked as channels (windows)"
+            ))
+        }
+        (None, None) if optional => return Ok(()),
+        (None, None) => {
+            return Err(format!(
+                "{table} needs window = {{ center, width }} or windows = [...]"
+            ))
+        }
+        (Some(w), None) => vec![("window".to_string(), w)],
+        (None, Some(ws)) => {
+            if ws.len() != channels as usize || ws.len() > MAX_STACKED_WINDOWS {
+                return Err(format!(
+                    "{table} windows has {} entries but [input] channels = {channels}: stacked \
+                     windows give one per channel (at most {MAX_STACKED_WINDOWS}); for one window \
+                     on every channel use window = {{ center, width }}",
+                    ws.len()
+                ));
+            }
+            ws.iter()
+                .enumerate()
+                .map(|(k, w)| (format!("windows[{k}]"), *w))
+                .collect()
+        }
+    };
+    for (field, w) in named {
+        if !w.center.is_finite() {
+            return Err(format!(
+                "{table} {field}.center must be a finite number (found {})",
+                w.center
+            ));
+        }
+        if !(w.width.is_finite() && w.width >= 1.0) {
+            return Err(format!(
+                "{table} {field}.width must be a finite number >= 1 (DICOM PS3.3 C.11.2.1.2; found {})",
+                w.width
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A path named in a model directory must be relative and stay inside it lexically: no root, no
@@ -543,10 +649,13 @@ threshold = 0.5
         let ok = Manifest::parse(&with("center = 40.0, width = 400.0"), "t").expect("valid");
         assert_eq!(
             ok.preprocess_spec().window,
-            Some(Window {
-                center: 40.0,
-                width: 400.0
-            })
+            Some(
+                Window {
+                    center: 40.0,
+                    width: 400.0
+                }
+                .into()
+            )
         );
         // Width 1 is the smallest valid width.
         Manifest::parse(&with("center = 40.0, width = 1.0"), "t").expect("width 1 is valid");

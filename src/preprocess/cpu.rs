@@ -85,19 +85,23 @@ fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3]
         return c;
     }
     let v = px[idx] * p.slope + p.intercept;
-    let mut y = if p.flags & FLAG_STEP != 0 {
-        if v > p.win_lo {
-            1.0
+    // Channel k through window k (all equal when one window applies to every channel).
+    let mut out = [0.0f32; 3];
+    for (k, y) in out.iter_mut().enumerate().take(channels as usize) {
+        *y = if p.flags & (FLAG_STEP << k) != 0 {
+            if v > p.win_lo[k] {
+                1.0
+            } else {
+                0.0
+            }
         } else {
-            0.0
+            ((v - p.win_lo[k]) / p.win_wm1[k] + 0.5).clamp(0.0, 1.0)
+        };
+        if p.flags & FLAG_INVERT != 0 {
+            *y = 1.0 - *y;
         }
-    } else {
-        ((v - p.win_lo) / p.win_wm1 + 0.5).clamp(0.0, 1.0)
-    };
-    if p.flags & FLAG_INVERT != 0 {
-        y = 1.0 - y;
     }
-    [y, y, y]
+    out
 }
 
 fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], dst: &mut [f32]) {
@@ -142,7 +146,7 @@ mod tests {
             channels,
             height: h,
             width: w,
-            window,
+            window: window.map(Into::into),
             mean: vec![0.0; channels as usize],
             std: vec![1.0; channels as usize],
         }

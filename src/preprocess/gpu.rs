@@ -652,6 +652,56 @@ mod tests {
             .unwrap();
     }
 
+    /// Windows stacked as channels (brain, subdural, bone; one of them a step) and per modality, in
+    /// one batch with MR, CT, MONOCHROME1 and colour slices: the WGSL path equals the CPU reference.
+    #[test]
+    fn gpu_matches_cpu_stacked_and_per_modality_windows() {
+        use super::super::ManifestWindows;
+        let w = |center, width| Window { center, width };
+        let stacked = vec![w(40.0, 80.0), w(80.0, 200.0), w(600.0, 2800.0)];
+        let with_step = vec![w(40.0, 80.0), w(100.3, 1.0), w(600.0, 2800.0)];
+        let ct_only = ManifestWindows {
+            default: Vec::new(),
+            by_modality: [("CT".to_string(), stacked.clone())].into(),
+        };
+        let mr_single = ManifestWindows {
+            default: stacked.clone(),
+            by_modality: [("MR".to_string(), vec![w(300.0, 600.0)])].into(),
+        };
+        let batch = vec![
+            OwnedSlice {
+                modality: Some("CT"),
+                ..ct(64, 48, 1)
+            },
+            OwnedSlice {
+                modality: Some("MR"),
+                ..ct_signed(33, 45, 2)
+            },
+            OwnedSlice {
+                modality: Some("CR"),
+                ..xray_mono1(40, 70, 3)
+            },
+            OwnedSlice {
+                modality: Some("CT"),
+                ..rgb8(20, 30, 4)
+            },
+            ct(17, 90, 5),
+        ];
+        for (what, windows) in [
+            ("stacked", ManifestWindows::stacked(stacked)),
+            ("stacked with a step", ManifestWindows::stacked(with_step)),
+            ("CT only", ct_only),
+            ("default stacked, MR single", mr_single),
+        ] {
+            let spec = PreprocessSpec {
+                window: Some(windows),
+                ..spec(3, 40, 36, None)
+            };
+            let worst = compare(what, &spec, &batch);
+            println!("{what}: max |gpu - cpu| = {worst:e}");
+        }
+    }
+
     #[test]
     fn gpu_reports_invalid_input_and_limits() {
         let mut g = gpu();

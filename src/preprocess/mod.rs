@@ -10,18 +10,24 @@
 //!
 //! # The specification
 //! Per slice (one frame of stored values, samples interleaved), for each output pixel of `[C, H, W]`:
-//! 1. Monochrome: modality rescale `v = stored·slope + intercept`; window `(c, w)` = the manifest's,
-//!    else the file's first *valid* WindowCenter/WindowWidth pair, else the frame's rescaled min/max
-//!    (`c = (lo + hi)/2 + 0.5`, `w = hi − lo + 1`); DICOM PS3.3 C.11.2.1.2.1 linear function to [0, 1]:
+//! 1. Monochrome: modality rescale `v = stored·slope + intercept`; window `(c, w)` per output channel
+//!    `k` = the manifest's windows for the slice's Modality (`[preprocess.modality.<term>]`) if it has
+//!    them, else its default windows (`window`, or `windows` stacked as channels), else the file's
+//!    first *valid* WindowCenter/WindowWidth pair, else the frame's rescaled min/max
+//!    (`c = (lo + hi)/2 + 0.5`, `w = hi − lo + 1`). A single window applies to every channel; a list
+//!    of C windows gives channel `k` window `k` (e.g. a CT model's brain, subdural and bone windows as
+//!    its three channels). DICOM PS3.3 C.11.2.1.2.1 linear function to [0, 1]:
 //!    `w ≤ 1 ? (v > c − 0.5 ? 1 : 0) : clamp((v − (c − 0.5))/(w − 1) + 0.5, 0, 1)`; MONOCHROME1: `1 − y`.
 //!    A pair is valid when both values are finite and `w ≥ 1` (PS3.3 C.11.2.1.2); invalid pairs are
 //!    skipped, never applied — some scanners write `0 / 0`, which applied as is would turn every slice
 //!    into a threshold image and every score into the same number. The manifest window is held to the
 //!    same rule when the manifest is loaded. The choice ([`WindowChoice`]: source, pair index, whether a
-//!    file window was skipped as invalid, the (c, w) used) is reported with every finding; `w = 1` (a
-//!    valid width, or a constant frame's min/max) is the step function above.
-//!    Colour (RGB; YBR was converted by the decoder): each sample `clamp(stored/(2^BitsStored − 1), 0, 1)`.
-//! 2. Channels: mono → C copies; RGB → C = 3 as is, C = 1 as `0.299 R + 0.587 G + 0.114 B`.
+//!    file window was skipped as invalid, the (c, w) used) of the *first* channel is reported with every
+//!    finding; `w = 1` (a valid width, or a constant frame's min/max) is the step function above.
+//!    Colour (RGB; YBR was converted by the decoder): each sample `clamp(stored/(2^BitsStored − 1), 0, 1)`;
+//!    no window applies to colour, stacked or not.
+//! 2. Channels: mono → channel k windowed with window k (one window: C equal copies); RGB → C = 3 as
+//!    is, C = 1 as `0.299 R + 0.587 G + 0.114 B`.
 //! 3. Bilinear resize with half-pixel centres (align_corners = false, no antialiasing): the source
 //!    position `(i + 0.5)·n/out − 0.5` clamped to `[0, n − 1]`; steps 1–2 are applied to each of the
 //!    four taps before interpolating.
@@ -29,6 +35,8 @@
 
 pub mod cpu;
 pub mod gpu;
+
+use std::collections::BTreeMap;
 
 pub use cpu::CpuPreprocessor;
 pub use gpu::GpuPreprocessor;
@@ -44,13 +52,53 @@ pub struct PreprocessSpec {
     pub channels: u32,
     pub height: u32,
     pub width: u32,
-    /// Manifest window; `None` falls back to the file's first valid window, then to min/max. Must be
-    /// valid ([`Window::is_valid`]).
-    pub window: Option<Window>,
+    /// The manifest's windows (one, stacked, and per modality); `None` (or a slice whose modality has
+    /// no entry and no default) falls back to the file's first valid window, then to min/max.
+    pub window: Option<ManifestWindows>,
     /// One per channel.
     pub mean: Vec<f32>,
     /// One per channel, each > 0.
     pub std: Vec<f32>,
+}
+
+/// The most windows one slice can be given: one per output channel, and channels are at most 3. The
+/// WGSL `Slice` struct carries exactly this many.
+pub const MAX_STACKED_WINDOWS: usize = 3;
+
+/// The manifest's fixed windows. Each list holds one window (applied to every channel) or one per
+/// output channel (stacked: channel k is windowed with window k).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ManifestWindows {
+    /// For a slice whose modality has no entry in `by_modality`; empty: the file's rule.
+    pub default: Vec<Window>,
+    /// Keyed by DICOM Modality (0008,0060) defined term (`"CT"`): replaces `default` for that modality.
+    pub by_modality: BTreeMap<String, Vec<Window>>,
+}
+
+impl From<Window> for ManifestWindows {
+    fn from(w: Window) -> Self {
+        Self {
+            default: vec![w],
+            by_modality: BTreeMap::new(),
+        }
+    }
+}
+
+impl ManifestWindows {
+    /// Windows stacked as channels, the same for every modality.
+    pub fn stacked(windows: Vec<Window>) -> Self {
+        Self {
+            default: windows,
+            by_modality: BTreeMap::new(),
+        }
+    }
+
+    /// The manifest's windows for a slice of `modality`; empty: the file's rule applies.
+    pub fn for_modality(&self, modality: Option<&str>) -> &[Window] {
+        modality
+            .and_then(|m| self.by_modality.get(m))
+            .unwrap_or(&self.default)
+    }
 }
 
 impl PreprocessSpec {
@@ -79,12 +127,23 @@ impl PreprocessSpec {
         if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return bad(format!("std must be finite and > 0, got {s}"));
         }
-        if let Some(w) = &self.window {
-            if !w.is_valid() {
-                return bad(format!(
-                    "window must have a finite center and a finite width >= 1 (DICOM PS3.3 C.11.2.1.2), got center {} width {}",
-                    w.center, w.width
-                ));
+        if let Some(mw) = &self.window {
+            let lists = std::iter::once(("default", &mw.default))
+                .chain(mw.by_modality.iter().map(|(k, v)| (k.as_str(), v)));
+            for (which, list) in lists {
+                let stacked_ok = list.len() == 1 || list.len() == c;
+                if (which != "default" || !list.is_empty()) && !stacked_ok {
+                    return bad(format!(
+                        "{which} windows: {} given, need 1 or one per channel ({c})",
+                        list.len()
+                    ));
+                }
+                if let Some(w) = list.iter().find(|w| !w.is_valid()) {
+                    return bad(format!(
+                        "{which} window must have a finite center and a finite width >= 1 (DICOM PS3.3 C.11.2.1.2), got center {} width {}",
+                        w.center, w.width
+                    ));
+                }
             }
         }
         Ok(())
@@ -114,6 +173,8 @@ pub struct SliceView<'a> {
     pub min: f32,
     pub max: f32,
     pub bits_stored: u16,
+    /// Modality (0008,0060) defined term, if the file has one: picks the manifest's per-modality windows.
+    pub modality: Option<&'a str>,
 }
 
 impl<'a> SliceView<'a> {
@@ -133,6 +194,7 @@ impl<'a> SliceView<'a> {
             min: f.min,
             max: f.max,
             bits_stored: m.bits_stored,
+            modality: m.modality.as_deref(),
         })
     }
 }
@@ -174,10 +236,12 @@ pub enum PreprocessError {
 /// `SliceParams::flags` bits (mirrored as constants in the shader).
 pub(crate) const FLAG_COLOR: u32 = 1;
 pub(crate) const FLAG_INVERT: u32 = 2;
+/// Window k of the slice is the step function (`w <= 1`): bit `FLAG_STEP << k`.
 pub(crate) const FLAG_STEP: u32 = 4;
 
 /// Fully resolved per-slice parameters, laid out exactly as the shader's
-/// `Slice` struct (12 x 4 bytes, no implicit padding).
+/// `Slice` struct (16 x 4 bytes, no implicit padding). Window k is the one of output channel k
+/// (all equal when one window applies to every channel).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct SliceParams {
@@ -189,10 +253,10 @@ pub(crate) struct SliceParams {
     pub flags: u32,
     pub slope: f32,
     pub intercept: f32,
-    /// `c - 0.5`: the lower edge of the window.
-    pub win_lo: f32,
-    /// `w - 1`: the window's divisor (unused when FLAG_STEP is set).
-    pub win_wm1: f32,
+    /// `c - 0.5`: the lower edge of window k.
+    pub win_lo: [f32; MAX_STACKED_WINDOWS],
+    /// `w - 1`: window k's divisor (unused when `FLAG_STEP << k` is set).
+    pub win_wm1: [f32; MAX_STACKED_WINDOWS],
     /// `1 / (2^bits_stored - 1)` for colour slices.
     pub color_scale: f32,
     pub _pad: [f32; 3],
@@ -292,32 +356,56 @@ pub struct WindowChoice {
     pub width: f64,
 }
 
-/// The window rule of the specification, the one place it is decided: the manifest's window, else the
-/// file's first valid pair, else the frame's rescaled min/max. `None` for colour slices (no window
-/// applies). The slice must have passed validation (finite min/max, slope and intercept); the manifest
-/// window is checked by [`PreprocessSpec::validate`].
+/// The window the finding reports: that of the first output channel ([`choose_windows`]), `None` for
+/// colour slices. With windows stacked as channels the other channels' windows are the manifest's
+/// (source `Manifest`), so the first one says where all of them came from.
 pub fn choose_window(spec: &PreprocessSpec, s: &SliceView<'_>) -> Option<WindowChoice> {
+    choose_windows(spec, s).into_iter().next()
+}
+
+/// The window rule of the specification, the one place it is decided: one window per output channel
+/// (`spec.channels` of them) — the manifest's windows for the slice's modality, else its default
+/// windows (one replicated to every channel, or one per channel), else the file's first valid pair,
+/// else the frame's rescaled min/max (both replicated). Empty for colour slices (no window applies).
+/// The slice must have passed validation (finite min/max, slope and intercept); the manifest windows
+/// are checked by [`PreprocessSpec::validate`].
+pub fn choose_windows(spec: &PreprocessSpec, s: &SliceView<'_>) -> Vec<WindowChoice> {
     if s.photometric == Photometric::Rgb {
-        return None;
+        return Vec::new();
     }
-    if let Some(w) = spec.window {
-        return Some(WindowChoice {
-            source: WindowSource::Manifest,
-            file_window_invalid: false,
-            center: w.center,
-            width: w.width,
-        });
+    let c = spec.channels as usize;
+    let manifest = spec
+        .window
+        .as_ref()
+        .map_or(&[][..], |m| m.for_modality(s.modality));
+    if !manifest.is_empty() {
+        return (0..c)
+            .map(|k| {
+                let w = manifest[k.min(manifest.len() - 1)];
+                WindowChoice {
+                    source: WindowSource::Manifest,
+                    file_window_invalid: false,
+                    center: w.center,
+                    width: w.width,
+                }
+            })
+            .collect();
     }
+    vec![file_window(s); c]
+}
+
+/// The file's rule: its first valid pair, else the frame's rescaled min/max.
+fn file_window(s: &SliceView<'_>) -> WindowChoice {
     let first_valid = s.file_windows.iter().position(Window::is_valid);
     let file_window_invalid = first_valid.unwrap_or(s.file_windows.len()) > 0;
     if let Some(index) = first_valid {
         let w = s.file_windows[index];
-        return Some(WindowChoice {
+        return WindowChoice {
             source: WindowSource::File { index },
             file_window_invalid,
             center: w.center,
             width: w.width,
-        });
+        };
     }
     // Rescale min/max with the same f32 arithmetic the kernels apply per pixel, so a constant frame
     // lands exactly on the window's lower edge (-> 0) rather than one ulp either side of it.
@@ -325,12 +413,12 @@ pub fn choose_window(spec: &PreprocessSpec, s: &SliceView<'_>) -> Option<WindowC
     let a = (s.min * slope32 + intercept32) as f64;
     let b = (s.max * slope32 + intercept32) as f64;
     let (lo, hi) = (a.min(b), a.max(b));
-    Some(WindowChoice {
+    WindowChoice {
         source: WindowSource::MinMax,
         file_window_invalid,
         center: (lo + hi) / 2.0 + 0.5,
         width: hi - lo + 1.0,
-    })
+    }
 }
 
 /// Resolves a validated slice into the parameters both paths consume.
@@ -338,7 +426,9 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
     let slope32 = s.rescale_slope as f32;
     let intercept32 = s.rescale_intercept as f32;
     let mut flags = 0;
-    let (mut win_lo, mut win_wm1, mut color_scale) = (0.0f32, 0.0f32, 0.0f32);
+    let mut win_lo = [0.0f32; MAX_STACKED_WINDOWS];
+    let mut win_wm1 = [0.0f32; MAX_STACKED_WINDOWS];
+    let mut color_scale = 0.0f32;
     if s.photometric == Photometric::Rgb {
         flags |= FLAG_COLOR;
         color_scale = (1.0 / ((2.0f64).powi(s.bits_stored as i32) - 1.0)) as f32;
@@ -346,16 +436,21 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
         if s.photometric == Photometric::Monochrome1 {
             flags |= FLAG_INVERT;
         }
-        // Window as (c - 0.5, w - 1) in f64, cast once. `choose_window` is `Some` for monochrome.
-        let (lo, wm1) = choose_window(spec, s)
-            .map(|w| (w.center - 0.5, w.width - 1.0))
-            .unwrap_or((0.0, 0.0));
-        win_lo = lo as f32;
-        // w <= 1  <=>  w - 1 <= 0 (decided in f64, before the cast).
-        if wm1 <= 0.0 {
-            flags |= FLAG_STEP;
-        } else {
-            win_wm1 = wm1 as f32;
+        // Window k as (c - 0.5, w - 1) in f64, cast once; lanes past the channel count repeat the
+        // last channel's window (the shader computes every lane).
+        let chosen = choose_windows(spec, s);
+        for k in 0..MAX_STACKED_WINDOWS {
+            let Some(w) = chosen.get(k).or(chosen.last()) else {
+                break;
+            };
+            let (lo, wm1) = (w.center - 0.5, w.width - 1.0);
+            win_lo[k] = lo as f32;
+            // w <= 1  <=>  w - 1 <= 0 (decided in f64, before the cast).
+            if wm1 <= 0.0 {
+                flags |= FLAG_STEP << k;
+            } else {
+                win_wm1[k] = wm1 as f32;
+            }
         }
     }
     SliceParams {
@@ -418,6 +513,7 @@ pub(crate) mod test_util {
         pub intercept: f64,
         pub file_windows: Vec<Window>,
         pub bits_stored: u16,
+        pub modality: Option<&'static str>,
     }
 
     impl OwnedSlice {
@@ -440,6 +536,7 @@ pub(crate) mod test_util {
                 min,
                 max,
                 bits_stored: self.bits_stored,
+                modality: self.modality,
             }
         }
 
@@ -454,6 +551,7 @@ pub(crate) mod test_util {
                 intercept: 0.0,
                 file_windows: Vec::new(),
                 bits_stored: 16,
+                modality: None,
             }
         }
     }
@@ -538,6 +636,7 @@ pub(crate) mod test_util {
             intercept: 0.0,
             file_windows: Vec::new(),
             bits_stored: 8,
+            modality: None,
         }
     }
 
@@ -546,7 +645,7 @@ pub(crate) mod test_util {
             channels,
             height,
             width,
-            window,
+            window: window.map(ManifestWindows::from),
             mean: [0.485f32, 0.456, 0.406][..channels as usize].to_vec(),
             std: [0.229f32, 0.224, 0.225][..channels as usize].to_vec(),
         }
@@ -634,40 +733,52 @@ mod tests {
             (
                 "window inf",
                 PreprocessSpec {
-                    window: Some(Window {
-                        center: f64::INFINITY,
-                        width: 1.0,
-                    }),
+                    window: Some(
+                        Window {
+                            center: f64::INFINITY,
+                            width: 1.0,
+                        }
+                        .into(),
+                    ),
                     ..ok.clone()
                 },
             ),
             (
                 "window width 0",
                 PreprocessSpec {
-                    window: Some(Window {
-                        center: 0.0,
-                        width: 0.0,
-                    }),
+                    window: Some(
+                        Window {
+                            center: 0.0,
+                            width: 0.0,
+                        }
+                        .into(),
+                    ),
                     ..ok.clone()
                 },
             ),
             (
                 "window width 0.5",
                 PreprocessSpec {
-                    window: Some(Window {
-                        center: 40.0,
-                        width: 0.5,
-                    }),
+                    window: Some(
+                        Window {
+                            center: 40.0,
+                            width: 0.5,
+                        }
+                        .into(),
+                    ),
                     ..ok.clone()
                 },
             ),
             (
                 "window width nan",
                 PreprocessSpec {
-                    window: Some(Window {
-                        center: 40.0,
-                        width: f64::NAN,
-                    }),
+                    window: Some(
+                        Window {
+                            center: 40.0,
+                            width: f64::NAN,
+                        }
+                        .into(),
+                    ),
                     ..ok.clone()
                 },
             ),
@@ -799,16 +910,16 @@ mod tests {
         };
         let v = sl.view();
         let p = resolve_slice(&spec(1, 1, 1, Some(manifest)), &v, 0);
-        assert_eq!((p.win_lo, p.win_wm1), (39.5, 399.0));
+        assert_eq!((p.win_lo[0], p.win_wm1[0]), (39.5, 399.0));
         let p = resolve_slice(&spec(1, 1, 1, None), &v, 0);
-        assert_eq!((p.win_lo, p.win_wm1), (299.5, 1499.0));
+        assert_eq!((p.win_lo[0], p.win_wm1[0]), (299.5, 1499.0));
         // min/max of rescaled values: lo = -1000, hi = 0 -> c = -499.5, w = 1001.
         let sl = OwnedSlice {
             file_windows: Vec::new(),
             ..sl
         };
         let p = resolve_slice(&spec(1, 1, 1, None), &sl.view(), 0);
-        assert_eq!((p.win_lo, p.win_wm1, p.flags), (-500.0, 1000.0, 0));
+        assert_eq!((p.win_lo[0], p.win_wm1[0], p.flags), (-500.0, 1000.0, 0));
         // Negative slope flips min/max: -48 and -2048 -> c - 0.5 = -1048, w - 1 = 2000.
         let sl = OwnedSlice {
             slope: -2.0,
@@ -816,7 +927,7 @@ mod tests {
             ..sl
         };
         let p = resolve_slice(&spec(1, 1, 1, None), &sl.view(), 0);
-        assert_eq!((p.win_lo, p.win_wm1), (-1048.0, 2000.0));
+        assert_eq!((p.win_lo[0], p.win_wm1[0]), (-1048.0, 2000.0));
         // w <= 1 -> step flag.
         let p = resolve_slice(
             &spec(
@@ -831,8 +942,8 @@ mod tests {
             &sl.view(),
             0,
         );
-        assert_eq!((p.flags & FLAG_STEP, p.win_lo), (FLAG_STEP, 9.5));
-        assert_eq!(std::mem::size_of::<SliceParams>(), 48);
+        assert_eq!((p.flags & FLAG_STEP, p.win_lo[0]), (FLAG_STEP, 9.5));
+        assert_eq!(std::mem::size_of::<SliceParams>(), 64);
         assert_eq!(std::mem::size_of::<SpecParams>(), 48);
     }
 
@@ -881,7 +992,11 @@ mod tests {
             let plain = run_cpu(&none, &[mr(Vec::new())]).expect("no window");
             assert_eq!(out, plain, "{what}");
             let p = resolve_slice(&none, &v, 0);
-            assert_eq!((p.win_lo, p.win_wm1, p.flags), (442.0, 884.0, 0), "{what}");
+            assert_eq!(
+                (p.win_lo[0], p.win_wm1[0], p.flags),
+                (442.0, 884.0, 0),
+                "{what}"
+            );
         }
         // No window at all: min/max, and nothing was invalid.
         let c = choose_window(&none, &mr(Vec::new()).view()).expect("monochrome");
@@ -900,7 +1015,7 @@ mod tests {
         assert_eq!(c.source, WindowSource::File { index: 0 });
         assert!(!c.file_window_invalid);
         let p = resolve_slice(&none, &sl.view(), 0);
-        assert_eq!((p.win_lo, p.flags & FLAG_STEP), (299.5, FLAG_STEP));
+        assert_eq!((p.win_lo[0], p.flags & FLAG_STEP), (299.5, FLAG_STEP));
         // An invalid first pair is skipped for the second, and the finding will say so.
         let sl = mr(vec![win(0.0, 0.0), win(40.0, 400.0), win(1.0, 2.0)]);
         let c = choose_window(&none, &sl.view()).expect("mono");
@@ -914,7 +1029,7 @@ mod tests {
             }
         );
         let p = resolve_slice(&none, &sl.view(), 0);
-        assert_eq!((p.win_lo, p.win_wm1, p.flags), (39.5, 399.0, 0));
+        assert_eq!((p.win_lo[0], p.win_wm1[0], p.flags), (39.5, 399.0, 0));
         // A valid first pair wins over later ones; later invalid pairs do not matter.
         let sl = mr(vec![win(40.0, 400.0), win(0.0, 0.0)]);
         let c = choose_window(&none, &sl.view()).expect("mono");
@@ -939,5 +1054,135 @@ mod tests {
             }
         );
         assert_eq!(choose_window(&fixed, &rgb8(4, 4, 1).view()), None);
+    }
+
+    #[test]
+    fn stacked_and_per_modality_windows_are_chosen_per_channel() {
+        let brain = win(40.0, 80.0);
+        let subdural = win(80.0, 200.0);
+        let bone = win(600.0, 2800.0);
+        let manifest = |source, w: Window| WindowChoice {
+            source,
+            file_window_invalid: false,
+            center: w.center,
+            width: w.width,
+        };
+        let stacked = PreprocessSpec {
+            window: Some(ManifestWindows {
+                default: vec![brain, subdural, bone],
+                by_modality: [("MR".to_string(), vec![win(300.0, 600.0)])].into(),
+            }),
+            ..spec(3, 8, 8, None)
+        };
+        let ct = OwnedSlice {
+            modality: Some("CT"),
+            ..mr(vec![win(1.0, 2.0)])
+        };
+        let chosen = choose_windows(&stacked, &ct.view());
+        let m = WindowSource::Manifest;
+        assert_eq!(
+            chosen,
+            [manifest(m, brain), manifest(m, subdural), manifest(m, bone)]
+        );
+        // The finding reports the first channel's.
+        assert_eq!(choose_window(&stacked, &ct.view()), Some(chosen[0]));
+        let p = resolve_slice(&stacked, &ct.view(), 0);
+        assert_eq!(
+            (p.win_lo, p.win_wm1, p.flags),
+            ([39.5, 79.5, 599.5], [79.0, 199.0, 2799.0], 0)
+        );
+        // MR has its own single window, on every channel.
+        let mr_slice = OwnedSlice {
+            modality: Some("MR"),
+            ..ct.clone()
+        };
+        assert_eq!(
+            choose_windows(&stacked, &mr_slice.view()),
+            [manifest(m, win(300.0, 600.0)); 3]
+        );
+        // A CT-only manifest: other modalities (and none) keep the file's rule, replicated.
+        let ct_only = PreprocessSpec {
+            window: Some(ManifestWindows {
+                default: Vec::new(),
+                by_modality: [("CT".to_string(), vec![brain, subdural, bone])].into(),
+            }),
+            ..stacked.clone()
+        };
+        let file = WindowChoice {
+            source: WindowSource::File { index: 0 },
+            file_window_invalid: false,
+            center: 1.0,
+            width: 2.0,
+        };
+        assert_eq!(choose_windows(&ct_only, &mr_slice.view()), [file; 3]);
+        let unknown = OwnedSlice {
+            modality: None,
+            ..ct.clone()
+        };
+        assert_eq!(choose_windows(&ct_only, &unknown.view()), [file; 3]);
+        assert_eq!(choose_windows(&ct_only, &ct.view())[2], manifest(m, bone));
+        // A step window (w = 1) in the middle channel only sets that channel's step bit.
+        let step = PreprocessSpec {
+            window: Some(ManifestWindows::stacked(vec![brain, win(10.0, 1.0), bone])),
+            ..stacked.clone()
+        };
+        let p = resolve_slice(&step, &ct.view(), 0);
+        assert_eq!(p.flags, FLAG_STEP << 1);
+        // Colour: no window, stacked or not, and the output is the unwindowed colour one.
+        let rgb = rgb8(4, 4, 1);
+        assert!(choose_windows(&stacked, &rgb.view()).is_empty());
+        assert_eq!(
+            run_cpu(&stacked, std::slice::from_ref(&rgb)).expect("rgb"),
+            run_cpu(&spec(3, 8, 8, None), &[rgb]).expect("rgb")
+        );
+        // Channel k of the stacked output is the single-window output of window k.
+        let out = run_cpu(&stacked, std::slice::from_ref(&ct)).expect("stacked");
+        for (k, w) in [brain, subdural, bone].into_iter().enumerate() {
+            let one = run_cpu(&spec(3, 8, 8, Some(w)), std::slice::from_ref(&ct)).expect("one");
+            assert_eq!(
+                out[k * 64..(k + 1) * 64],
+                one[k * 64..(k + 1) * 64],
+                "channel {k}"
+            );
+        }
+    }
+
+    #[test]
+    fn stacked_window_lists_must_fit_the_channels() {
+        let three = vec![win(40.0, 80.0), win(80.0, 200.0), win(600.0, 2800.0)];
+        for (what, channels, windows) in [
+            (
+                "two windows for three channels",
+                3,
+                ManifestWindows::stacked(three[..2].to_vec()),
+            ),
+            (
+                "three windows for one channel",
+                1,
+                ManifestWindows::stacked(three.clone()),
+            ),
+            (
+                "an invalid stacked window",
+                3,
+                ManifestWindows::stacked(vec![three[0], win(0.0, 0.0), three[2]]),
+            ),
+            (
+                "an empty modality list",
+                1,
+                ManifestWindows {
+                    default: Vec::new(),
+                    by_modality: [("CT".to_string(), Vec::new())].into(),
+                },
+            ),
+        ] {
+            let s = PreprocessSpec {
+                window: Some(windows),
+                ..spec(channels, 4, 4, None)
+            };
+            assert!(
+                matches!(s.validate(), Err(PreprocessError::InvalidSpec { .. })),
+                "{what}"
+            );
+        }
     }
 }

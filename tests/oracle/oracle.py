@@ -5,8 +5,10 @@ Subcommands:
   preprocess --manifest model.toml --out DIR FILE...
       Writes DIR/NNNN.f32 (raw little-endian float32, [C,H,W], C order) per frame and
       DIR/index.json = [{"file", "frame", "shape": [C,H,W], "path", "window"}, ...], where "window"
-      is the window rule's choice for a monochrome frame ({"source": "manifest"|"file"|"min_max",
-      "index", "file_window_invalid", "center", "width"}) and null for colour.
+      is the window rule's choice for a monochrome frame's first channel ({"source":
+      "manifest"|"file"|"min_max", "index", "file_window_invalid", "center", "width"}) and null for
+      colour. [preprocess] window / windows (stacked as channels) and [preprocess.modality.<term>]
+      (chosen by the dataset's Modality) are followed.
   score --manifest model.toml --out FILE.json FILE...
       Preprocesses all frames as one batch (transposed to NHWC when the manifest's [input] layout
       says so), runs the ONNX model with onnxruntime (CPU), applies the manifest's activation
@@ -37,8 +39,16 @@ def load_manifest(path):
         m = tomllib.load(f)
     inp = m["input"]
     pre = m.get("preprocess", {})
-    win = pre.get("window")
     channels = int(inp["channels"])
+
+    def windows(table):
+        """A table's `window` (one, every channel) or `windows` (stacked) as a list; [] if neither."""
+        if table.get("window") is not None and table.get("windows") is not None:
+            raise ValueError("window and windows are mutually exclusive")
+        if table.get("window") is not None:
+            return [(float(table["window"]["center"]), float(table["window"]["width"]))]
+        return [(float(w["center"]), float(w["width"])) for w in table.get("windows") or []]
+
     mean = [float(x) for x in pre.get("mean", [0.0] * channels)]
     std = [float(x) for x in pre.get("std", [1.0] * channels)]
     return {
@@ -48,7 +58,9 @@ def load_manifest(path):
         "channels": channels,
         "height": int(inp["height"]),
         "width": int(inp["width"]),
-        "window": None if win is None else (float(win["center"]), float(win["width"])),
+        "windows": windows(pre),
+        # Per DICOM Modality defined term (upper case): replaces "windows" for that modality.
+        "modality_windows": {k.strip().upper(): windows(v) for k, v in pre.get("modality", {}).items()},
         "mean": mean,
         "std": std,
         "scores_output": m.get("outputs", {}).get("scores", "scores"),
@@ -64,21 +76,25 @@ def preprocess_file(path, man):
 
     ds = pydicom.dcmread(path)
     p = spec.frame_params_from_dataset(ds)
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    manifest_windows = man["modality_windows"].get(modality, man["windows"])
     out = []
     for i, frame in enumerate(spec.frames_from_dataset(ds)):
         window = None
         if p["samples"] == 1:
             a = np.asarray(frame, dtype=np.float64)
-            window = spec.choose_window(
-                a.min(), a.max(), p["slope"], p["intercept"], man["window"], p["file_windows"]
-            )
+            # The first channel's choice is the one reported.
+            window = spec.choose_windows(
+                a.min(), a.max(), p["slope"], p["intercept"], manifest_windows, p["file_windows"],
+                man["channels"],
+            )[0]
         t = spec.preprocess_frame(
             frame,
             photometric=p["photometric"],
             slope=p["slope"],
             intercept=p["intercept"],
             file_windows=p["file_windows"],
-            manifest_window=man["window"],
+            manifest_windows=manifest_windows,
             bits_stored=p["bits_stored"],
             channels=man["channels"],
             height=man["height"],

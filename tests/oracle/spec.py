@@ -5,12 +5,15 @@ path and the WGSL shader implement.  It is also imported by models/lesion-demo/t
 the model is trained on exactly the tensors the service produces.
 
 Specification (per output pixel of a [C, H, W] tensor):
-  1. monochrome: v = stored * slope + intercept; window (manifest, else the file's first VALID
+  1. monochrome: v = stored * slope + intercept; window per output channel k (the manifest's windows
+     for the slice's Modality if [preprocess.modality.<term>] has them, else its default `window` (every
+     channel) or `windows` (window k for channel k, stacked as channels), else the file's first VALID
      WindowCenter/WindowWidth pair -- finite centre, finite width >= 1, PS3.3 C.11.2.1.2 -- else
      rescaled min/max with c = (lo+hi)/2 + 0.5, w = hi - lo + 1); DICOM PS3.3 C.11.2.1.2.1 linear
      function to [0, 1]; MONOCHROME1 -> 1 - y.
-     RGB: y_k = clamp(stored_k / (2^bits_stored - 1), 0, 1).
-  2. channel mapping (mono->3: replicate; RGB->1: 0.299 R + 0.587 G + 0.114 B).
+     RGB: y_k = clamp(stored_k / (2^bits_stored - 1), 0, 1); no window applies.
+  2. channel mapping (mono->C: channel k windowed with window k, one window: replicate;
+     RGB->1: 0.299 R + 0.587 G + 0.114 B).
      Steps 1-2 are applied to every bilinear tap BEFORE interpolation.
   3. bilinear resize, half-pixel centres (align_corners=False, no antialiasing), source
      coordinates clamped to [0, n-1].
@@ -27,6 +30,7 @@ __all__ = [
     "MAX_FILE_WINDOWS",
     "window_is_valid",
     "choose_window",
+    "choose_windows",
     "frame_window",
     "apply_window",
     "map_values",
@@ -69,6 +73,22 @@ def choose_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_win
             "center": (lo + hi) / 2.0 + 0.5, "width": hi - lo + 1.0}
 
 
+def choose_windows(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_windows=None,
+                   file_windows=(), channels=1):
+    """One window choice per output channel (see choose_window for the entries).
+
+    manifest_windows: None/[] (the file's rule, replicated), one (center, width) (replicated), or one
+    per channel (stacked: channel k gets window k).
+    """
+    ws = list(manifest_windows or ())
+    if not ws:
+        return [choose_window(stored_min, stored_max, slope, intercept, None, file_windows)] * channels
+    if len(ws) not in (1, channels):
+        raise ValueError(f"{len(ws)} manifest windows for {channels} channels")
+    return [choose_window(stored_min, stored_max, slope, intercept, ws[min(k, len(ws) - 1)], file_windows)
+            for k in range(channels)]
+
+
 def frame_window(stored_min, stored_max, slope=1.0, intercept=0.0, manifest_window=None, file_windows=()):
     """Return (center, width) according to the precedence manifest > first valid file pair > min/max."""
     w = choose_window(stored_min, stored_max, slope, intercept, manifest_window, file_windows)
@@ -92,15 +112,21 @@ def map_values(taps, *, samples, photometric, slope, intercept, window, bits_sto
     Returns float64 array [..., channels] of values in [0, 1].
     """
     if samples == 1:
+        if channels not in (1, 3):
+            raise ValueError(f"unsupported channel count {channels}")
         v = taps[..., 0] * float(slope) + float(intercept)
-        y = apply_window(v, window[0], window[1])
-        if photometric == "MONOCHROME1":
-            y = 1.0 - y
-        if channels == 1:
-            return y[..., None]
-        if channels == 3:
-            return np.repeat(y[..., None], 3, axis=-1)
-        raise ValueError(f"unsupported channel count {channels}")
+        # `window`: one (center, width) for every channel, or a list of one per channel.
+        ws = list(window) if isinstance(window[0], (tuple, list)) else [window]
+        if len(ws) not in (1, channels):
+            raise ValueError(f"{len(ws)} windows for {channels} channels")
+        ys = []
+        for k in range(channels):
+            c, w = ws[min(k, len(ws) - 1)]
+            y = apply_window(v, c, w)
+            if photometric == "MONOCHROME1":
+                y = 1.0 - y
+            ys.append(y)
+        return np.stack(ys, axis=-1)
     if samples == 3:
         maxv = float(2 ** int(bits_stored) - 1)
         y = np.clip(taps / maxv, 0.0, 1.0)
@@ -132,6 +158,7 @@ def preprocess_frame(
     file_windows=(),
     file_window=None,
     manifest_window=None,
+    manifest_windows=None,
     bits_stored=16,
     channels=1,
     height=64,
@@ -148,6 +175,8 @@ def preprocess_frame(
     file_windows: the file's (center, width) pairs in order, invalid ones included.
     file_window: one (center, width) pair, for callers that hold a single window (appended to
                  file_windows).
+    manifest_window: one fixed window for every channel; manifest_windows: a list of them, one per
+                     channel (stacked) or one; at most one of the two.
     stored_min/stored_max: override the frame min/max (default: computed from `stored`).
     Returns float32 array [channels, height, width].
     """
@@ -163,7 +192,11 @@ def preprocess_frame(
         mn = float(a.min()) if stored_min is None else float(stored_min)
         mx = float(a.max()) if stored_max is None else float(stored_max)
         pairs = list(file_windows or ()) + ([] if file_window is None else [tuple(file_window)])
-        window = frame_window(mn, mx, slope, intercept, manifest_window, pairs)
+        if manifest_window is not None and manifest_windows:
+            raise ValueError("manifest_window and manifest_windows are mutually exclusive")
+        ws = list(manifest_windows or ()) or ([] if manifest_window is None else [manifest_window])
+        window = [(w["center"], w["width"])
+                  for w in choose_windows(mn, mx, slope, intercept, ws, pairs, channels)]
     else:
         window = None
 
