@@ -159,4 +159,10 @@ fn declared_nchw_it_is_refused_naming_the_fix_and_declared_right_it_validates() 
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("OK") && text.contains("NHWC"), "{text}");
+    // what it is for, and how slices are windowed, are part of what an ML engineer checks
+    assert!(text.contains("for     modalities MR"), "{text}");
+    assert!(
+        text.contains("windows the file's first valid window, else min/max"),
+        "{text}"
+    );
 }

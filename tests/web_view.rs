@@ -204,6 +204,7 @@ fn synthetic(uid: &str, slices: i32, positive: &[i32], label: &str, critical: bo
         revision: 1,
         modality: "CT".into(),
         series: 1,
+        outside_model_rules: format!("the study has {slices} slices; model m 1 is for 100..=400"),
         ..Default::default()
     }));
     let events = bodies
@@ -646,6 +647,11 @@ async fn page_follows_published_events_live_and_shows_text_as_text() {
     assert_eq!(
         browser.eval("document.querySelectorAll('main img:not(.overlay), main b b').length"),
         0
+    );
+    // A study outside the model's slice range says so on its card.
+    assert_eq!(
+        browser.eval("document.querySelectorAll('.outside-rules').length > 0 && document.querySelector('.outside-rules').textContent.includes('is for 100..=400')"),
+        true
     );
     // The client's own references (file names, which may carry names) are never shown.
     assert_eq!(

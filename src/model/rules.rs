@@ -251,6 +251,25 @@ impl ModelRules {
         self.slices
     }
 
+    /// The rules in one line (`modalities CT, MR; body parts HEAD; SeriesDescription /…/; slices
+    /// 10..=400`), `None` when there are none: what `radstream models validate` shows.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(m) = &self.modalities {
+            parts.push(format!("modalities {}", m.join(", ")));
+        }
+        if let Some(b) = &self.body_parts {
+            parts.push(format!("body parts {}", b.join(", ")));
+        }
+        if let Some(r) = &self.series_description {
+            parts.push(format!("SeriesDescription /{}/", r.as_str()));
+        }
+        if let Some((min, max)) = self.slices {
+            parts.push(format!("slices {min}..={max}"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
     /// Whether no rule is set (the model applies to everything).
     pub fn applies_to_everything(&self) -> bool {
         self.modalities.is_none()
@@ -523,6 +542,22 @@ series_description = "T1"
         assert!(
             r.admits(&meta(None, None, None)).is_ok(),
             "study-level only"
+        );
+    }
+
+    #[test]
+    fn the_rules_are_described_in_one_line() {
+        assert_eq!(rules("").expect("empty").describe(), None);
+        let r = rules(
+            "modalities = [\"MR\"]\nbody_parts = [\"brain\", \"HEAD\"]\n\
+             series_description = \"^FSE\"\nslices = { min = 10, max = 400 }\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            r.describe().as_deref(),
+            Some(
+                "modalities MR; body parts BRAIN, HEAD; SeriesDescription /^FSE/; slices 10..=400"
+            )
         );
     }
 }

@@ -272,6 +272,29 @@ pub fn summary(package: &ModelPackage, max_batch: usize) -> String {
         let files: Vec<&str> = package.external.iter().map(|(l, _)| l.as_str()).collect();
         s.push_str(&format!("  external data {files:?}\n"));
     }
+    let window = |w: &crate::preprocess::Window| format!("{}/{}", w.center, w.width);
+    let windows =
+        |ws: &[crate::preprocess::Window]| ws.iter().map(window).collect::<Vec<_>>().join(" + ");
+    match &m.preprocess_spec().window {
+        None => s.push_str("  windows the file's first valid window, else min/max\n"),
+        Some(w) => {
+            let mut line = if w.default.is_empty() {
+                "the file's first valid window, else min/max".to_string()
+            } else {
+                windows(&w.default)
+            };
+            for (modality, ws) in &w.by_modality {
+                line.push_str(&format!("; {modality}: {}", windows(ws)));
+            }
+            s.push_str(&format!("  windows {line}\n"));
+        }
+    }
+    s.push_str(&format!(
+        "  for     {}\n",
+        m.rules
+            .describe()
+            .unwrap_or_else(|| "every study (no [applies_to])".into())
+    ));
     s
 }
 

@@ -432,6 +432,9 @@
     const plots = el("div", { class: "plots" });
     for (const [label, info] of labelsOf(s)) plots.appendChild(plot(s, label, info));
     card.appendChild(plots);
+    if (s.summary && s.summary.outside_model_rules) {
+      card.appendChild(el("div", { class: "outside-rules" }, "Outside the model's rules: " + s.summary.outside_model_rules));
+    }
     const summary = summaryList(s);
     if (summary) card.appendChild(summary);
     if (s.rejected.length) {
