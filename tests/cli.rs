@@ -255,3 +255,33 @@ fn push_sends_files_whose_paths_exceed_the_client_ref_limit() {
         .collect();
     assert_eq!(written, lesions);
 }
+
+/// `serve` without `--data-dir` keeps its event log in `$XDG_DATA_HOME/radstream` (README: Using it).
+#[test]
+fn serve_keeps_its_event_log_in_the_default_data_dir() {
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().expect("data home");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("XDG_DATA_HOME", home.path())
+        .env("RADSTREAM_LOG", "info")
+        .env_remove("RADSTREAM_DATA_DIR")
+        .env_remove("RADSTREAM_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let serving = BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("radstream serving"));
+    let log = home.path().join("radstream").join("events.sqlite");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !log.is_file() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(serving, "the server did not start");
+    assert!(log.is_file(), "no event log at {}", log.display());
+}

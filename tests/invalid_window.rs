@@ -68,26 +68,7 @@ async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and
     // And the scores are the ones onnxruntime (Python) gives on the numpy oracle's tensors.
     let expected = oracle_scores(&files);
     assert_eq!(expected.len(), files.len());
-    let mut worst = 0.0f32;
-    for e in &expected {
-        let f = findings
-            .iter()
-            .find(|f| f.client_ref == e.file)
-            .unwrap_or_else(|| panic!("no finding for {}", e.file));
-        for s in &f.scores {
-            let want = e.scores[&s.label];
-            let err = (s.score - want).abs();
-            worst = worst.max(err);
-            assert!(
-                err <= 1e-4,
-                "{} {}: service {} vs onnxruntime {}",
-                e.file,
-                s.label,
-                s.score,
-                want
-            );
-        }
-    }
+    let worst = assert_scores_match(&findings, &expected, 1e-4);
     println!(
         "{} slices, {} distinct scores, max |service - onnxruntime| = {worst:.2e}",
         files.len(),

@@ -31,27 +31,7 @@ async fn service_scores_equal_onnxruntime_python_on_numpy_preprocessing() {
         expected.len(),
         "one finding per oracle frame"
     );
-    let mut worst = 0.0f32;
-    for e in &expected {
-        let f = findings
-            .iter()
-            .find(|f| f.client_ref == e.file && f.slice.as_ref().map(|s| s.frame) == Some(e.frame))
-            .unwrap_or_else(|| panic!("no finding for {} frame {}", e.file, e.frame));
-        for s in &f.scores {
-            let want = e.scores[&s.label];
-            let err = (s.score - want).abs();
-            worst = worst.max(err);
-            assert!(
-                err <= 1e-4,
-                "{} frame {} {}: service {} vs onnxruntime {}",
-                e.file,
-                e.frame,
-                s.label,
-                s.score,
-                want
-            );
-        }
-    }
+    let worst = assert_scores_match(&findings, &expected, 1e-4);
     println!(
         "{} slices compared, max abs score difference {worst:.2e}",
         expected.len()

@@ -569,10 +569,10 @@ mod tests {
         ModelSession::load(env, &package, &InferenceConfig::default()).expect("session")
     }
 
-    /// The CPU reference, with a fault injected: it panics on any batch holding a 1×1 slice.
-    struct PanicsOnTinySlices;
+    /// The CPU reference with a fault injected: `fault` runs on every batch before it is preprocessed.
+    struct Faulty<F>(F);
 
-    impl Preprocessor for PanicsOnTinySlices {
+    impl<F: FnMut(&[SliceView<'_>]) + Send> Preprocessor for Faulty<F> {
         fn name(&self) -> &'static str {
             "cpu"
         }
@@ -582,9 +582,16 @@ mod tests {
             slices: &[SliceView<'_>],
             out: &mut [f32],
         ) -> Result<(), PreprocessError> {
-            assert!(slices.iter().all(|s| s.rows > 1), "injected fault");
+            (self.0)(slices);
             CpuPreprocessor.preprocess(spec, slices, out)
         }
+    }
+
+    /// Panics on any batch holding a 1×1 slice.
+    fn panics_on_tiny_slices() -> Faulty<impl FnMut(&[SliceView<'_>]) + Send> {
+        Faulty(|slices: &[SliceView<'_>]| {
+            assert!(slices.iter().all(|s| s.rows > 1), "injected fault")
+        })
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -596,7 +603,7 @@ mod tests {
             queue_depth: 8,
         };
         let engine =
-            Engine::start(session, Box::new(PanicsOnTinySlices), &batching).expect("engine");
+            Engine::start(session, Box::new(panics_on_tiny_slices()), &batching).expect("engine");
 
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -639,33 +646,16 @@ mod tests {
         assert!(again.is_ok(), "the engine still scores after the crash");
     }
 
-    /// Blocks every call until `release` is sent (or its sender dropped).
-    struct Wedged(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
-
-    impl Preprocessor for Wedged {
-        fn name(&self) -> &'static str {
-            "cpu"
-        }
-        fn preprocess(
-            &mut self,
-            spec: &PreprocessSpec,
-            slices: &[SliceView<'_>],
-            out: &mut [f32],
-        ) -> Result<(), PreprocessError> {
-            if let Ok(release) = self.0.lock() {
-                let _ = release.recv();
-            }
-            CpuPreprocessor.preprocess(spec, slices, out)
-        }
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_an_engine_whose_call_hangs_does_not_hang() {
         let session = default_session();
-        let (release, wedge) = std::sync::mpsc::channel();
+        let (release, wedge) = std::sync::mpsc::channel::<()>();
         let engine = Engine::start(
             session,
-            Box::new(Wedged(std::sync::Mutex::new(wedge))),
+            // blocks every call until `release` is sent (or dropped)
+            Box::new(Faulty(move |_: &[SliceView<'_>]| {
+                let _ = wedge.recv();
+            })),
             &BatchingConfig::default(),
         )
         .expect("engine");

