@@ -95,7 +95,7 @@ fn bench_alerts_reports_latency_alone_and_under_load() {
 
 #[test]
 fn push_streams_a_folder_to_a_served_process_as_json_lines() {
-    let model_dir = repo().join("models/lesion-demo");
+    let model_dir = repo().join("models/lesion-demo/1.0.0");
     let server = ServedProcess::start(&[(
         "RADSTREAM_MODEL_DIR",
         model_dir.to_str().expect("UTF-8 path"),
@@ -127,7 +127,7 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
 #[test]
 fn a_model_that_does_not_fit_stops_start_up_with_the_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src = repo().join("models/lesion-demo");
+    let src = repo().join("models/lesion-demo/1.0.0");
     std::fs::copy(src.join("model.onnx"), dir.path().join("model.onnx")).expect("copy onnx");
     let manifest = std::fs::read_to_string(src.join("model.toml"))
         .expect("manifest")

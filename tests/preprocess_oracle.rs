@@ -250,7 +250,7 @@ fn check(manifest_path: &std::path::Path) {
 
 #[test]
 fn wgsl_and_cpu_and_numpy_agree_with_the_default_manifest() {
-    check(&repo().join("models/lesion-demo/model.toml"));
+    check(&repo().join("models/lesion-demo/1.0.0/model.toml"));
 }
 
 const FIXED_WINDOW_MANIFEST: &str = r#"
@@ -302,7 +302,7 @@ fn a_real_mr_series_with_window_0_0_is_windowed_by_min_max_on_every_path() {
         let w: Vec<(f64, f64)> = m.windows.iter().map(|w| (w.center, w.width)).collect();
         assert_eq!(w, [(0.0, 0.0)], "{}: the file's window", file.display());
     }
-    let frames = compare(&repo().join("models/lesion-demo/model.toml"), &files);
+    let frames = compare(&repo().join("models/lesion-demo/1.0.0/model.toml"), &files);
     assert_eq!(frames.len(), 20, "one frame per slice");
     for f in &frames {
         let w = f.window.expect("monochrome");

@@ -43,6 +43,8 @@ import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+# The version this script trains: the repository layout is models/<name>/<version>/.
+VERSION_DIR = os.path.join(HERE, "1.0.0")
 sys.path.insert(0, os.path.join(REPO, "tests", "oracle"))
 
 import numpy as np  # noqa: E402
@@ -500,7 +502,7 @@ def main():
         log(f"  {g:16s} n={r['n']} AUC {r['auc']:.4f} sens {r['sens']:.4f} spec {r['spec']:.4f} loc {r['loc']:.4f}")
 
     # export + verify
-    onnx_path = os.path.join(HERE, "model.onnx")
+    onnx_path = os.path.join(VERSION_DIR, "model.onnx")
     export_onnx(jax.tree_util.tree_map(np.asarray, params), onnx_path)
     sess = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
     xb = Xho[:256]
@@ -526,7 +528,7 @@ def main():
     }
     write_manifest(metrics, pydicom.__version__, pdd_version)
     log("metrics " + json.dumps(metrics, sort_keys=True))
-    with open(os.path.join(HERE, "metrics.json"), "w") as fh:
+    with open(os.path.join(VERSION_DIR, "metrics.json"), "w") as fh:
         json.dump(metrics, fh, indent=1, sort_keys=True)
         fh.write("\n")
     log(f"done in {time.time() - t_start:.0f}s")
@@ -601,7 +603,7 @@ training = {toml_str(training)}
 metrics = {toml_str(metrics)}
 limitations = {toml_str("Trained on a handful of public test images (few patients: head CT, spine and abdominal CT, abdominal and small MR) with synthetic lesions only; fires on any bright round structure that stands out in the active window (e.g. contrast-filled vessels, calcifications). Windowing follows the file window else min/max, so very wide min/max ranges reduce sensitivity. Single 64x64 input: small lesions in large images are subsampled. The held-out images were also used to choose between three training configurations (plain 4000 steps; augmented 4000 steps; augmented 6000 steps), so the held-out metrics are mildly optimistic.")}
 """
-    with open(os.path.join(HERE, "model.toml"), "w") as fh:
+    with open(os.path.join(VERSION_DIR, "model.toml"), "w") as fh:
         fh.write(text)
 
 

@@ -689,7 +689,7 @@ threshold = 0.5
             (m.outputs.kind, m.outputs.dtype),
             (OutputKind::Probabilities, OutputDtype::Float32)
         );
-        let bundled = include_str!("../../models/lesion-demo/model.toml");
+        let bundled = include_str!("../../models/lesion-demo/1.0.0/model.toml");
         Manifest::parse(bundled, "bundled").expect("the bundled manifest stays valid");
 
         let with = GOOD

@@ -43,8 +43,8 @@ pub struct ModelPackage {
     pub info: ModelInfo,
 }
 
-const DEFAULT_MANIFEST: &str = include_str!("../../models/lesion-demo/model.toml");
-const DEFAULT_ONNX: &[u8] = include_bytes!("../../models/lesion-demo/model.onnx");
+const DEFAULT_MANIFEST: &str = include_str!("../../models/lesion-demo/1.0.0/model.toml");
+const DEFAULT_ONNX: &[u8] = include_bytes!("../../models/lesion-demo/1.0.0/model.onnx");
 
 impl ModelPackage {
     /// Loads `dir/model.toml` and the ONNX file it names.
@@ -76,7 +76,7 @@ impl ModelPackage {
 
     /// The default model compiled into the binary (models/lesion-demo).
     pub fn embedded_default() -> Result<Self, ManifestError> {
-        let manifest = Manifest::parse(DEFAULT_MANIFEST, "embedded models/lesion-demo/model.toml")?;
+        let manifest = Manifest::parse(DEFAULT_MANIFEST, "embedded models/lesion-demo/1.0.0/model.toml")?;
         Ok(Self::new(manifest, DEFAULT_ONNX.to_vec(), Vec::new()))
     }
 

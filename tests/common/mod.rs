@@ -46,7 +46,7 @@ pub struct OracleScores {
 /// Scores every frame of `files` with the bundled model the independent way: numpy preprocessing
 /// (`tests/oracle/spec.py`) and onnxruntime's Python API.
 pub fn oracle_scores(files: &[PathBuf]) -> Vec<OracleScores> {
-    oracle_scores_with(&repo().join("models/lesion-demo/model.toml"), files)
+    oracle_scores_with(&repo().join("models/lesion-demo/1.0.0/model.toml"), files)
 }
 
 /// [`oracle_scores`] with the model of `manifest` (its layout and activation as the manifest says).
