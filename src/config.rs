@@ -41,6 +41,35 @@ pub struct Config {
     pub http: HttpConfig,
     pub watch: WatchConfig,
     pub webhook: crate::results::webhook::WebhookConfig,
+    pub models: ModelsConfig,
+}
+
+/// The model repository: `repository/<name>/<version>/{model.toml, model.onnx}`. Every version in it is
+/// loaded at start and the newest ready version of each model activated; the directory is watched so
+/// that a version dropped in later is loaded (and, with `activate_new`, activated) without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Unset: `model_dir` (one version), else the model built into the binary.
+    pub repository: Option<PathBuf>,
+    /// Watch the repository for new versions.
+    pub watch: bool,
+    /// A new version found by the watcher becomes active once it has loaded (validated and dry-run);
+    /// off: it is loaded and waits for `radstream models activate`.
+    pub activate_new: bool,
+    /// How long the watcher waits for a new version's files to stop changing before it loads them.
+    pub settle_ms: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            repository: None,
+            watch: true,
+            activate_new: true,
+            settle_ms: 1000,
+        }
+    }
 }
 
 /// Where the service keeps what must outlive a stream and a restart: the event log of every study.
@@ -224,6 +253,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             watch: WatchConfig::default(),
             webhook: Default::default(),
+            models: ModelsConfig::default(),
         }
     }
 }

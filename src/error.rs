@@ -18,6 +18,8 @@ pub enum Error {
     Inference(#[from] InferenceError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

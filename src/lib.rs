@@ -7,10 +7,12 @@
 //! completion, critical findings) → [`results`] (the durable event log and the hub that replays and
 //! fans out) → the ways out: the `Analyze` stream itself, [`api`] (`Studies.Watch`), [`web`] (the live
 //! page and JSON API) and the webhook.
-//! [`model`] holds the model repository format (manifest + ONNX file) every stage agrees on.
+//! [`model`] holds the model repository format (manifest + ONNX file) every stage agrees on;
+//! [`catalog`] holds the loaded model versions, routes instances to them and swaps them while serving.
 
 pub mod api;
 pub mod bench;
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod decode;

@@ -109,6 +109,10 @@ struct ServiceArgs {
     /// Model directory (model.toml + ONNX file); default: the built-in model.
     #[arg(long, env = "RADSTREAM_MODEL_DIR")]
     model_dir: Option<PathBuf>,
+    /// Model repository (models/<name>/<version>/): every version loaded, the newest of each model
+    /// active, new versions picked up while serving.
+    #[arg(long, env = "RADSTREAM_MODELS")]
+    models: Option<PathBuf>,
     /// Path of libonnxruntime.so (1.31).
     #[arg(long, env = "RADSTREAM_ORT_LIB")]
     ort_library: Option<PathBuf>,
@@ -150,6 +154,9 @@ impl ServiceArgs {
         }
         if let Some(v) = self.model_dir {
             config.model_dir = Some(v);
+        }
+        if let Some(v) = self.models {
+            config.models.repository = Some(v);
         }
         if let Some(v) = self.ort_library {
             config.ort_library = Some(v);
@@ -292,7 +299,7 @@ const FORCED_EXIT_GRACE: Duration = Duration::from_millis(300);
 
 async fn serve(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let config = args.into_config()?;
-    let engine = server::build_engine(&config)?;
+    let catalog = server::build_catalog(&config)?;
     let (grpc, addr) = server::bind(config.listen).await?;
     let http = match config.http.listen {
         Some(a) => {
@@ -318,7 +325,7 @@ async fn serve(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let served = server::serve(
         server::Listeners { grpc, http },
         &config,
-        engine,
+        catalog,
         shutdown.clone(),
         &data_dir,
     );

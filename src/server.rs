@@ -24,25 +24,28 @@ use tonic::{
 use tonic_health::{server::HealthReporter, ServingStatus};
 
 use crate::{
-    api::StudiesService,
+    api::{ModelsService, StudiesService},
+    catalog::{repository, watcher, Catalog, CatalogError, EngineSettings},
     config::Config,
     error::{Error, Result},
     inference,
     ingest::{budget::ByteBudget, AnalysisService, Intake},
     model::ModelPackage,
-    pipeline::{Engine, EngineHealth},
+    pipeline::EngineHealth,
     proto::{
-        v1::{analysis_server::AnalysisServer, studies_server::StudiesServer},
+        v1::{
+            analysis_server::AnalysisServer, models_server::ModelsServer,
+            studies_server::StudiesServer,
+        },
         FILE_DESCRIPTOR_SET,
     },
     results::{
-        self,
         hub::Hub,
         log::{EventLog, SqliteLog},
         webhook,
     },
     shutdown::{AbortReason, Shutdown},
-    study::{Registry, StudyRules},
+    study::Registry,
 };
 
 /// How often the event log is pruned of studies past `[store] retention_days`.
@@ -69,31 +72,45 @@ pub fn open_hub(config: &Config, data_dir: &Path) -> Result<Hub> {
 /// After an abort, how long streams get to deliver their final status before `serve` returns anyway.
 const ABORT_GRACE: Duration = Duration::from_millis(500);
 
-/// Loads the configured model (or the built-in default) and starts the scoring engine.
-pub fn build_engine(config: &Config) -> Result<Arc<Engine>> {
+/// Loads the configured models and starts their engines: every version of the repository
+/// (`[models] repository`), else the one model directory (`model_dir`), else the built-in model.
+pub fn build_catalog(config: &Config) -> Result<Catalog> {
     config.validate()?;
-    let package = match &config.model_dir {
-        Some(dir) => ModelPackage::load_dir(dir)?,
-        None => ModelPackage::embedded_default()?,
-    };
     let env = inference::runtime(&config.ort_library_path())?;
-    let engine = Engine::from_package(
-        &package,
+    let catalog = Catalog::new(
         env,
-        config.preprocess,
-        &config.batching,
-        &config.inference,
-    )?;
-    engine.set_stall_timeout(config.stall_timeout());
-    let info = engine.model();
-    tracing::info!(
-        model = %info.name,
-        version = %info.version,
-        sha256 = %info.onnx_sha256,
-        preprocess = engine.preprocess_path(),
-        "model loaded"
+        EngineSettings {
+            backend: config.preprocess,
+            batching: config.batching.clone(),
+            inference: config.inference.clone(),
+            stall_timeout: config.stall_timeout(),
+        },
     );
-    Ok(Arc::new(engine))
+    if let Some(root) = &config.models.repository {
+        repository::load_all(&catalog, root)?;
+        if catalog.active_count() == 0 {
+            let failures: Vec<String> = catalog
+                .list()
+                .into_iter()
+                .map(|v| format!("{} {}: {}", v.name, v.version, v.reason))
+                .collect();
+            return Err(CatalogError::Repository(format!(
+                "no model version in {} loaded{}",
+                root.display(),
+                if failures.is_empty() {
+                    " (it holds no <name>/<version>/model.toml)".to_string()
+                } else {
+                    format!(": {}", failures.join("; "))
+                }
+            ))
+            .into());
+        }
+    } else if let Some(dir) = &config.model_dir {
+        catalog.load_dir(dir)?;
+    } else {
+        catalog.load_package(ModelPackage::embedded_default()?, None)?;
+    }
+    Ok(catalog)
 }
 
 /// Serves on `listeners` until `shutdown` drains (see the module docs), keeping the event log in
@@ -101,20 +118,26 @@ pub fn build_engine(config: &Config) -> Result<Arc<Engine>> {
 pub async fn serve(
     listeners: Listeners,
     config: &Config,
-    engine: Arc<Engine>,
+    catalog: Catalog,
     shutdown: Shutdown,
     data_dir: &Path,
 ) -> Result<()> {
     let hub = open_hub(config, data_dir)?;
-    let rules = StudyRules {
-        labels: engine.manifest().labels.clone(),
-        exclusive: engine.manifest().exclusive(),
-        model: results::model_ref(engine.model()),
-        slices: engine.manifest().rules.slices(),
+    let registry = Registry::start(hub.clone(), Arc::new(catalog.clone()), config.registry());
+    // Kept alive while serving: dropping it stops the watch.
+    let _watcher = match (&config.models.repository, config.models.watch) {
+        (Some(root), true) => Some(watcher::spawn(
+            catalog.clone(),
+            root.clone(),
+            config.models.activate_new,
+            Duration::from_millis(config.models.settle_ms),
+            shutdown.clone(),
+        )?),
+        _ => None,
     };
-    let registry = Registry::start(hub.clone(), rules, config.registry());
+    let models = ModelsService::new(catalog.clone(), config.models.repository.clone());
     let intake = Intake::new(
-        engine.clone(),
+        catalog.clone(),
         registry,
         config.decode_limits(),
         Arc::new(ByteBudget::new(
@@ -155,7 +178,7 @@ pub async fn serve(
         .map_err(|e| Error::Reflection(e.to_string()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
     // Set before the first connection, so no Check sees the service unknown.
-    let engine_health = engine.health();
+    let engine_health = catalog.health();
     let initial = health_status(*engine_health.borrow(), &shutdown);
     set_health(&health, initial).await;
     let health_task = tokio::spawn(follow_health(
@@ -180,6 +203,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(AnalysisServer::new(service).max_decoding_message_size(max_message))
         .add_service(StudiesServer::new(studies))
+        .add_service(ModelsServer::new(models))
         .serve_with_incoming_shutdown(
             // Findings are small writes that must leave at once: Nagle's algorithm would hold them
             // back for the peer's delayed ACK.
@@ -347,7 +371,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
 /// Without `config.store.data_dir` the event log lives in a temporary directory removed with the
 /// returned server.
 pub async fn start(config: Config) -> Result<RunningServer> {
-    let engine = build_engine(&config)?;
+    let catalog = build_catalog(&config)?;
     let (grpc, addr) = bind(config.listen).await?;
     let (http, http_addr) = match config.http.listen {
         Some(a) => {
@@ -374,7 +398,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
             serve(
                 Listeners { grpc, http },
                 &config,
-                engine,
+                catalog,
                 shutdown,
                 &data_dir,
             )

@@ -12,6 +12,7 @@ use std::{
 };
 
 use radstream::{
+    catalog::{Catalog, EngineSettings},
     config::{BatchingConfig, Config, InferenceConfig},
     decode,
     inference::{self, ModelSession},
@@ -102,7 +103,18 @@ async fn serve(engine: Arc<Engine>, config: Config) -> Served {
                 grpc: listener,
                 http: None,
             };
-            server::serve(listeners, &config, engine, shutdown, data.path()).await
+            let env = inference::runtime(&config.ort_library_path()).expect("ONNX Runtime");
+            let catalog = Catalog::new(
+                env,
+                EngineSettings {
+                    backend: config.preprocess,
+                    batching: config.batching.clone(),
+                    inference: config.inference.clone(),
+                    stall_timeout: config.stall_timeout(),
+                },
+            );
+            catalog.add_engine(engine).expect("model");
+            server::serve(listeners, &config, catalog, shutdown, data.path()).await
         }
     });
     Served {

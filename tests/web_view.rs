@@ -130,6 +130,7 @@ fn synthetic(uid: &str, slices: i32, positive: &[i32], label: &str, critical: bo
             slice: Some(slice(n)),
             frames: 1,
             duplicate: false,
+            models: Vec::new(),
         }));
     }
     bodies.push(E::Rejected(pb::InstanceRejected {

@@ -512,6 +512,7 @@ mod tests {
                 }],
                 critical_threshold: Some(0.9),
                 critical: true,
+                ..Default::default()
             }],
             slices_scored: 12,
             instances_accepted: 12,
@@ -673,6 +674,7 @@ mod tests {
                 slice: Some(slice(5)),
                 frames: 1,
                 duplicate: true,
+                models: Vec::new(),
             })),
         };
         assert_eq!(

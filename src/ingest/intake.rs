@@ -4,23 +4,30 @@
 //! the results hub; nothing here knows gRPC.
 //!
 //! The header is read first and reported at once, so the study's bookkeeping never waits for pixels,
-//! and a duplicate is never decoded. An instance the model is not for (its manifest's `[applies_to]`
-//! rules, see `model::rules`) is refused right after its header is read, before the registry is asked:
-//! it is rejected with its UIDs and the rule that excluded it, never decoded, scored or accepted. Every instance ends in exactly one report to the registry about
+//! and a duplicate is never decoded. The catalog routes the instance by its header to every active
+//! model whose `[applies_to]` rules admit it; an instance no model is for is refused right after its
+//! header is read, before the registry is asked: it is rejected with its UIDs and each model's reason,
+//! never decoded, scored or accepted. The registry then answers with the versions the study is pinned
+//! to, and each frame goes to each of those models' engines (and to a model's shadow candidate, whose
+//! scores are only compared, never reported). Every instance ends in exactly one report to the registry about
 //! its header (arrived, rejected, or abandoned before it was read) and, once arrived, in a report for
 //! its pixels and each of its frames; when the task is cut off (its sender went away) a guard reports
 //! what is left as abandoned, so no study waits forever for it. The decode keeps its slot and its
 //! budget shares until the decode itself ends, even when its task is aborted meanwhile.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::{atomic::Ordering, Arc},
+    time::SystemTime,
+};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{budget::ByteBudget, probe};
 use crate::{
+    catalog::{Catalog, Route, Served},
     decode::{read_header, DecodeError, DecodedInstance, InstanceHeader, Limits, Rejection},
-    pipeline::{Engine, EngineError, ScoredSlice},
+    pipeline::{EngineError, ScoredSlice},
     proto::v1 as pb,
     results::{
         self,
@@ -28,13 +35,13 @@ use crate::{
         log::Overlay,
         overlay, Arrival as Times,
     },
-    study::{Admission, Arrival, InstanceKey, Registry, SliceFailure},
+    study::{Admission, Arrival, InstanceKey, Pin, Registry, SliceFailure},
 };
 
-/// What every transport shares: the engine, the registry, and the service-wide decode limits.
+/// What every transport shares: the model catalog, the registry, and the service-wide decode limits.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    pub(crate) engine: Arc<Engine>,
+    pub(crate) catalog: Catalog,
     pub(crate) registry: Registry,
     pub(crate) limits: Limits,
     /// Caps concurrent decodes across all sources (decode is CPU-bound).
@@ -63,18 +70,21 @@ impl Drop for Guard {
 #[allow(clippy::large_enum_variant)]
 enum Decoded {
     HeaderRejected(Rejection),
-    /// The model's rules exclude the instance (`REJECT_REASON_NO_MODEL`).
+    /// No model's rules admit the instance (`REJECT_REASON_NO_MODEL`).
     NoModel(pb::InstanceRejected),
     Duplicate,
     Pixels {
         meta: Arc<crate::decode::InstanceMeta>,
         result: Result<DecodedInstance, Rejection>,
+        /// The pinned versions to score it with, and the routes (for their shadow candidates).
+        pins: Vec<Pin>,
+        routes: Vec<Route>,
     },
 }
 
 impl Intake {
     pub fn new(
-        engine: Arc<Engine>,
+        catalog: Catalog,
         registry: Registry,
         limits: Limits,
         decoded_budget: Arc<ByteBudget>,
@@ -83,7 +93,7 @@ impl Intake {
             .map(|n| n.get())
             .unwrap_or(2);
         Self {
-            engine,
+            catalog,
             registry,
             limits,
             decode_slots: Arc::new(Semaphore::new(cores)),
@@ -133,7 +143,7 @@ impl Intake {
         let limits = self.limits;
         let budget = self.decoded_budget.clone();
         let registry = self.registry.clone();
-        let engine = self.engine.clone();
+        let catalog = self.catalog.clone();
         let arrival_ref = client_ref.clone();
         let joined = tokio::task::spawn_blocking(move || {
             // The slot and the request bytes' share belong to the decode itself: when the sender
@@ -142,33 +152,37 @@ impl Intake {
             let mut guard = guard;
             let _slot = slot;
             let _running = probe::Decoding::start();
-            let outcome =
-                match read_header(&dicom, &limits, Some(budget.as_ref())).and_then(identified) {
-                    Err(rejection) => Decoded::HeaderRejected(rejection),
-                    Ok(header) => match engine.manifest().rules.admits(header.meta()) {
-                        Err(exclusion) => Decoded::NoModel(no_model(header.meta(), &exclusion)),
-                        Ok(()) => {
-                            let meta = Arc::new(header.meta().clone());
-                            guard.key = Some(InstanceKey {
-                                study: meta.study_instance_uid.clone(),
-                                sop: meta.sop_instance_uid.clone(),
-                            });
-                            let admission = registry.arrived_blocking(Arrival {
-                                source,
-                                client_ref: arrival_ref,
-                                meta: meta.clone(),
-                                frames: header.frames(),
-                            });
-                            match admission {
-                                Admission::Duplicate => Decoded::Duplicate,
-                                Admission::Decode => Decoded::Pixels {
-                                    meta,
-                                    result: header.decode_pixels(Some(budget.as_ref())),
-                                },
-                            }
+            let outcome = match read_header(&dicom, &limits, Some(budget.as_ref()))
+                .and_then(identified)
+            {
+                Err(rejection) => Decoded::HeaderRejected(rejection),
+                Ok(header) => match catalog.route(header.meta()) {
+                    Err(no_route) => Decoded::NoModel(no_model(header.meta(), no_route.message)),
+                    Ok(routes) => {
+                        let meta = Arc::new(header.meta().clone());
+                        guard.key = Some(InstanceKey {
+                            study: meta.study_instance_uid.clone(),
+                            sop: meta.sop_instance_uid.clone(),
+                        });
+                        let admission = registry.arrived_blocking(Arrival {
+                            source,
+                            client_ref: arrival_ref,
+                            meta: meta.clone(),
+                            frames: header.frames(),
+                            routed: routes.iter().map(|r| Pin::of(&r.active)).collect(),
+                        });
+                        match admission {
+                            Admission::Duplicate => Decoded::Duplicate,
+                            Admission::Decode(pins) => Decoded::Pixels {
+                                meta,
+                                result: header.decode_pixels(Some(budget.as_ref())),
+                                pins,
+                                routes,
+                            },
                         }
-                    },
-                };
+                    }
+                },
+            };
             drop(dicom);
             drop(request_share);
             (guard, outcome)
@@ -183,7 +197,7 @@ impl Intake {
                 return;
             }
         };
-        let (meta, instance) = match outcome {
+        let (meta, instance, pins, routes) = match outcome {
             Decoded::HeaderRejected(rejection) => {
                 log_rejection(&rejection);
                 guard.armed = false;
@@ -207,7 +221,12 @@ impl Intake {
                 guard.armed = false;
                 return;
             }
-            Decoded::Pixels { meta, result } => (meta, result),
+            Decoded::Pixels {
+                meta,
+                result,
+                pins,
+                routes,
+            } => (meta, result, pins, routes),
         };
         let key = InstanceKey {
             study: meta.study_instance_uid.clone(),
@@ -231,61 +250,126 @@ impl Intake {
             received,
             decoded: decoded_at,
         };
-        let frames = instance.frames.len();
-        let mut pending = Vec::with_capacity(frames);
-        for frame in 0..frames {
-            pending.push((frame, self.engine.submit(instance.clone(), frame).await));
+        // Every pinned version holds its engine while the study is open; one without (a registry
+        // that could not pin, which the service's never is) leaves its frames failed, not lost.
+        let models: Vec<(Pin, Option<Arc<Served>>)> = pins
+            .into_iter()
+            .map(|pin| {
+                let shadow = pin.served.as_ref().and_then(|served| {
+                    routes
+                        .iter()
+                        .find(|r| r.active.info.name == served.info.name)
+                        .and_then(|r| r.shadow.clone())
+                });
+                (pin, shadow)
+            })
+            .collect();
+        for (pin, _) in &models {
+            if let Some(served) = &pin.served {
+                served.counters.instances.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        for (frame, submitted) in pending {
+        let frames = instance.frames.len();
+        let mut pending = Vec::with_capacity(frames * models.len());
+        for frame in 0..frames {
+            for (pin, shadow) in &models {
+                let submitted = match &pin.served {
+                    Some(served) => served.engine().submit(instance.clone(), frame).await,
+                    None => Err(EngineError::ShutDown),
+                };
+                let shadowed = match shadow {
+                    Some(s) => s
+                        .engine()
+                        .submit(instance.clone(), frame)
+                        .await
+                        .ok()
+                        .map(|rx| (s.clone(), rx)),
+                    None => None,
+                };
+                pending.push((frame, pin, submitted, shadowed));
+            }
+        }
+        for (frame, pin, submitted, shadowed) in pending {
             let result = match submitted {
                 Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
                 Err(e) => Err(e),
             };
-            self.report_slice(&key, &instance, &meta, frame, times, result)
+            if let (Some((shadow, rx)), Ok(active), Some(served)) = (shadowed, &result, &pin.served)
+            {
+                // The candidate's scores are compared, never reported.
+                if let Ok(Ok(candidate)) = rx.await {
+                    self.catalog
+                        .record_shadow(served, &shadow, &active.scores, &candidate.scores);
+                }
+            }
+            self.report_slice(&key, &instance, &meta, frame, pin, times, result)
                 .await;
         }
         guard.armed = false;
     }
 
-    /// Reports one frame's outcome; a positive one gets its overlay rendered and stored after (off the
-    /// alert's path).
+    /// Reports one frame's outcome in one model; a positive one gets its overlay rendered and stored
+    /// after (off the alert's path).
+    #[allow(clippy::too_many_arguments)]
     async fn report_slice(
         &self,
         key: &InstanceKey,
         instance: &Arc<DecodedInstance>,
         meta: &crate::decode::InstanceMeta,
         frame: usize,
+        pin: &Pin,
         times: Times,
         result: Result<ScoredSlice, EngineError>,
     ) {
-        let scored = match result {
-            Ok(scored) => scored,
-            Err(error) => {
-                tracing::warn!(sop_instance_uid = %meta.sop_instance_uid, frame, "slice failed: {error}");
+        let served = pin.served.as_ref();
+        let scored = match (result, served) {
+            (Ok(scored), Some(served)) => {
+                served
+                    .counters
+                    .slices_scored
+                    .fetch_add(1, Ordering::Relaxed);
+                (scored, served)
+            }
+            (Err(error), _) => {
+                if let Some(served) = served {
+                    served
+                        .counters
+                        .slices_failed
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::warn!(
+                    sop_instance_uid = %meta.sop_instance_uid,
+                    frame,
+                    model = %pin.rules.model.name,
+                    "slice failed: {error}"
+                );
                 self.registry.slice_done(
                     key.clone(),
                     frame as u32,
                     Err(SliceFailure {
                         reason: engine_reason(&error),
                         message: error.to_string(),
+                        model: Some(pin.rules.model.clone()),
                     }),
                 );
                 return;
             }
+            (Ok(_), None) => return,
         };
-        let engine = &self.engine;
+        let (scored, served) = scored;
         let id = results::slice_id(meta, frame as u32);
         let mut finding = results::slice_finding(
-            engine.manifest(),
-            engine.model(),
+            &served.manifest,
+            &served.info,
             meta,
             &id,
             "",
             &scored,
             times,
-            engine.preprocess_path(),
+            served.engine().preprocess_path(),
         );
         let positive = finding.scores.iter().any(|s| s.positive);
+        // one overlay per slice: drawn for the first model that finds something there
         finding.overlay = positive;
         let shown = positive.then(|| finding.clone());
         self.registry
@@ -332,20 +416,18 @@ fn identified(header: InstanceHeader<'_>) -> Result<InstanceHeader<'_>, Rejectio
     })
 }
 
-/// The rejection of an instance the model's rules exclude, carrying its UIDs
-/// like other header rejections; the sender's name for it is filled in by the caller.
-fn no_model(
-    meta: &crate::decode::InstanceMeta,
-    exclusion: &crate::model::Exclusion,
-) -> pb::InstanceRejected {
+/// The rejection of an instance no model's rules admit, carrying its UIDs like other header
+/// rejections; the sender's name for it is filled in by the caller.
+fn no_model(meta: &crate::decode::InstanceMeta, message: String) -> pb::InstanceRejected {
     pb::InstanceRejected {
         client_ref: String::new(),
         sop_instance_uid: meta.sop_instance_uid.clone(),
         study_instance_uid: meta.study_instance_uid.clone(),
         series_instance_uid: meta.series_instance_uid.clone(),
         reason: pb::RejectReason::NoModel as i32,
-        message: exclusion.to_string(),
+        message,
         frame: None,
+        model: None,
     }
 }
 
@@ -371,6 +453,7 @@ fn rejected(rejection: &Rejection, client_ref: &ClientRef) -> pb::InstanceReject
         reason: reject_reason(&rejection.error) as i32,
         message: rejection.error.to_string(),
         frame: None,
+        model: None,
     }
 }
 

@@ -76,7 +76,10 @@ impl ModelPackage {
 
     /// The default model compiled into the binary (models/lesion-demo).
     pub fn embedded_default() -> Result<Self, ManifestError> {
-        let manifest = Manifest::parse(DEFAULT_MANIFEST, "embedded models/lesion-demo/1.0.0/model.toml")?;
+        let manifest = Manifest::parse(
+            DEFAULT_MANIFEST,
+            "embedded models/lesion-demo/1.0.0/model.toml",
+        )?;
         Ok(Self::new(manifest, DEFAULT_ONNX.to_vec(), Vec::new()))
     }
 

@@ -100,40 +100,52 @@ impl Exclusion {
     }
 }
 
-impl fmt::Display for Exclusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "no model serves this instance: model {} is for ",
-            self.model
-        )?;
+impl Exclusion {
+    /// Why, without the "no model serves this instance" lead: for joining several models' reasons.
+    pub fn reason(&self) -> String {
         let field = self.field();
+        let model = &self.model;
         match &self.rule {
             Excluded::Modality { allowed, found } => {
-                write!(f, "modalities {} ({field}); ", allowed.join(", "))?;
-                match found {
-                    Some(m) => write!(f, "this instance is {m}"),
-                    None => f.write_str("this instance has no Modality that is a defined term"),
-                }
+                let found = match found {
+                    Some(m) => format!("this instance is {m}"),
+                    None => "this instance has no Modality that is a defined term".into(),
+                };
+                format!(
+                    "model {model} is for modalities {} ({field}); {found}",
+                    allowed.join(", ")
+                )
             }
             Excluded::BodyPart { allowed, found } => {
-                write!(f, "body parts {} ({field}); ", allowed.join(", "))?;
-                match found {
-                    Some(b) => write!(f, "this instance is {b}"),
-                    None => f.write_str(
-                        "this instance has no BodyPartExamined (0018,0015) that is a defined term",
-                    ),
-                }
+                let found = match found {
+                    Some(b) => format!("this instance is {b}"),
+                    None => {
+                        "this instance has no BodyPartExamined (0018,0015) that is a defined term"
+                            .into()
+                    }
+                };
+                format!(
+                    "model {model} is for body parts {} ({field}); {found}",
+                    allowed.join(", ")
+                )
             }
             Excluded::SeriesDescription { absent } => {
-                write!(f, "series whose SeriesDescription matches {field}; ")?;
-                if *absent {
-                    f.write_str("this instance has no SeriesDescription")
+                let found = if *absent {
+                    "this instance has no SeriesDescription".to_string()
                 } else {
-                    write!(f, "its SeriesDescription does not match {field}")
-                }
+                    format!("its SeriesDescription does not match {field}")
+                };
+                format!(
+                    "model {model} is for series whose SeriesDescription matches {field}; {found}"
+                )
             }
         }
+    }
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no model serves this instance: {}", self.reason())
     }
 }
 

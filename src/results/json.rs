@@ -98,6 +98,7 @@ fn accepted(a: &pb::InstanceAccepted) -> Value {
         "slice": a.slice.as_ref().map(slice_ref),
         "frames": a.frames,
         "duplicate": a.duplicate,
+        "models": a.models.iter().map(model).collect::<Vec<_>>(),
     })
 }
 
@@ -110,6 +111,7 @@ fn rejected(r: &pb::InstanceRejected) -> Value {
         "message": r.message,
         "frame": r.frame,
         "series_instance_uid": r.series_instance_uid,
+        "model": r.model.as_ref().map(model),
     })
 }
 
@@ -163,6 +165,7 @@ fn label_summary(l: &pb::LabelSummary) -> Value {
         "groups": l.groups.iter().map(slice_group).collect::<Vec<_>>(),
         "critical_threshold": l.critical_threshold,
         "critical": l.critical,
+        "model": l.model,
     })
 }
 
@@ -181,6 +184,7 @@ pub(crate) fn summary(s: &pb::StudySummary) -> Value {
         "modality": s.modality,
         "series": s.series,
         "outside_model_rules": s.outside_model_rules,
+        "models": s.models.iter().map(model).collect::<Vec<_>>(),
     })
 }
 
@@ -461,6 +465,7 @@ mod tests {
                 slice: Some(full_slice(1)),
                 frames: 1,
                 duplicate: true,
+                models: vec![full_model()],
             }),
             "rejected" => Event::Rejected(pb::InstanceRejected {
                 client_ref: "b.dcm".into(),
@@ -470,6 +475,7 @@ mod tests {
                 message: "no pixel data".into(),
                 frame: Some(2),
                 series_instance_uid: "1.2.3.4".into(),
+                model: Some(full_model()),
             }),
             "finding" => Event::Finding(pb::SliceFinding {
                 slice: Some(full_slice(6)),
@@ -529,6 +535,7 @@ mod tests {
                     groups: vec![full_group()],
                     critical_threshold: Some(0.9),
                     critical: true,
+                    model: "m".into(),
                 }],
                 slices_scored: 12,
                 instances_accepted: 12,
@@ -542,6 +549,7 @@ mod tests {
                 outside_model_rules: "the study has 12 slices; model m 1 is for 20..=400 \
                                       (applies_to.slices)"
                     .into(),
+                models: vec![full_model()],
             }),
             _ => return None,
         })

@@ -6,7 +6,8 @@ pub mod registry;
 pub mod series;
 
 pub use registry::{
-    Admission, Arrival, InstanceKey, Registry, RegistryConfig, SliceFailure, StudyRules,
+    Admission, Arrival, InstanceKey, Pin, PinSource, Registry, RegistryConfig, SliceFailure,
+    StudyRules,
 };
 
 /// Where a slice sits: the identifiers every finding is tied to.

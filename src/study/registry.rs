@@ -36,6 +36,7 @@ use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::series::{self, ScoredSliceRef};
 use crate::{
+    catalog::Served,
     decode::InstanceMeta,
     model::{Aggregate, LabelSpec},
     proto::v1 as pb,
@@ -45,7 +46,7 @@ use crate::{
     },
 };
 
-/// What a study's summary is computed from: the labels of the model and the model itself.
+/// What a study's summary is computed from, per model: the labels of the model and the model itself.
 #[derive(Debug, Clone)]
 pub struct StudyRules {
     pub labels: Vec<LabelSpec>,
@@ -59,8 +60,63 @@ pub struct StudyRules {
 }
 
 impl StudyRules {
+    /// The rules of a model version.
+    pub fn of(manifest: &crate::model::Manifest, info: &crate::model::ModelInfo) -> Self {
+        Self {
+            labels: manifest.labels.clone(),
+            exclusive: manifest.exclusive(),
+            model: crate::results::model_ref(info),
+            slices: manifest.rules.slices(),
+        }
+    }
+
     fn positive(&self, scores: &[f32], index: usize) -> bool {
         crate::model::label_positive(&self.labels, self.exclusive, scores, index)
+    }
+}
+
+/// A model version a study is pinned to: its rules, and (while the study is open) the loaded version
+/// itself, which keeps it running for the study even after it was unloaded or replaced.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    pub rules: Arc<StudyRules>,
+    pub served: Option<Arc<Served>>,
+}
+
+impl Pin {
+    pub fn of(served: &Arc<Served>) -> Self {
+        Self {
+            rules: Arc::new(StudyRules::of(&served.manifest, &served.info)),
+            served: Some(served.clone()),
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.rules.model.name
+    }
+}
+
+/// Where the registry finds a model version again: a study rebuilt from the log, or re-opened after
+/// its pins were released at completion, names its versions by [`pb::ModelRef`].
+pub trait PinSource: Send + Sync + 'static {
+    /// That version if it is still loaded, else `None`.
+    fn pin(&self, model: &pb::ModelRef) -> Option<Pin>;
+}
+
+impl PinSource for crate::catalog::Catalog {
+    fn pin(&self, model: &pb::ModelRef) -> Option<Pin> {
+        self.ready_version(&model.name, &model.version)
+            .map(|s| Pin::of(&s))
+    }
+}
+
+/// Fixed rules for every model reference, with no loaded version behind them (tests, tools).
+impl PinSource for StudyRules {
+    fn pin(&self, _model: &pb::ModelRef) -> Option<Pin> {
+        Some(Pin {
+            rules: Arc::new(self.clone()),
+            served: None,
+        })
     }
 }
 
@@ -82,13 +138,15 @@ pub struct Arrival {
     pub client_ref: ClientRef,
     pub meta: Arc<InstanceMeta>,
     pub frames: u32,
+    /// The model versions the catalog routes it to now; the study's pins take precedence.
+    pub routed: Vec<Pin>,
 }
 
 /// What the sender of an arrived instance is to do with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Admission {
-    /// Decode and score it.
-    Decode,
+    /// Decode it and score it with these model versions (the study's pins).
+    Decode(Vec<Pin>),
     /// Already received: its results are (or will be) sent to this sender; nothing else to do.
     Duplicate,
 }
@@ -100,11 +158,18 @@ pub struct InstanceKey {
     pub sop: String,
 }
 
-/// A slice that failed after its instance was accepted.
+impl Admission {
+    pub fn is_decode(&self) -> bool {
+        matches!(self, Self::Decode(_))
+    }
+}
+
+/// A slice that failed after its instance was accepted, in one model (`None`: in every model).
 #[derive(Debug, Clone)]
 pub struct SliceFailure {
     pub reason: pb::RejectReason,
     pub message: String,
+    pub model: Option<pb::ModelRef>,
 }
 
 /// Counts, for tests and health.
@@ -161,11 +226,11 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry: studies the log holds as open (the process stopped before they completed)
     /// are rebuilt first and complete on their idle timers.
-    pub fn start(hub: Hub, rules: StudyRules, config: RegistryConfig) -> Self {
+    pub fn start(hub: Hub, pins: Arc<dyn PinSource>, config: RegistryConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = RegistryTask {
             hub,
-            rules: Arc::new(rules),
+            pins,
             config,
             studies: HashMap::new(),
             sources: HashMap::new(),
@@ -187,14 +252,14 @@ impl Registry {
     pub async fn arrived(&self, arrival: Arrival) -> Admission {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Arrived(arrival, tx));
-        rx.await.unwrap_or(Admission::Decode)
+        rx.await.unwrap_or(Admission::Decode(Vec::new()))
     }
 
     /// As [`arrived`](Self::arrived), from a blocking thread (a decode).
     pub fn arrived_blocking(&self, arrival: Arrival) -> Admission {
         let (tx, rx) = oneshot::channel();
         self.send(Command::Arrived(arrival, tx));
-        rx.blocking_recv().unwrap_or(Admission::Decode)
+        rx.blocking_recv().unwrap_or(Admission::Decode(Vec::new()))
     }
 
     /// The header could not be read: the instance is rejected (in its study when it names one).
@@ -265,162 +330,92 @@ enum Timer {
 #[derive(Debug)]
 struct Instance {
     frames: u32,
+    /// The models scoring it, by name: every frame is answered once per model.
+    models: Vec<pb::ModelRef>,
+    /// (frame, index in `models`) answered so far.
+    answered: HashSet<(u32, usize)>,
     slice: pb::SliceRef,
     accepted: bool,
     /// Results per frame, kept to re-send them to a duplicate.
     findings: Vec<Arc<pb::SliceFinding>>,
     failures: Vec<pb::InstanceRejected>,
-    resolved: u32,
     /// Who sent it and by what name: the first is its sender, others sent it again meanwhile.
     waiters: Vec<(SourceId, ClientRef)>,
 }
 
+impl Instance {
+    fn new(frames: u32, models: Vec<pb::ModelRef>, slice: pb::SliceRef) -> Self {
+        Self {
+            frames,
+            models,
+            answered: HashSet::new(),
+            slice,
+            accepted: false,
+            findings: Vec::new(),
+            failures: Vec::new(),
+            waiters: Vec::new(),
+        }
+    }
+
+    /// Answers expected: one per frame and model.
+    fn expected(&self) -> u32 {
+        self.frames
+            .saturating_mul(u32::try_from(self.models.len().max(1)).unwrap_or(u32::MAX))
+    }
+
+    fn resolved(&self) -> bool {
+        self.answered.len() as u64 >= u64::from(self.expected())
+    }
+
+    /// Which of its models `model` is (the first when it names none or one not listed).
+    fn model_index(&self, model: Option<&pb::ModelRef>) -> usize {
+        model
+            .and_then(|m| self.models.iter().position(|x| x.name == m.name))
+            .unwrap_or(0)
+    }
+
+    /// Records an answer; false when that frame was already answered for that model.
+    fn answer(&mut self, frame: u32, model: usize) -> bool {
+        frame < self.frames && self.answered.insert((frame, model))
+    }
+
+    /// The (frame, model index) pairs not answered yet.
+    fn unanswered(&self) -> Vec<(u32, usize)> {
+        let models = self.models.len().max(1);
+        (0..self.frames)
+            .flat_map(|f| (0..models).map(move |m| (f, m)))
+            .filter(|k| !self.answered.contains(k))
+            .collect()
+    }
+}
+
+/// What one model made of a study: its pin, and its scores folded as they come.
 #[derive(Debug)]
-struct Study {
-    uid: String,
-    modality: String,
-    seq: u64,
-    revision: u32,
-    complete: bool,
-    /// Something happened since the last summary.
-    dirty: bool,
-    first_unix_us: i64,
-    last_scored_unix_us: Option<i64>,
-    accepted: u32,
-    rejected: u32,
+struct Tally {
+    pin: Pin,
     scored: u32,
-    failed: u32,
-    /// Instances decoding plus frames waiting for their score.
-    pending: u32,
-    end_requested: bool,
-    idle_due: bool,
-    open_sources: HashSet<SourceId>,
-    closed_since_summary: bool,
-    /// Sources that sent to it since its last summary: study-level events go to them.
-    listeners: HashSet<SourceId>,
-    /// Sources that only re-sent instances of the completed study: they get its latest summary again
-    /// when they close (no new revision is made for them).
-    resummarise: HashSet<SourceId>,
-    last_reason: pb::CompletionReason,
-    instances: HashMap<String, Instance>,
     series: HashMap<String, Vec<ScoredSliceRef>>,
-    arrivals: u64,
     best: Vec<Option<(f32, pb::SliceRef)>>,
     positives: Vec<u32>,
     critical: Vec<Option<(f32, u32)>>,
-    timer: Option<delay_queue::Key>,
 }
 
-impl Study {
-    fn new(uid: String, labels: usize) -> Self {
+impl Tally {
+    fn new(pin: Pin) -> Self {
+        let labels = pin.rules.labels.len();
         Self {
-            uid,
-            modality: String::new(),
-            seq: 0,
-            revision: 0,
-            complete: false,
-            dirty: false,
-            first_unix_us: crate::results::log::now_unix_us(),
-            last_scored_unix_us: None,
-            accepted: 0,
-            rejected: 0,
+            pin,
             scored: 0,
-            failed: 0,
-            pending: 0,
-            end_requested: false,
-            idle_due: false,
-            open_sources: HashSet::new(),
-            closed_since_summary: false,
-            listeners: HashSet::new(),
-            resummarise: HashSet::new(),
-            last_reason: pb::CompletionReason::Unspecified,
-            instances: HashMap::new(),
             series: HashMap::new(),
-            arrivals: 0,
             best: vec![None; labels],
             positives: vec![0; labels],
             critical: vec![None; labels],
-            timer: None,
         }
     }
 
-    /// Rebuilds a study from its log (after eviction or a restart). Frames accepted but never scored
-    /// were lost with the process that held them: they count as failed.
-    fn from_log(uid: String, events: &[pb::StudyEvent], rules: &StudyRules) -> Self {
-        use pb::study_event::Event as E;
-        let mut s = Study::new(uid, rules.labels.len());
-        if let Some(first) = events.first() {
-            s.first_unix_us = first.logged_unix_us;
-        }
-        for e in events {
-            s.seq = s.seq.max(e.study_sequence);
-            if s.modality.is_empty() {
-                s.modality.clone_from(&e.modality);
-            }
-            s.complete = false;
-            s.dirty = true;
-            match &e.event {
-                Some(E::Accepted(a)) if !a.duplicate => {
-                    s.accepted += 1;
-                    let slice = a.slice.clone().unwrap_or_default();
-                    s.instances.insert(
-                        slice.sop_instance_uid.clone(),
-                        Instance {
-                            frames: a.frames,
-                            slice,
-                            accepted: true,
-                            findings: Vec::new(),
-                            failures: Vec::new(),
-                            resolved: 0,
-                            waiters: Vec::new(),
-                        },
-                    );
-                }
-                Some(E::Rejected(r)) => match r.frame {
-                    Some(_) => {
-                        s.failed += 1;
-                        if let Some(i) = s.instances.get_mut(&r.sop_instance_uid) {
-                            i.resolved += 1;
-                            i.failures.push(r.clone());
-                        }
-                    }
-                    None => s.rejected += 1,
-                },
-                Some(E::Finding(f)) => {
-                    let scores: Vec<f32> = f.scores.iter().map(|l| l.score).collect();
-                    let slice = f.slice.clone().unwrap_or_default();
-                    s.record_score(&slice, &scores, rules, e.logged_unix_us);
-                    if let Some(i) = s.instances.get_mut(&slice.sop_instance_uid) {
-                        i.resolved += 1;
-                        i.findings.push(Arc::new(f.clone()));
-                    }
-                }
-                Some(E::Critical(c)) => {
-                    if let Some(i) = rules.labels.iter().position(|l| l.name == c.label) {
-                        s.critical[i] = Some((c.score, c.revision));
-                    }
-                }
-                Some(E::Summary(sum)) => {
-                    s.revision = sum.revision;
-                    s.last_reason = pb::CompletionReason::try_from(sum.reason)
-                        .unwrap_or(pb::CompletionReason::Unspecified);
-                    s.complete = true;
-                    s.dirty = false;
-                }
-                _ => {}
-            }
-        }
-        for i in s.instances.values_mut() {
-            let lost = i.frames.saturating_sub(i.resolved);
-            i.resolved = i.frames;
-            s.failed += lost;
-        }
-        s
-    }
-
-    fn record_score(&mut self, slice: &pb::SliceRef, scores: &[f32], rules: &StudyRules, at: i64) {
+    fn record_score(&mut self, slice: &pb::SliceRef, scores: &[f32], arrival: u64) {
+        let rules = self.pin.rules.clone();
         self.scored += 1;
-        self.last_scored_unix_us = Some(at);
         let positive: Vec<bool> = (0..rules.labels.len())
             .map(|i| rules.positive(scores, i))
             .collect();
@@ -439,7 +434,6 @@ impl Study {
                 self.best[i] = Some((score, slice.clone()));
             }
         }
-        self.arrivals += 1;
         self.series
             .entry(slice.series_instance_uid.clone())
             .or_default()
@@ -447,27 +441,12 @@ impl Study {
                 slice: slice.clone(),
                 scores: scores.to_vec(),
                 positive,
-                arrival: self.arrivals,
+                arrival,
             });
     }
 
-    fn event(&mut self, modality: &str, event: pb::study_event::Event) -> pb::StudyEvent {
-        self.seq += 1;
-        pb::StudyEvent {
-            sequence: 0,
-            study_instance_uid: self.uid.clone(),
-            study_sequence: self.seq,
-            logged_unix_us: 0,
-            modality: if modality.is_empty() {
-                self.modality.clone()
-            } else {
-                modality.to_string()
-            },
-            event: Some(event),
-        }
-    }
-
-    fn summary(&self, rules: &StudyRules, reason: pb::CompletionReason) -> pb::StudySummary {
+    fn label_summaries(&self) -> Vec<pb::LabelSummary> {
+        let rules = &self.pin.rules;
         let mut ordered: Vec<Vec<ScoredSliceRef>> = Vec::new();
         if rules
             .labels
@@ -482,7 +461,7 @@ impl Study {
                 ordered.push(slices);
             }
         }
-        let labels = rules
+        rules
             .labels
             .iter()
             .enumerate()
@@ -522,17 +501,264 @@ impl Study {
                     groups,
                     critical_threshold: label.critical,
                     critical: self.critical[i].is_some(),
+                    model: rules.model.name.clone(),
                 }
             })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+struct Study {
+    uid: String,
+    modality: String,
+    seq: u64,
+    revision: u32,
+    complete: bool,
+    /// Something happened since the last summary.
+    dirty: bool,
+    first_unix_us: i64,
+    last_scored_unix_us: Option<i64>,
+    accepted: u32,
+    rejected: u32,
+    failed: u32,
+    /// Instances decoding plus answers (frame × model) waiting for their score.
+    pending: u32,
+    end_requested: bool,
+    idle_due: bool,
+    open_sources: HashSet<SourceId>,
+    closed_since_summary: bool,
+    /// Sources that sent to it since its last summary: study-level events go to them.
+    listeners: HashSet<SourceId>,
+    /// Sources that only re-sent instances of the completed study: they get its latest summary again
+    /// when they close (no new revision is made for them).
+    resummarise: HashSet<SourceId>,
+    last_reason: pb::CompletionReason,
+    instances: HashMap<String, Instance>,
+    /// One per model that scored (or is scoring) the study, in the order they were first routed.
+    tallies: Vec<Tally>,
+    arrivals: u64,
+    timer: Option<delay_queue::Key>,
+}
+
+impl Study {
+    fn new(uid: String) -> Self {
+        Self {
+            uid,
+            modality: String::new(),
+            seq: 0,
+            revision: 0,
+            complete: false,
+            dirty: false,
+            first_unix_us: crate::results::log::now_unix_us(),
+            last_scored_unix_us: None,
+            accepted: 0,
+            rejected: 0,
+            failed: 0,
+            pending: 0,
+            end_requested: false,
+            idle_due: false,
+            open_sources: HashSet::new(),
+            closed_since_summary: false,
+            listeners: HashSet::new(),
+            resummarise: HashSet::new(),
+            last_reason: pb::CompletionReason::Unspecified,
+            instances: HashMap::new(),
+            tallies: Vec::new(),
+            arrivals: 0,
+            timer: None,
+        }
+    }
+
+    fn tally(&self, name: &str) -> Option<usize> {
+        self.tallies.iter().position(|t| t.pin.name() == name)
+    }
+
+    /// The tally of `model`, made from `pins` when the study has none yet (`None`: the version is
+    /// unknown to this process: its findings stay in the log but are not folded into summaries).
+    fn tally_for(&mut self, model: &pb::ModelRef, pins: &dyn PinSource) -> Option<usize> {
+        if let Some(i) = self.tally(&model.name) {
+            return Some(i);
+        }
+        let mut pin = pins.pin(model)?;
+        // a rebuilt study holds no version until an instance needs one (see `pin_routes`)
+        pin.served = None;
+        self.tallies.push(Tally::new(pin));
+        Some(self.tallies.len() - 1)
+    }
+
+    /// The versions an instance of this study is scored with: for each model it is routed to, the
+    /// version the study is pinned to (resolved again if it was released), else the routed version,
+    /// which becomes the study's pin for that model.
+    fn pin_routes(&mut self, routed: Vec<Pin>, pins: &dyn PinSource) -> Vec<Pin> {
+        let mut out = Vec::with_capacity(routed.len());
+        for route in routed {
+            match self.tally(route.name()) {
+                Some(i) => {
+                    let tally = &mut self.tallies[i];
+                    if tally.pin.served.is_none() {
+                        match pins.pin(&tally.pin.rules.model) {
+                            Some(p) if p.served.is_some() => tally.pin.served = p.served,
+                            _ => {
+                                tracing::info!(
+                                    model = %route.rules.model.name,
+                                    pinned = %tally.pin.rules.model.version,
+                                    now = %route.rules.model.version,
+                                    "the version a study was pinned to is no longer loaded: \
+                                     it goes on with the active version"
+                                );
+                                if same_labels(&tally.pin.rules, &route.rules) {
+                                    tally.pin = route.clone();
+                                } else {
+                                    // other labels: a new tally, so no summary mixes two label sets
+                                    self.tallies.push(Tally::new(route.clone()));
+                                    out.push(route);
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    out.push(self.tallies[i].pin.clone());
+                }
+                None => {
+                    self.tallies.push(Tally::new(route.clone()));
+                    out.push(route);
+                }
+            }
+        }
+        out
+    }
+
+    /// Lets go of the loaded versions (a completed study): an unloaded version can stop.
+    fn release_pins(&mut self) {
+        for t in &mut self.tallies {
+            t.pin.served = None;
+        }
+    }
+
+    /// Rebuilds a study from its log (after eviction or a restart). Frames accepted but never scored
+    /// were lost with the process that held them: they count as failed.
+    fn from_log(uid: String, events: &[pb::StudyEvent], pins: &dyn PinSource) -> Self {
+        use pb::study_event::Event as E;
+        let mut s = Study::new(uid);
+        if let Some(first) = events.first() {
+            s.first_unix_us = first.logged_unix_us;
+        }
+        for e in events {
+            s.seq = s.seq.max(e.study_sequence);
+            if s.modality.is_empty() {
+                s.modality.clone_from(&e.modality);
+            }
+            s.complete = false;
+            s.dirty = true;
+            match &e.event {
+                Some(E::Accepted(a)) if !a.duplicate => {
+                    s.accepted += 1;
+                    let slice = a.slice.clone().unwrap_or_default();
+                    for m in &a.models {
+                        s.tally_for(m, pins);
+                    }
+                    let mut inst = Instance::new(a.frames, a.models.clone(), slice.clone());
+                    inst.accepted = true;
+                    s.instances.insert(slice.sop_instance_uid.clone(), inst);
+                }
+                Some(E::Rejected(r)) => match r.frame {
+                    Some(frame) => {
+                        s.failed += 1;
+                        if let Some(i) = s.instances.get_mut(&r.sop_instance_uid) {
+                            let m = i.model_index(r.model.as_ref());
+                            i.answer(frame, m);
+                            i.failures.push(r.clone());
+                        }
+                    }
+                    None => s.rejected += 1,
+                },
+                Some(E::Finding(f)) => {
+                    let scores: Vec<f32> = f.scores.iter().map(|l| l.score).collect();
+                    let slice = f.slice.clone().unwrap_or_default();
+                    s.last_scored_unix_us = Some(e.logged_unix_us);
+                    s.arrivals += 1;
+                    let model = f.model.clone().unwrap_or_default();
+                    if let Some(t) = s.tally_for(&model, pins) {
+                        let arrival = s.arrivals;
+                        s.tallies[t].record_score(&slice, &scores, arrival);
+                    }
+                    if let Some(i) = s.instances.get_mut(&slice.sop_instance_uid) {
+                        let m = i.model_index(f.model.as_ref());
+                        i.answer(slice.frame, m);
+                        i.findings.push(Arc::new(f.clone()));
+                    }
+                }
+                Some(E::Critical(c)) => {
+                    let model = c.model.clone().unwrap_or_default();
+                    if let Some(t) = s.tally_for(&model, pins) {
+                        let tally = &mut s.tallies[t];
+                        if let Some(i) = tally
+                            .pin
+                            .rules
+                            .labels
+                            .iter()
+                            .position(|l| l.name == c.label)
+                        {
+                            tally.critical[i] = Some((c.score, c.revision));
+                        }
+                    }
+                }
+                Some(E::Summary(sum)) => {
+                    s.revision = sum.revision;
+                    s.last_reason = pb::CompletionReason::try_from(sum.reason)
+                        .unwrap_or(pb::CompletionReason::Unspecified);
+                    s.complete = true;
+                    s.dirty = false;
+                }
+                _ => {}
+            }
+        }
+        for i in s.instances.values_mut() {
+            let lost = i.unanswered();
+            s.failed += lost.len() as u32;
+            i.answered.extend(lost);
+        }
+        s
+    }
+
+    fn event(&mut self, modality: &str, event: pb::study_event::Event) -> pb::StudyEvent {
+        self.seq += 1;
+        pb::StudyEvent {
+            sequence: 0,
+            study_instance_uid: self.uid.clone(),
+            study_sequence: self.seq,
+            logged_unix_us: 0,
+            modality: if modality.is_empty() {
+                self.modality.clone()
+            } else {
+                modality.to_string()
+            },
+            event: Some(event),
+        }
+    }
+
+    fn summary(&self, reason: pb::CompletionReason) -> pb::StudySummary {
+        let labels = self
+            .tallies
+            .iter()
+            .flat_map(|t| t.label_summaries())
             .collect();
+        let models: Vec<pb::ModelRef> = self
+            .tallies
+            .iter()
+            .map(|t| t.pin.rules.model.clone())
+            .collect();
+        let series: HashSet<&String> = self.tallies.iter().flat_map(|t| t.series.keys()).collect();
         let end = self
             .last_scored_unix_us
             .unwrap_or_else(crate::results::log::now_unix_us);
         pb::StudySummary {
             study_instance_uid: self.uid.clone(),
-            model: Some(rules.model.clone()),
+            model: models.first().cloned(),
             labels,
-            slices_scored: self.scored,
+            // a slice scored by two models is one slice
+            slices_scored: self.tallies.iter().map(|t| t.scored).max().unwrap_or(0),
             instances_accepted: self.accepted,
             instances_rejected: self.rejected,
             slices_failed: self.failed,
@@ -540,24 +766,30 @@ impl Study {
             reason: reason as i32,
             revision: self.revision,
             modality: self.modality.clone(),
-            series: self.series.len() as u32,
-            outside_model_rules: self.outside_model_rules(rules),
+            series: series.len() as u32,
+            outside_model_rules: self.outside_model_rules(),
+            models,
         }
     }
 
-    /// The summary's note on the model's study-level rules: empty when the study fits them. The slices
-    /// are those of the accepted instances (every frame), scored or not.
-    fn outside_model_rules(&self, rules: &StudyRules) -> String {
-        let Some(range) = rules.slices else {
-            return String::new();
-        };
+    /// The summary's note on the models' study-level rules: empty when the study fits them. The
+    /// slices are those of the accepted instances (every frame), scored or not.
+    fn outside_model_rules(&self) -> String {
         let slices = self
             .instances
             .values()
             .filter(|i| i.accepted)
             .fold(0u32, |n, i| n.saturating_add(i.frames));
-        let model = format!("{} {}", rules.model.name, rules.model.version);
-        crate::model::rules::slice_note(&model, range, slices).unwrap_or_default()
+        self.tallies
+            .iter()
+            .filter_map(|t| {
+                let rules = &t.pin.rules;
+                let range = rules.slices?;
+                let model = format!("{} {}", rules.model.name, rules.model.version);
+                crate::model::rules::slice_note(&model, range, slices)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -572,7 +804,7 @@ struct Source {
 
 struct RegistryTask {
     hub: Hub,
-    rules: Arc<StudyRules>,
+    pins: Arc<dyn PinSource>,
     config: RegistryConfig,
     studies: HashMap<String, Study>,
     sources: HashMap<SourceId, Source>,
@@ -664,9 +896,9 @@ impl RegistryTask {
             }
         };
         let mut study = if events.is_empty() {
-            Study::new(uid.to_string(), self.rules.labels.len())
+            Study::new(uid.to_string())
         } else {
-            Study::from_log(uid.to_string(), &events, &self.rules)
+            Study::from_log(uid.to_string(), &events, self.pins.as_ref())
         };
         if study.complete {
             self.retained_complete += 1;
@@ -755,7 +987,7 @@ impl RegistryTask {
                 // Nothing new since its summary (another stream ended it first): that summary again,
                 // to this sender only, not a new revision.
                 st.resummarise.remove(&source);
-                let summary = st.summary(&self.rules, pb::CompletionReason::EndOfStudy);
+                let summary = st.summary(pb::CompletionReason::EndOfStudy);
                 self.emits.push(Emit::Direct(
                     source,
                     direct(pb::analyze_response::Event::Summary(summary)),
@@ -778,7 +1010,7 @@ impl RegistryTask {
                     }
                     if st.resummarise.remove(&source) {
                         if st.complete && !st.dirty {
-                            let summary = st.summary(&self.rules, st.last_reason);
+                            let summary = st.summary(st.last_reason);
                             self.emits.push(Emit::Direct(
                                 source,
                                 direct(pb::analyze_response::Event::Summary(summary)),
@@ -824,7 +1056,7 @@ impl RegistryTask {
         let uid = meta.study_instance_uid.clone();
         self.ensure(&uid).await;
         let Some(study) = self.studies.get_mut(&uid) else {
-            return Admission::Decode;
+            return Admission::Decode(a.routed);
         };
         if let Some(inst) = study.instances.get_mut(&meta.sop_instance_uid) {
             // A duplicate: what is known is re-sent now, the rest as it comes; its sender hears the
@@ -849,6 +1081,7 @@ impl RegistryTask {
                             slice: Some(inst.slice.clone()),
                             frames: inst.frames,
                             duplicate: true,
+                            models: inst.models.clone(),
                         },
                     )),
                 ));
@@ -870,7 +1103,7 @@ impl RegistryTask {
                     ));
                 }
             }
-            if inst.accepted && inst.resolved >= inst.frames {
+            if inst.accepted && inst.resolved() {
                 self.emits
                     .push(Emit::Direct(a.source, SourceDelivery::InstanceDone));
             } else {
@@ -883,20 +1116,13 @@ impl RegistryTask {
             study.modality = slice.modality.clone();
         }
         study.pending += 1;
-        study.instances.insert(
-            meta.sop_instance_uid.clone(),
-            Instance {
-                frames: a.frames,
-                slice,
-                accepted: false,
-                findings: Vec::new(),
-                failures: Vec::new(),
-                resolved: 0,
-                waiters: vec![(a.source, a.client_ref)],
-            },
-        );
+        let pins = study.pin_routes(a.routed, self.pins.as_ref());
+        let models = pins.iter().map(|p| p.rules.model.clone()).collect();
+        let mut inst = Instance::new(a.frames, models, slice);
+        inst.waiters.push((a.source, a.client_ref));
+        study.instances.insert(meta.sop_instance_uid.clone(), inst);
         self.touch(&uid, a.source);
-        Admission::Decode
+        Admission::Decode(pins)
     }
 
     async fn header_rejected(&mut self, source: SourceId, mut r: pb::InstanceRejected) {
@@ -979,9 +1205,13 @@ impl RegistryTask {
                     slice: Some(inst.slice.clone()),
                     frames: inst.frames,
                     duplicate: false,
+                    models: inst.models.clone(),
                 };
                 study.accepted += 1;
-                study.pending = study.pending.saturating_sub(1).saturating_add(inst.frames);
+                study.pending = study
+                    .pending
+                    .saturating_sub(1)
+                    .saturating_add(inst.expected());
                 let modality = inst.slice.modality.clone();
                 Self::instance_event(
                     &mut self.emits,
@@ -1021,19 +1251,23 @@ impl RegistryTask {
         frame: u32,
         result: Result<(pb::SliceFinding, Vec<f32>), SliceFailure>,
     ) {
-        let rules = self.rules.clone();
         let Some(study) = self.studies.get_mut(&key.study) else {
             return;
         };
         let Some(inst) = study.instances.get_mut(&key.sop) else {
             return;
         };
-        if inst.resolved >= inst.frames {
+        let model = match &result {
+            Ok((finding, _)) => finding.model.clone(),
+            Err(failure) => failure.model.clone(),
+        };
+        let index = inst.model_index(model.as_ref());
+        if !inst.answer(frame, index) {
             return;
         }
-        inst.resolved += 1;
         let waiters = inst.waiters.clone();
         let slice = inst.slice.clone();
+        let instance_model = inst.models.get(index).cloned();
         study.pending = study.pending.saturating_sub(1);
         match result {
             Ok((finding, scores)) => {
@@ -1046,12 +1280,16 @@ impl RegistryTask {
                 if let Some(i) = study.instances.get_mut(&key.sop) {
                     i.findings.push(Arc::new(finding.clone()));
                 }
-                study.record_score(
-                    &finding_slice,
-                    &scores,
-                    &rules,
-                    crate::results::log::now_unix_us(),
-                );
+                study.arrivals += 1;
+                study.last_scored_unix_us = Some(crate::results::log::now_unix_us());
+                let tally = model
+                    .as_ref()
+                    .and_then(|m| study.tally(&m.name))
+                    .or_else(|| (study.tallies.len() == 1).then_some(0));
+                if let Some(t) = tally {
+                    let arrival = study.arrivals;
+                    study.tallies[t].record_score(&finding_slice, &scores, arrival);
+                }
                 let peaks: Vec<Option<pb::Location>> =
                     finding.scores.iter().map(|s| s.peak).collect();
                 Self::instance_event(
@@ -1061,21 +1299,25 @@ impl RegistryTask {
                     &finding_slice.modality,
                     pb::study_event::Event::Finding(finding),
                 );
+                let Some(t) = tally else {
+                    return self.after_answer(&key);
+                };
                 // Critical findings: at once, to every listener of the study.
+                let rules = study.tallies[t].pin.rules.clone();
                 for (i, label) in rules.labels.iter().enumerate() {
                     let (Some(threshold), Some(&score)) = (label.critical, scores.get(i)) else {
                         continue;
                     };
                     let over = score >= threshold && rules.positive(&scores, i);
-                    let raised = match study.critical[i] {
+                    let raised = match study.tallies[t].critical[i] {
                         None => over,
                         Some((best, _)) => over && score > best,
                     };
                     if !raised {
                         continue;
                     }
-                    let revision = study.critical[i].map_or(1, |(_, r)| r + 1);
-                    study.critical[i] = Some((score, revision));
+                    let revision = study.tallies[t].critical[i].map_or(1, |(_, r)| r + 1);
+                    study.tallies[t].critical[i] = Some((score, revision));
                     let critical = pb::CriticalFinding {
                         study_instance_uid: study.uid.clone(),
                         label: label.name.clone(),
@@ -1105,6 +1347,7 @@ impl RegistryTask {
                     reason: failure.reason as i32,
                     message: failure.message,
                     frame: Some(frame),
+                    model: failure.model.or(instance_model),
                 };
                 if let Some(i) = study.instances.get_mut(&key.sop) {
                     i.failures.push(rejected.clone());
@@ -1118,8 +1361,14 @@ impl RegistryTask {
                 );
             }
         }
-        if inst_done(study, &key.sop) {
-            self.resolve(&key);
+        self.after_answer(&key);
+    }
+
+    fn after_answer(&mut self, key: &InstanceKey) {
+        if let Some(study) = self.studies.get(&key.study) {
+            if inst_done(study, &key.sop) {
+                self.resolve(key);
+            }
         }
         self.maybe_complete(&key.study);
     }
@@ -1147,27 +1396,28 @@ impl RegistryTask {
         else {
             return;
         };
-        let (accepted, left) = (inst.accepted, inst.frames.saturating_sub(inst.resolved));
-        let failure = || SliceFailure {
+        let (accepted, left) = (inst.accepted, inst.unanswered());
+        let models = inst.models.clone();
+        let failure = |model: Option<pb::ModelRef>| SliceFailure {
             reason: pb::RejectReason::Overloaded,
             message: "cancelled: the stream that sent this instance went away before it was \
                       scored; send it again"
                 .into(),
+            model,
         };
         if !accepted {
             let rejection = pb::InstanceRejected {
                 sop_instance_uid: key.sop.clone(),
                 study_instance_uid: key.study.clone(),
                 reason: pb::RejectReason::Overloaded as i32,
-                message: failure().message,
+                message: failure(None).message,
                 ..Default::default()
             };
             self.decoded(key, Err(rejection));
             return;
         }
-        let frames = inst.frames;
-        for frame in (frames - left)..frames {
-            self.slice_done(key.clone(), frame, Err(failure()));
+        for (frame, model) in left {
+            self.slice_done(key.clone(), frame, Err(failure(models.get(model).cloned())));
         }
     }
 
@@ -1189,7 +1439,8 @@ impl RegistryTask {
         };
         study.revision += 1;
         study.last_reason = reason;
-        let summary = study.summary(&self.rules, reason);
+        let summary = study.summary(reason);
+        study.release_pins();
         let event = study.event("", pb::study_event::Event::Summary(summary));
         let targets = study.listeners.drain().map(|s| (s, None)).collect();
         self.emits.push(Emit::Log(Outgoing { event, targets }));
@@ -1265,6 +1516,13 @@ impl RegistryTask {
     }
 }
 
+fn same_labels(a: &StudyRules, b: &StudyRules) -> bool {
+    a.labels
+        .iter()
+        .map(|l| &l.name)
+        .eq(b.labels.iter().map(|l| &l.name))
+}
+
 /// A message for one source only, not logged.
 fn direct(event: pb::analyze_response::Event) -> SourceDelivery {
     SourceDelivery::Direct(Box::new(event))
@@ -1274,7 +1532,7 @@ fn inst_done(study: &Study, sop: &str) -> bool {
     study
         .instances
         .get(sop)
-        .is_some_and(|i| i.accepted && i.resolved >= i.frames)
+        .is_some_and(|i| i.accepted && i.resolved())
 }
 
 #[cfg(test)]
@@ -1301,6 +1559,30 @@ mod tests {
         }
     }
 
+    /// A registry under fixed rules, with the pin every arrival is routed to.
+    struct Reg {
+        registry: Registry,
+        pins: Vec<Pin>,
+    }
+
+    impl std::ops::Deref for Reg {
+        type Target = Registry;
+        fn deref(&self) -> &Registry {
+            &self.registry
+        }
+    }
+
+    fn start(hub: Hub, rules: StudyRules, config: RegistryConfig) -> Reg {
+        let pins = vec![Pin {
+            rules: Arc::new(rules.clone()),
+            served: None,
+        }];
+        Reg {
+            registry: Registry::start(hub, Arc::new(rules), config),
+            pins,
+        }
+    }
+
     fn rules() -> StudyRules {
         StudyRules {
             labels: vec![LabelSpec {
@@ -1316,13 +1598,7 @@ mod tests {
     }
 
     /// Pushes one single-frame instance through the registry as the intake would, scoring it `score`.
-    async fn push(
-        registry: &Registry,
-        source: SourceId,
-        study: &str,
-        n: i32,
-        score: f32,
-    ) -> Admission {
+    async fn push(registry: &Reg, source: SourceId, study: &str, n: i32, score: f32) -> Admission {
         let meta = meta(study, n);
         let admission = registry
             .arrived(Arrival {
@@ -1330,9 +1606,10 @@ mod tests {
                 client_ref: ClientRef::new(format!("f{n}")),
                 meta: meta.clone(),
                 frames: 1,
+                routed: registry.pins.clone(),
             })
             .await;
-        if admission == Admission::Decode {
+        if admission.is_decode() {
             let key = InstanceKey {
                 study: study.into(),
                 sop: meta.sop_instance_uid.clone(),
@@ -1377,7 +1654,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = SqliteLog::in_data_dir(dir.path()).expect("log");
         let hub = Hub::start(Arc::new(log), 64).expect("hub");
-        let registry = Registry::start(
+        let registry = start(
             hub.clone(),
             StudyRules {
                 model: pb::ModelRef {
@@ -1417,7 +1694,7 @@ mod tests {
             "{s:?}"
         );
         // without a range no study gets a note
-        let plain = Registry::start(hub.clone(), rules(), config(Duration::from_secs(60), 10));
+        let plain = start(hub.clone(), rules(), config(Duration::from_secs(60), 10));
         push(&plain, source, "1.3.2", 1, 0.1).await;
         plain.end_of_study(source, "1.3.2".into(), 1);
         assert_eq!(summary(&mut feed, "1.3.2").await.outside_model_rules, "");
@@ -1428,7 +1705,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = SqliteLog::in_data_dir(dir.path()).expect("log");
         let hub = Hub::start(Arc::new(log), 64).expect("hub");
-        let registry = Registry::start(hub.clone(), rules(), config(Duration::from_millis(300), 2));
+        let registry = start(hub.clone(), rules(), config(Duration::from_millis(300), 2));
         let mut feed = hub.attach_source();
         let source = feed.id;
         // three studies, each ended by its sender
@@ -1449,15 +1726,9 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(600)).await;
         assert_eq!(registry.stats().await.retained_complete, 0);
         // a late instance of an evicted study: rebuilt from its log, re-opened, next revision
-        assert_eq!(
-            push(&registry, source, "1.2.1", 4, 0.2).await,
-            Admission::Decode
-        );
+        assert!(push(&registry, source, "1.2.1", 4, 0.2).await.is_decode());
         // and a re-sent one is still recognised after the rebuild
-        assert_eq!(
-            push(&registry, source, "1.2.1", 2, 0.2).await,
-            Admission::Duplicate
-        );
+        assert!(!push(&registry, source, "1.2.1", 2, 0.2).await.is_decode());
         registry.end_of_study(source, "1.2.1".into(), 11);
         let s = summary(&mut feed, "1.2.1").await;
         assert_eq!(
@@ -1479,7 +1750,7 @@ mod tests {
             critical: Some(0.35),
             aggregate: Aggregate::Groups,
         };
-        let registry = Registry::start(
+        let registry = start(
             hub.clone(),
             StudyRules {
                 labels: vec![label("normal"), label("tumour")],
@@ -1499,6 +1770,7 @@ mod tests {
                     client_ref: ClientRef::new(String::new()),
                     meta: meta.clone(),
                     frames: 1,
+                    routed: registry.pins.clone(),
                 })
                 .await;
             let key = InstanceKey {
@@ -1543,7 +1815,7 @@ mod tests {
             // the first life: two slices scored, no end, the service stops before the idle time
             let log = SqliteLog::in_data_dir(dir.path()).expect("log");
             let hub = Hub::start(Arc::new(log), 64).expect("hub");
-            let registry = Registry::start(
+            let registry = start(
                 hub.clone(),
                 rules(),
                 RegistryConfig {
@@ -1562,7 +1834,7 @@ mod tests {
         let log = SqliteLog::in_data_dir(dir.path()).expect("log");
         let hub = Hub::start(Arc::new(log), 64).expect("hub");
         let mut viewer = hub.subscribe(WatchFilter::default(), None);
-        let _registry = Registry::start(hub.clone(), rules(), config);
+        let _registry = start(hub.clone(), rules(), config);
         let summary = loop {
             let next = tokio::time::timeout(Duration::from_secs(10), viewer.next())
                 .await
@@ -1614,7 +1886,7 @@ mod tests {
                     let dir = tempfile::tempdir().expect("tempdir");
                     let log = SqliteLog::in_data_dir(dir.path()).expect("log");
                     let hub = Hub::start(Arc::new(log), 4096).expect("hub");
-                    let registry = Registry::start(hub.clone(), rules(), RegistryConfig {
+                    let registry = start(hub.clone(), rules(), RegistryConfig {
                         idle_timeout: Duration::from_secs(3600),
                         retain_completed: Duration::from_secs(3600),
                         max_retained: 10,
