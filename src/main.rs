@@ -299,7 +299,6 @@ const FORCED_EXIT_GRACE: Duration = Duration::from_millis(300);
 
 async fn serve(args: ServiceArgs) -> anyhow::Result<ExitCode> {
     let config = args.into_config()?;
-    let catalog = server::build_catalog(&config)?;
     let (grpc, addr) = server::bind(config.listen).await?;
     let http = match config.http.listen {
         Some(a) => {
@@ -314,6 +313,7 @@ async fn serve(args: ServiceArgs) -> anyhow::Result<ExitCode> {
         .data_dir
         .clone()
         .unwrap_or_else(Config::default_data_dir);
+    let catalog = server::build_catalog(&config, &data_dir)?;
     tracing::info!(
         addr = %addr,
         data_dir = %data_dir.display(),

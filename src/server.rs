@@ -73,8 +73,10 @@ pub fn open_hub(config: &Config, data_dir: &Path) -> Result<Hub> {
 const ABORT_GRACE: Duration = Duration::from_millis(500);
 
 /// Loads the configured models and starts their engines: every version of the repository
-/// (`[models] repository`), else the one model directory (`model_dir`), else the built-in model.
-pub fn build_catalog(config: &Config) -> Result<Catalog> {
+/// (`[models] repository`), else the one model directory (`model_dir`), else the built-in model. The
+/// operator's choices of active and shadow versions are kept in `data_dir/models.json`, so a
+/// rollback survives a restart.
+pub fn build_catalog(config: &Config, data_dir: &Path) -> Result<Catalog> {
     config.validate()?;
     let env = inference::runtime(&config.ort_library_path())?;
     let catalog = Catalog::new(
@@ -87,6 +89,11 @@ pub fn build_catalog(config: &Config) -> Result<Catalog> {
         },
     );
     if let Some(root) = &config.models.repository {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Input {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        catalog.remember_choices_in(data_dir.join("models.json"));
         repository::load_all(&catalog, root)?;
         if catalog.active_count() == 0 {
             let failures: Vec<String> = catalog
@@ -371,7 +378,6 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
 /// Without `config.store.data_dir` the event log lives in a temporary directory removed with the
 /// returned server.
 pub async fn start(config: Config) -> Result<RunningServer> {
-    let catalog = build_catalog(&config)?;
     let (grpc, addr) = bind(config.listen).await?;
     let (http, http_addr) = match config.http.listen {
         Some(a) => {
@@ -390,6 +396,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
             (t.path().to_path_buf(), Some(t))
         }
     };
+    let catalog = build_catalog(&config, &data_dir)?;
     let shutdown = Shutdown::new();
     let handle = tokio::spawn({
         let shutdown = shutdown.clone();

@@ -440,3 +440,68 @@ async fn a_shadow_version_scores_the_same_slices_unseen_and_reports_its_agreemen
     assert!(list(&mut admin).await.shadows.is_empty());
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollback_and_a_shadow_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = tempfile::tempdir().expect("data dir");
+    add_version(dir.path(), "lesion", "1.0.0", 1.0, None);
+    add_version(dir.path(), "lesion", "1.1.0", 0.8, None);
+    add_version(dir.path(), "lesion", "1.2.0", 0.5, None);
+    let start = || {
+        let mut config = common::test_config();
+        config.models.repository = Some(dir.path().to_path_buf());
+        config.models.watch = false;
+        config.preprocess = radstream::config::PreprocessBackend::Cpu;
+        config.store.data_dir = Some(data.path().to_path_buf());
+        common::start(config)
+    };
+    let active = |l: &pb::ListModelsResponse| {
+        l.versions
+            .iter()
+            .filter(|v| v.active)
+            .map(|v| v.version.clone())
+            .collect::<Vec<_>>()
+    };
+    let server = start().await;
+    let mut client = admin(&server).await;
+    assert_eq!(
+        active(&list(&mut client).await),
+        ["1.2.0"],
+        "the newest serves first"
+    );
+    client
+        .rollback(pb::RollbackRequest {
+            name: "lesion".into(),
+        })
+        .await
+        .expect("rollback");
+    client
+        .shadow(request("lesion", "1.2.0"))
+        .await
+        .expect("shadow");
+    let before = list(&mut client).await;
+    assert_eq!(active(&before), ["1.1.0"]);
+    server.stop().await.expect("stop");
+
+    let server = start().await;
+    let mut client = admin(&server).await;
+    let after = list(&mut client).await;
+    assert_eq!(
+        active(&after),
+        ["1.1.0"],
+        "the rollback outlives the restart"
+    );
+    let shadow: Vec<&str> = after
+        .versions
+        .iter()
+        .filter(|v| v.shadow)
+        .map(|v| v.version.as_str())
+        .collect();
+    assert_eq!(shadow, ["1.2.0"]);
+    let events = push_study(&server, &relabelled_sample(131)).await;
+    assert!(findings(&events)
+        .iter()
+        .all(|f| version_of(f) == ("lesion".into(), "1.1.0".into())));
+    server.stop().await.expect("stop");
+}

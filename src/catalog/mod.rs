@@ -209,6 +209,15 @@ struct Inner {
     routes: ArcSwap<RouteTable>,
     shadow: shadow::ShadowBook,
     health: watch::Sender<u64>,
+    /// Where the active and shadow choices are kept across restarts (`DATA_DIR/models.json`).
+    choices: Mutex<Option<PathBuf>>,
+}
+
+/// What an operator chose for one model, kept across restarts: a rollback must survive one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Choice {
+    pub active: Option<String>,
+    pub shadow: Option<String>,
 }
 
 /// Handle to the catalog; cheap to clone.
@@ -233,6 +242,7 @@ impl Catalog {
                 routes: ArcSwap::from_pointee(RouteTable::default()),
                 shadow: shadow::ShadowBook::default(),
                 health: watch::Sender::new(0),
+                choices: Mutex::new(None),
             }),
         }
     }
@@ -386,6 +396,14 @@ impl Catalog {
         Ok(served)
     }
 
+    /// Forgets which versions were active before (the activations of a start are not operator
+    /// choices to roll back to).
+    pub fn forget_history(&self, name: &str) {
+        if let Some(entry) = self.models().get_mut(name) {
+            entry.history.clear();
+        }
+    }
+
     /// How many models have an active version.
     pub fn active_count(&self) -> usize {
         self.inner.routes.load().routes.len()
@@ -413,12 +431,26 @@ impl Catalog {
         Ok(served)
     }
 
-    /// Returns `name` to the version that was active before the current one (still loaded).
+    /// Returns `name` to the version that was active before the current one (still loaded); with no
+    /// such version (nothing was activated since the start), to the newest ready version older than
+    /// the active one.
     pub fn rollback(&self, name: &str) -> Result<Arc<Served>, CatalogError> {
         let mut models = self.models();
         let entry = models
             .get_mut(name)
             .ok_or_else(|| CatalogError::UnknownModel { name: name.into() })?;
+        if entry.history.is_empty() {
+            let older = entry
+                .versions
+                .iter()
+                .filter(|(v, (state, _))| {
+                    matches!(state, VersionState::Ready(_))
+                        && entry.active.as_ref().is_some_and(|a| *v < a)
+                })
+                .map(|(v, _)| v.clone())
+                .next_back();
+            entry.history.extend(older);
+        }
         while let Some(previous) = entry.history.pop() {
             if let Some((VersionState::Ready(served), _)) = entry.versions.get(&previous) {
                 let served = served.clone();
@@ -503,6 +535,80 @@ impl Catalog {
         }
     }
 
+    /// Keeps the active and shadow choices in `path` from now on (and reads them back with
+    /// [`saved_choices`](Self::saved_choices) at the next start).
+    pub fn remember_choices_in(&self, path: PathBuf) {
+        *self.inner.choices.lock().unwrap_or_else(|p| p.into_inner()) = Some(path);
+    }
+
+    /// The choices saved by an earlier run, by model name (empty when none were saved or the file
+    /// cannot be read: the newest versions serve then, and the reason is logged).
+    pub fn saved_choices(&self) -> BTreeMap<String, Choice> {
+        let path = self
+            .inner
+            .choices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(path) = path else {
+            return BTreeMap::new();
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{}: cannot read the saved model choices ({e}); the newest versions serve",
+                    path.display()
+                );
+                BTreeMap::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => {
+                tracing::warn!(
+                    "{}: cannot read the saved model choices ({e}); the newest versions serve",
+                    path.display()
+                );
+                BTreeMap::new()
+            }
+        }
+    }
+
+    /// Writes the choices (atomically: a temporary file renamed over the old one).
+    fn save_choices(&self, models: &BTreeMap<String, ModelEntry>) {
+        let path = self
+            .inner
+            .choices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(path) = path else {
+            return;
+        };
+        let choices: BTreeMap<&String, Choice> = models
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name,
+                    Choice {
+                        active: e.active.as_ref().map(Version::to_string),
+                        shadow: e.shadow.as_ref().map(Version::to_string),
+                    },
+                )
+            })
+            .collect();
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("json.tmp");
+            let json = serde_json::to_vec_pretty(&choices).map_err(std::io::Error::other)?;
+            std::fs::write(&tmp, json)?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(
+                "{}: cannot save the model choices ({e}); after a restart the newest versions serve",
+                path.display()
+            );
+        }
+    }
+
     /// Publishes the routing table the current state implies (under the models lock, so tables are
     /// published in the order of the changes).
     fn publish(&self, models: &BTreeMap<String, ModelEntry>) {
@@ -525,6 +631,7 @@ impl Catalog {
             .collect();
         self.inner.routes.store(Arc::new(RouteTable { routes }));
         self.inner.health.send_modify(|generation| *generation += 1);
+        self.save_choices(models);
     }
 
     /// The models an instance goes to: every active model whose rules admit it.

@@ -82,8 +82,11 @@ pub fn version_dirs(root: &Path) -> Result<Vec<PathBuf>, CatalogError> {
 }
 
 /// Loads every version under `root` (each failure is listed with its reason, the others load) and
-/// activates the newest ready version of each model. Returns how many versions loaded.
+/// activates, per model, the version chosen before the last stop (activation, rollback) when it still
+/// loads, else the newest ready version; a saved shadow choice is restored too. Returns how many
+/// versions loaded.
 pub fn load_all(catalog: &Catalog, root: &Path) -> Result<usize, CatalogError> {
+    let saved = catalog.saved_choices();
     let mut loaded = 0;
     for dir in version_dirs(root)? {
         match catalog.load_dir(&dir) {
@@ -105,7 +108,29 @@ pub fn load_all(catalog: &Catalog, root: &Path) -> Result<usize, CatalogError> {
         }
     }
     for (name, version) in newest {
-        catalog.activate(&name, &version.to_string())?;
+        let choice = saved.get(&name).cloned().unwrap_or_default();
+        let chosen = choice
+            .active
+            .as_deref()
+            .and_then(|v| catalog.ready_version(&name, v))
+            .map(|s| s.info.version.clone());
+        match (&choice.active, &chosen) {
+            (Some(wanted), None) => tracing::warn!(
+                model = %name,
+                "the version chosen before the restart ({wanted}) did not load; the newest serves"
+            ),
+            (Some(_), Some(v)) => {
+                tracing::info!(model = %name, version = %v, "restoring the chosen version")
+            }
+            _ => {}
+        }
+        catalog.activate(&name, &chosen.unwrap_or_else(|| version.to_string()))?;
+        catalog.forget_history(&name);
+        if let Some(shadow) = choice.shadow {
+            if let Err(e) = catalog.shadow(&name, Some(&shadow)) {
+                tracing::warn!(model = %name, "the shadow chosen before the restart is not restored: {e}");
+            }
+        }
     }
     Ok(loaded)
 }
