@@ -3,13 +3,20 @@
 // bilinear tap. Must stay formula-for-formula identical to
 // src/preprocess/cpu.rs (the reference) and to the specification in src/preprocess/mod.rs.
 
+// Mirrors `SpecParams` (96 bytes). `n` counts model slices; with `context` = k > 0 the slice array
+// holds 2k+1 views per model slice and channel c of slice n is view n·channels + c alone.
+// mean/stddev of channel c: [c / 4][c % 4] (up to 8 channels: a stack of 7).
 struct Spec {
     n: u32,
     channels: u32,
     height: u32,
     width: u32,
-    mean: vec4<f32>,
-    stddev: vec4<f32>,
+    context: u32,
+    pad_a: u32,
+    pad_b: u32,
+    pad_c: u32,
+    mean: array<vec4<f32>, 2>,
+    stddev: array<vec4<f32>, 2>,
 }
 
 // Mirrors `SliceParams` in src/preprocess/mod.rs (64 bytes, 4-byte aligned fields). Window k
@@ -104,12 +111,40 @@ fn axis(i: u32, out: u32, n: u32) -> Axis {
     return Axis(i0, i0 + 1u, f32(u32(num) % den) / f32(den));
 }
 
+fn norm_channel(v: f32, c: u32) -> f32 {
+    return (v - spec.mean[c / 4u][c % 4u]) / spec.stddev[c / 4u][c % 4u];
+}
+
+// 2.5D: output channel c of model slice n is view n·channels + c (its own geometry and rescale; the
+// window, shared by the stack, is already the centre view's in every view's lane 0). Monochrome only.
+fn stacked(x: u32, y: u32, n: u32) {
+    let plane = spec.height * spec.width;
+    let base = n * spec.channels * plane + y * spec.width + x;
+    for (var c = 0u; c < spec.channels; c = c + 1u) {
+        let s = slices[n * spec.channels + c];
+        let ax = axis(x, spec.width, s.cols);
+        let ay = axis(y, spec.height, s.rows);
+        let p00 = tap(s, ay.i0, ax.i0).x;
+        let p01 = tap(s, ay.i0, ax.i1).x;
+        let p10 = tap(s, ay.i1, ax.i0).x;
+        let p11 = tap(s, ay.i1, ax.i1).x;
+        let top = (1.0 - ax.f) * p00 + ax.f * p01;
+        let bot = (1.0 - ax.f) * p10 + ax.f * p11;
+        let v = (1.0 - ay.f) * top + ay.f * bot;
+        dst[base + c * plane] = norm_channel(v, c);
+    }
+}
+
 @compute @workgroup_size(16, 16, 1)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let x = gid.x;
     let y = gid.y;
     let n = gid.z;
     if (x >= spec.width || y >= spec.height || n >= spec.n) {
+        return;
+    }
+    if (spec.context > 0u) {
+        stacked(x, y, n);
         return;
     }
     let s = slices[n];
@@ -134,6 +169,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let plane = spec.height * spec.width;
     let base = n * spec.channels * plane + y * spec.width + x;
     for (var c = 0u; c < spec.channels; c = c + 1u) {
-        dst[base + c * plane] = (v[c] - spec.mean[c]) / spec.stddev[c];
+        dst[base + c * plane] = norm_channel(v[c], c);
     }
 }

@@ -87,6 +87,7 @@ fn fitting_models_score_like_onnxruntime_python_on_the_converted_input() {
         "f16",
         "uint8",
         "external",
+        "context1",
     ] {
         let dir = case(name);
         let expected: Expected =
@@ -244,6 +245,15 @@ fn models_validate_prints_ok_with_a_summary_or_the_problems() {
     ] {
         assert!(out.contains(w), "{w:?} not in: {out}");
     }
+    let (code, out) = validate(&case("context1"));
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("input   \"x\" [N, 3, 8, 8]")
+            && out.contains("context 1 (2.5D: the 3 neighbouring slices"),
+        "{out}"
+    );
+    let (code, out) = validate(&case("nhwc_softmax"));
+    assert!(code == 0 && !out.contains("context"), "{out}");
     let (code, out) = validate(&case("external"));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("external data [\"weights.bin\"]"), "{out}");

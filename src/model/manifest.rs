@@ -3,7 +3,9 @@ use std::{collections::BTreeMap, path::PathBuf};
 use serde::Deserialize;
 
 use super::rules::{AppliesToToml, ModelRules};
-use crate::preprocess::{ManifestWindows, PreprocessSpec, Window, MAX_STACKED_WINDOWS};
+use crate::preprocess::{
+    ManifestWindows, PreprocessSpec, Window, MAX_CONTEXT, MAX_STACKED_WINDOWS,
+};
 
 /// The positive rule of [`Manifest::positive`], for callers that hold the labels without the manifest:
 /// with `exclusive` (softmax classes) only the most probable class can be positive (ties: the first),
@@ -74,6 +76,11 @@ pub struct InputSpec {
     /// The graph's batch dimension: `"dynamic"` or a fixed size.
     #[serde(default)]
     pub batch: Batch,
+    /// 2.5D: the input of a slice stacks the `2·context + 1` neighbouring slices of its series, in
+    /// slice-position order (edges replicated), as its channels; 0 (the default): one slice. At most
+    /// [`MAX_CONTEXT`]. Needs `channels = 2·context + 1`, monochrome slices, and one window.
+    #[serde(default)]
+    pub context: u32,
 }
 
 /// Axis order of a 4-D image tensor.
@@ -351,9 +358,11 @@ impl Manifest {
 
     fn validate(&self) -> Result<(), String> {
         let i = &self.input;
-        if i.channels != 1 && i.channels != 3 {
+        self.check_context()?;
+        if i.context == 0 && i.channels != 1 && i.channels != 3 {
             return Err(format!(
-                "[input] channels = {} but only 1 or 3 are supported",
+                "[input] channels = {} but only 1 or 3 are supported (or 2·context + 1 for a 2.5D \
+                 model with context = k)",
                 i.channels
             ));
         }
@@ -441,6 +450,48 @@ impl Manifest {
         Ok(())
     }
 
+    /// `[input] context`: within 0..=MAX_CONTEXT, `channels = 2k+1`, and one window per input (no
+    /// windows stacked as channels: every slice of the stack takes the centre slice's window).
+    fn check_context(&self) -> Result<(), String> {
+        let k = self.input.context;
+        if k == 0 {
+            return Ok(());
+        }
+        if k > MAX_CONTEXT {
+            return Err(format!(
+                "[input] context = {k} but at most {MAX_CONTEXT} is supported (a stack of {} \
+                 slices); set context to 0..={MAX_CONTEXT}",
+                2 * MAX_CONTEXT + 1
+            ));
+        }
+        let want = 2 * k + 1;
+        if self.input.channels != want {
+            return Err(format!(
+                "[input] context = {k} stacks 2·{k} + 1 = {want} neighbouring slices as channels but \
+                 channels = {}; set channels = {want} (or the context that matches the model's channels)",
+                self.input.channels
+            ));
+        }
+        let p = &self.preprocess;
+        let stacked = std::iter::once(("[preprocess]".to_string(), &p.windows)).chain(
+            p.modality
+                .iter()
+                .map(|(t, m)| (format!("[preprocess.modality.{t}]"), &m.windows)),
+        );
+        for (table, windows) in stacked {
+            if let Some(ws) = windows.as_ref().filter(|ws| ws.len() > 1) {
+                return Err(format!(
+                    "{table} windows has {} entries but [input] context = {k}: a 2.5D model's \
+                     channels are neighbouring slices, all windowed with the centre slice's one \
+                     window, so windows cannot be stacked as channels; use window = {{ center, width }} \
+                     (or drop context)",
+                    ws.len()
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether label `index` is positive given one slice's scores (all labels, probabilities). For
     /// mutually exclusive classes (`kind = "softmax"`) only the most probable class can be positive
     /// (ties: the first), and only at or over its threshold; otherwise each label is judged alone.
@@ -465,6 +516,7 @@ impl Manifest {
             window: self.manifest_windows(),
             mean: self.preprocess.mean.clone(),
             std: self.preprocess.std.clone(),
+            context: self.input.context,
         }
     }
 }
@@ -827,5 +879,82 @@ threshold = 0.5
             !softmax.positive(&[0.5], 2),
             "a missing score is not positive"
         );
+    }
+    #[test]
+    fn context_is_validated_naming_the_field_and_the_fix() {
+        let m = Manifest::parse(GOOD, "t").expect("valid");
+        assert_eq!((m.input.context, m.preprocess_spec().context), (0, 0));
+        let ctx = |k: u32, channels: u32, extra: &str| {
+            let stats = vec!["0.5"; channels as usize].join(", ");
+            GOOD.replace(
+                "channels = 1\n",
+                &format!("channels = {channels}\ncontext = {k}\n"),
+            )
+            .replace(
+                "mean = [0.5]\nstd = [0.25]\n",
+                &format!("mean = [{stats}]\nstd = [{stats}]\n{extra}"),
+            )
+        };
+        let m = Manifest::parse(&ctx(1, 3, ""), "t").expect("context 1, 3 channels");
+        assert_eq!(
+            (m.preprocess_spec().context, m.preprocess_spec().channels),
+            (1, 3)
+        );
+        m.preprocess_spec().validate().expect("a valid spec");
+        let m = Manifest::parse(
+            &ctx(3, 7, "window = { center = 40.0, width = 400.0 }\n"),
+            "t",
+        )
+        .expect("context 3, 7 channels, one window");
+        m.preprocess_spec().validate().expect("a valid spec");
+        let three = "{ center = 40.0, width = 80.0 }, { center = 80.0, width = 200.0 }, \
+                     { center = 600.0, width = 2800.0 }";
+        for (text, words) in [
+            (
+                ctx(1, 1, ""),
+                &["[input] context = 1", "channels = 1", "set channels = 3"][..],
+            ),
+            (
+                ctx(2, 3, ""),
+                &[
+                    "[input] context = 2",
+                    "= 5 neighbouring slices",
+                    "set channels = 5",
+                ],
+            ),
+            (
+                ctx(4, 9, ""),
+                &["[input] context = 4", "at most 3", "set context to 0..=3"],
+            ),
+            (
+                ctx(1, 3, &format!("windows = [{three}]\n")),
+                &[
+                    "[preprocess] windows has 3 entries but [input] context = 1",
+                    "centre slice's one window",
+                    "use window = { center, width }",
+                ],
+            ),
+            (
+                format!(
+                    "{}[preprocess.modality.CT]\nwindows = [{three}]\n",
+                    ctx(1, 3, "")
+                ),
+                &["[preprocess.modality.CT] windows has 3 entries but [input] context = 1"],
+            ),
+            (
+                GOOD.replace("channels = 1\n", "channels = 1\ncontext = -1\n"),
+                &["context"],
+            ),
+        ] {
+            let err = Manifest::parse(&text, "models/x/model.toml")
+                .expect_err(&text)
+                .to_string();
+            for w in words {
+                assert!(
+                    err.contains("models/x/model.toml") && err.contains(w),
+                    "{w:?} not in: {err}"
+                );
+            }
+        }
     }
 }

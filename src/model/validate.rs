@@ -268,6 +268,13 @@ pub fn summary(package: &ModelPackage, max_batch: usize) -> String {
         o.dtype,
         labels.join(", ")
     );
+    if i.context > 0 {
+        s.push_str(&format!(
+            "  context {} (2.5D: the {} neighbouring slices of the series as channels, centre's window)\n",
+            i.context,
+            2 * i.context + 1
+        ));
+    }
     if !package.external.is_empty() {
         let files: Vec<&str> = package.external.iter().map(|(l, _)| l.as_str()).collect();
         s.push_str(&format!("  external data {files:?}\n"));

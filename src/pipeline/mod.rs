@@ -14,6 +14,11 @@
 //! on the thread's exit, so a panic counts too), `Stalled` while one preprocess/model call has run longer
 //! than the stall timeout (the worker stamps when its call began; a watchdog task compares), `Serving`
 //! otherwise — again as soon as a stalled call returns.
+//!
+//! A 2.5D model (`[input] context = k`) scores a slice from the 2k+1 neighbouring slices of its series:
+//! its job carries those frames, in position order with the centre in the middle ([`Engine::submit_stack`],
+//! assembled by `study::context`), and the preprocessor stacks them as channels. The engine serves one
+//! model, so a batch never mixes stacks of different models or sizes.
 
 use std::{
     sync::{
@@ -192,10 +197,11 @@ async fn watchdog(vitals: Weak<Vitals>) {
     }
 }
 
-/// One frame of a decoded instance, waiting to be scored.
+/// One frame of a decoded instance, waiting to be scored: for a 2.5D model with its neighbours.
 struct SliceJob {
-    instance: Arc<DecodedInstance>,
-    frame: usize,
+    /// `(instance, frame)`: one for a 2D model; 2k+1 in slice-position order (centre in the middle)
+    /// for a model with context k.
+    frames: Vec<(Arc<DecodedInstance>, usize)>,
     reply: oneshot::Sender<Result<ScoredSlice, EngineError>>,
 }
 
@@ -365,23 +371,86 @@ impl Engine {
         self.preprocess_path
     }
 
-    /// Queues one frame; waits while the queue is full. The receiver yields the slice's scores.
+    /// `[input] context` of the served model: 0 for a 2D model ([`Engine::submit`]), k for a 2.5D one
+    /// ([`Engine::submit_stack`] with 2k+1 frames).
+    pub fn context(&self) -> u32 {
+        self.manifest.input.context
+    }
+
+    /// Queues one frame of a 2D model (`context = 0`); waits while the queue is full. The receiver
+    /// yields the slice's scores. A 2.5D model refuses it (a preprocessing error naming the context):
+    /// scoring a slice without its neighbours would be scoring it wrong.
     pub async fn submit(
         &self,
         instance: Arc<DecodedInstance>,
         frame: usize,
     ) -> Result<oneshot::Receiver<Result<ScoredSlice, EngineError>>, EngineError> {
+        self.enqueue(vec![(instance, frame)]).await
+    }
+
+    /// Queues one slice of a 2.5D model with its neighbours: `frames` holds the 2k+1 frames
+    /// `(instance, frame index)` of its series in slice-position order, the slice scored in the
+    /// middle (index k), edges already replicated (see `study::context::ContextAssembler`). With
+    /// k = 0 it is [`Engine::submit`] of the one frame. The answer's window is the centre's.
+    pub async fn submit_stack(
+        &self,
+        frames: Vec<(Arc<DecodedInstance>, usize)>,
+    ) -> Result<oneshot::Receiver<Result<ScoredSlice, EngineError>>, EngineError> {
+        self.enqueue(frames).await
+    }
+
+    async fn enqueue(
+        &self,
+        frames: Vec<(Arc<DecodedInstance>, usize)>,
+    ) -> Result<oneshot::Receiver<Result<ScoredSlice, EngineError>>, EngineError> {
+        check_stack(&self.manifest, frames.len())?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(EngineError::ShutDown)?;
-        tx.send(Job::Slice(SliceJob {
-            instance,
-            frame,
-            reply,
-        }))
-        .await
-        .map_err(|_| EngineError::ShutDown)?;
+        tx.send(Job::Slice(SliceJob { frames, reply }))
+            .await
+            .map_err(|_| EngineError::ShutDown)?;
         Ok(rx)
     }
+}
+
+/// A job for `manifest`'s model must carry 2·context + 1 frames (a caller's mistake: answered as that
+/// slice's preprocessing error, never scored with a wrong stack).
+fn check_stack(manifest: &Manifest, got: usize) -> Result<(), EngineError> {
+    let context = manifest.input.context;
+    let expected = 2 * context as usize + 1;
+    if got == expected {
+        return Ok(());
+    }
+    let hint = if context > 0 {
+        "submit the slice with its neighbours (Engine::submit_stack)"
+    } else {
+        "submit one frame (Engine::submit)"
+    };
+    Err(EngineError::Preprocess(PreprocessError::InvalidSlice {
+        index: 0,
+        detail: format!(
+            "model {} takes {expected} neighbouring slice(s) per slice ([input] context = {context}), \
+             {got} given: {hint}",
+            manifest.model.name
+        ),
+    }))
+}
+
+/// The views of a batch in the order the preprocessor takes them: each job's frames in turn (2k+1 per
+/// job for a context model, in position order).
+fn batch_views(batch: &[SliceJob]) -> Result<Vec<SliceView<'_>>, EngineError> {
+    batch
+        .iter()
+        .flat_map(|job| job.frames.iter())
+        .map(|(instance, frame)| {
+            SliceView::of(instance, *frame).ok_or_else(|| {
+                EngineError::Preprocess(PreprocessError::InvalidSlice {
+                    index: 0,
+                    detail: format!("frame {frame} does not exist"),
+                })
+            })
+        })
+        .collect()
 }
 
 impl Drop for Engine {
@@ -518,17 +587,17 @@ impl Worker {
 
     fn score(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
         let n = batch.len();
-        let views: Vec<SliceView<'_>> = batch
-            .iter()
-            .map(|job| {
-                SliceView::of(&job.instance, job.frame).ok_or_else(|| {
-                    EngineError::Preprocess(PreprocessError::InvalidSlice {
-                        index: 0,
-                        detail: format!("frame {} does not exist", job.frame),
-                    })
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let views = batch_views(batch)?;
+        let stack = self.spec.stack();
+        if views.len() != n * stack {
+            return Err(EngineError::Preprocess(PreprocessError::InvalidSpec {
+                detail: format!(
+                    "{} views for {n} slices of context {}",
+                    views.len(),
+                    self.spec.context
+                ),
+            }));
+        }
         let per_slice = (self.spec.channels * self.spec.height * self.spec.width) as usize;
         self.input.resize(n * per_slice, 0.0);
         self.preprocessor
@@ -539,7 +608,8 @@ impl Worker {
         let labels = scores.len() / n.max(1);
         Ok((0..n)
             .map(|i| ScoredSlice {
-                window: choose_window(&self.spec, &views[i]),
+                // The centre view's: the stack is windowed with it.
+                window: choose_window(&self.spec, &views[i * stack + stack / 2]),
                 scores: scores[i * labels..(i + 1) * labels].to_vec(),
                 map: map.as_ref().map(|m| {
                     let cell = labels * m.height * m.width;
@@ -683,5 +753,67 @@ mod tests {
             .expect("the drop returns while the call still hangs")
             .expect("drop");
         drop(release); // lets the left-behind worker finish
+    }
+    fn sample(n: usize) -> Arc<DecodedInstance> {
+        let path = format!(
+            "{}/models/lesion-demo/sample-study/slice-{n:02}.dcm",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let bytes = std::fs::read(path).expect("sample slice");
+        Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"))
+    }
+
+    /// A 2.5D job carries its 2k+1 frames, handed to the preprocessor stack after stack in order;
+    /// a job with the wrong number of frames for the model is refused before it is queued.
+    #[test]
+    fn a_stack_job_carries_its_frames_in_order_and_a_wrong_stack_is_refused() {
+        let bundled = include_str!("../../models/lesion-demo/1.0.0/model.toml");
+        let flat = Manifest::parse(bundled, "bundled").expect("valid");
+        let stacked = Manifest::parse(
+            &bundled
+                .replace("channels = 1\n", "channels = 3\ncontext = 1\n")
+                .replace("mean = [0.34]", "mean = [0.34, 0.34, 0.34]")
+                .replace("std = [0.31]", "std = [0.31, 0.31, 0.31]"),
+            "stacked",
+        )
+        .expect("valid");
+        check_stack(&flat, 1).expect("one frame for a 2D model");
+        check_stack(&stacked, 3).expect("three frames for context 1");
+        for (m, got, words) in [
+            (&stacked, 1, "submit_stack"),
+            (&stacked, 5, "[input] context = 1), 5 given"),
+            (&flat, 3, "Engine::submit)"),
+        ] {
+            match check_stack(m, got) {
+                Err(EngineError::Preprocess(PreprocessError::InvalidSlice { detail, .. })) => {
+                    assert!(detail.contains(words), "{words:?} not in {detail}")
+                }
+                other => panic!("{got} frames: {other:?}"),
+            }
+        }
+
+        let slices: Vec<_> = (4..=8).map(sample).collect();
+        let job = |frames: &[usize]| SliceJob {
+            frames: frames.iter().map(|&i| (slices[i].clone(), 0)).collect(),
+            reply: oneshot::channel().0,
+        };
+        let batch = [job(&[0, 1, 2]), job(&[3, 3, 4])];
+        let views = batch_views(&batch).expect("views");
+        let want = [0, 1, 2, 3, 3, 4];
+        assert_eq!(views.len(), want.len());
+        for (v, &i) in views.iter().zip(&want) {
+            assert!(
+                std::ptr::eq(v.pixels, slices[i].frames[0].pixels.as_slice()),
+                "views in stack order"
+            );
+        }
+        let missing = [SliceJob {
+            frames: vec![(slices[0].clone(), 3)],
+            reply: oneshot::channel().0,
+        }];
+        assert!(
+            batch_views(&missing).is_err(),
+            "a frame that does not exist"
+        );
     }
 }

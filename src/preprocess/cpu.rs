@@ -36,6 +36,25 @@ impl Preprocessor for CpuPreprocessor {
         if per_slice == 0 {
             return Ok(());
         }
+        if spec.context > 0 {
+            // 2.5D: channel c of model slice i is view i·(2k+1) + c alone (windows already shared).
+            let stack = spec.stack();
+            for ((views, ps), dst) in slices
+                .chunks_exact(stack)
+                .zip(params.chunks_exact(stack))
+                .zip(out.chunks_exact_mut(per_slice))
+            {
+                for (c, ((s, p), plane_out)) in views
+                    .iter()
+                    .zip(ps)
+                    .zip(dst.chunks_exact_mut(plane))
+                    .enumerate()
+                {
+                    view_to_plane(spec, p, s.pixels, c, plane_out);
+                }
+            }
+            return Ok(());
+        }
         for ((s, p), dst) in slices
             .iter()
             .zip(&params)
@@ -104,6 +123,26 @@ fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3]
     out
 }
 
+/// One monochrome view of a stack as output channel `c`: rescale, the (shared) window lane 0, invert,
+/// bilinear resize, normalisation with channel `c`'s mean and std.
+fn view_to_plane(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], c: usize, dst: &mut [f32]) {
+    let (h, w) = (spec.height, spec.width);
+    let cols: Vec<(u32, u32, f32)> = (0..w).map(|x| axis(x, w, p.cols)).collect();
+    for y in 0..h {
+        let (y0, y1, fy) = axis(y, h, p.rows);
+        for (x, &(x0, x1, fx)) in cols.iter().enumerate() {
+            let p00 = tap(p, 1, px, y0, x0)[0];
+            let p01 = tap(p, 1, px, y0, x1)[0];
+            let p10 = tap(p, 1, px, y1, x0)[0];
+            let p11 = tap(p, 1, px, y1, x1)[0];
+            let top = (1.0 - fx) * p00 + fx * p01;
+            let bot = (1.0 - fx) * p10 + fx * p11;
+            let v = (1.0 - fy) * top + fy * bot;
+            dst[y as usize * w as usize + x] = (v - spec.mean[c]) / spec.std[c];
+        }
+    }
+}
+
 fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], dst: &mut [f32]) {
     let (h, w, ch) = (spec.height, spec.width, spec.channels);
     let plane = h as usize * w as usize;
@@ -149,6 +188,7 @@ mod tests {
             window: window.map(Into::into),
             mean: vec![0.0; channels as usize],
             std: vec![1.0; channels as usize],
+            context: 0,
         }
     }
 

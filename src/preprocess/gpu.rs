@@ -261,7 +261,8 @@ impl GpuPreprocessor {
         params: &[SliceParams],
         out: &mut [f32],
     ) -> Result<(), PreprocessError> {
-        let n = slices.len() as u32;
+        // Model slices: a context spec brings 2k+1 views for each.
+        let n = (slices.len() / spec.stack()) as u32;
         let in_bytes: u64 = slices.iter().map(|s| s.pixels.len() as u64 * 4).sum();
         let par_bytes = std::mem::size_of_val(params) as u64;
         let out_bytes = std::mem::size_of_val(out) as u64;
@@ -742,5 +743,56 @@ mod tests {
         // Still usable afterwards.
         g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out)
             .unwrap();
+    }
+    /// 2.5D stacks (k = 1, 2, 3) of mixed views, two model slices per dispatch, with the file/min-max
+    /// rule and with a step manifest window: the WGSL path equals the CPU reference.
+    #[test]
+    fn gpu_matches_cpu_context_stacks() {
+        let views = |seed: u64| {
+            vec![
+                ct(64, 48, seed),
+                ct_signed(33, 45, seed + 1),
+                xray_mono1(40, 70, seed + 2),
+                OwnedSlice {
+                    file_windows: Vec::new(),
+                    ..ct(17, 90, seed + 3)
+                },
+                OwnedSlice::mono(1, 1, vec![42.0]),
+                ct(50, 50, seed + 4),
+                xray_mono1(20, 20, seed + 5),
+            ]
+        };
+        for k in 1..=super::super::MAX_CONTEXT {
+            let stack = 2 * k as usize + 1;
+            let mut owned = views(u64::from(k))[..stack].to_vec();
+            owned.extend(views(100 + u64::from(k))[7 - stack..].to_vec());
+            for (what, window) in [
+                ("file/min-max", None),
+                (
+                    "step",
+                    Some(Window {
+                        center: 100.3,
+                        width: 1.0,
+                    }),
+                ),
+            ] {
+                let spec = context_spec(k, 40, 36, window);
+                let v = super::super::test_util::views(&owned);
+                let n = spec.output_len(2);
+                let mut cpu = vec![f32::NAN; n];
+                let mut on_gpu = vec![f32::NAN; n];
+                CpuPreprocessor.preprocess(&spec, &v, &mut cpu).unwrap();
+                gpu().preprocess(&spec, &v, &mut on_gpu).unwrap();
+                let worst = cpu
+                    .iter()
+                    .zip(&on_gpu)
+                    .map(|(c, g)| {
+                        assert!(c.is_finite() && g.is_finite(), "k={k} {what}");
+                        (c - g).abs()
+                    })
+                    .fold(0.0f32, f32::max);
+                assert!(worst <= 1e-4, "k={k} {what}: max |gpu - cpu| = {worst}");
+            }
+        }
     }
 }

@@ -32,6 +32,19 @@
 //!    position `(i + 0.5)·n/out − 0.5` clamped to `[0, n − 1]`; steps 1–2 are applied to each of the
 //!    four taps before interpolating.
 //! 4. Normalize `(x − mean[c]) / std[c]` with the manifest's values; NCHW float32, batch contiguous.
+//!
+//! # 2.5D models (`context = k`)
+//! A model with `[input] context = k` takes, for each slice, the 2k+1 neighbouring slices of its series
+//! in slice-position order as its C = 2k+1 channels (the caller assembles them and replicates the edge
+//! slices: see `study::context`). The preprocessor is then handed 2k+1 views per model slice, in
+//! position order: output channel c of model slice i is steps 1 and 3–4 applied to view `i·(2k+1) + c`
+//! alone (its own pixels, size, rescale and photometric), with ONE window for every channel — the one
+//! the rule above chooses for the centre view `i·(2k+1) + k`. One window per input, because the stack is
+//! read as a radiologist scrolls a series: at one window setting, so that the same tissue has the same
+//! value on every channel and the model sees anatomy change, not each slice's own min/max or file
+//! window (which vary slice by slice and would make the neighbours' contrast differ from the centre's
+//! for no anatomical reason). Stacked windows are therefore refused with a context (the manifest says
+//! so at load), and colour views cannot be stacked (no window applies to colour; refused per slice).
 
 pub mod cpu;
 pub mod gpu;
@@ -59,7 +72,17 @@ pub struct PreprocessSpec {
     pub mean: Vec<f32>,
     /// One per channel, each > 0.
     pub std: Vec<f32>,
+    /// `[input] context`: 0 for a 2D model; k > 0 for a 2.5D model whose C = 2k+1 channels are the
+    /// 2k+1 neighbouring slices (see the module docs): the preprocessor then takes 2k+1 views per slice.
+    pub context: u32,
 }
+
+/// The largest `context` (a stack of 2·3+1 = 7 slices): bounds the channel count the kernels carry.
+pub const MAX_CONTEXT: u32 = 3;
+
+/// The most channels a spec can have: a stack of `2·MAX_CONTEXT + 1` slices. The WGSL `Spec` uniform
+/// carries this many means and stds (in two vec4s).
+pub const MAX_CHANNELS: usize = 2 * MAX_CONTEXT as usize + 1;
 
 /// The most windows one slice can be given: one per output channel, and channels are at most 3. The
 /// WGSL `Slice` struct carries exactly this many.
@@ -104,7 +127,21 @@ impl ManifestWindows {
 impl PreprocessSpec {
     pub fn validate(&self) -> Result<(), PreprocessError> {
         let bad = |detail: String| Err(PreprocessError::InvalidSpec { detail });
-        if self.channels != 1 && self.channels != 3 {
+        if self.context > MAX_CONTEXT {
+            return bad(format!(
+                "context must be 0..={MAX_CONTEXT}, got {}",
+                self.context
+            ));
+        }
+        if self.context > 0 && self.channels != self.stack() as u32 {
+            return bad(format!(
+                "context {} stacks {} slices as channels, got {} channels",
+                self.context,
+                self.stack(),
+                self.channels
+            ));
+        }
+        if self.context == 0 && self.channels != 1 && self.channels != 3 {
             return bad(format!("channels must be 1 or 3, got {}", self.channels));
         }
         if self.height == 0 || self.width == 0 {
@@ -131,7 +168,8 @@ impl PreprocessSpec {
             let lists = std::iter::once(("default", &mw.default))
                 .chain(mw.by_modality.iter().map(|(k, v)| (k.as_str(), v)));
             for (which, list) in lists {
-                let stacked_ok = list.len() == 1 || list.len() == c;
+                // With a context every channel takes the centre slice's one window.
+                let stacked_ok = list.len() == 1 || (list.len() == c && self.context == 0);
                 if (which != "default" || !list.is_empty()) && !stacked_ok {
                     return bad(format!(
                         "{which} windows: {} given, need 1 or one per channel ({c})",
@@ -147,6 +185,11 @@ impl PreprocessSpec {
             }
         }
         Ok(())
+    }
+
+    /// Views per model slice: 2·context + 1 (1 for a 2D model).
+    pub fn stack(&self) -> usize {
+        2 * self.context as usize + 1
     }
 
     /// Number of f32 values one batch of `n` slices produces.
@@ -270,15 +313,18 @@ pub(crate) struct SpecParams {
     pub channels: u32,
     pub height: u32,
     pub width: u32,
-    pub mean: [f32; 4],
-    pub std: [f32; 4],
+    pub context: u32,
+    pub _pad: [u32; 3],
+    pub mean: [f32; 8],
+    pub std: [f32; 8],
 }
 
 impl SpecParams {
+    /// `n`: model slices (for a context spec, `views / (2k+1)`).
     pub(crate) fn new(spec: &PreprocessSpec, n: u32) -> Self {
-        let mut mean = [0.0f32; 4];
-        let mut std = [1.0f32; 4];
-        let c = spec.channels as usize;
+        let mut mean = [0.0f32; 8];
+        let mut std = [1.0f32; 8];
+        let c = (spec.channels as usize).min(MAX_CHANNELS);
         mean[..c].copy_from_slice(&spec.mean[..c]);
         std[..c].copy_from_slice(&spec.std[..c]);
         Self {
@@ -286,6 +332,8 @@ impl SpecParams {
             channels: spec.channels,
             height: spec.height,
             width: spec.width,
+            context: spec.context,
+            _pad: [0; 3],
             mean,
             std,
         }
@@ -468,14 +516,26 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
 }
 
 /// Validates spec, slices and output size, and resolves every slice; input
-/// offsets are assigned as if the slices were packed back to back.
+/// offsets are assigned as if the slices were packed back to back. For a context spec `slices` holds
+/// 2k+1 views per model slice (see the module docs): each view keeps its own rescale, photometric and
+/// geometry, and takes the window of its stack's centre view.
 pub(crate) fn resolve_batch(
     spec: &PreprocessSpec,
     slices: &[SliceView<'_>],
     out_len: usize,
 ) -> Result<Vec<SliceParams>, PreprocessError> {
     spec.validate()?;
-    let expected = spec.output_len(slices.len());
+    let stack = spec.stack();
+    if slices.len() % stack != 0 {
+        return Err(PreprocessError::InvalidSpec {
+            detail: format!(
+                "context {} needs {stack} views per slice, got {} views (not a multiple of {stack})",
+                spec.context,
+                slices.len()
+            ),
+        });
+    }
+    let expected = spec.output_len(slices.len() / stack);
     if out_len != expected {
         return Err(PreprocessError::OutputSize {
             expected,
@@ -486,6 +546,16 @@ pub(crate) fn resolve_batch(
     let mut offset: u64 = 0;
     for (i, s) in slices.iter().enumerate() {
         validate_slice(i, s)?;
+        if spec.context > 0 && s.photometric == Photometric::Rgb {
+            return Err(PreprocessError::InvalidSlice {
+                index: i,
+                detail: format!(
+                    "a 2.5D model (context = {}) stacks monochrome slices; a colour (RGB) slice has no \
+                     window to share with its neighbours and cannot be stacked",
+                    spec.context
+                ),
+            });
+        }
         let off = u32::try_from(offset).map_err(|_| PreprocessError::BatchTooLarge {
             what: "packed input (bytes, u32 element offsets)",
             needed: offset * 4,
@@ -493,6 +563,19 @@ pub(crate) fn resolve_batch(
         })?;
         params.push(resolve_slice(spec, s, off));
         offset += s.pixels.len() as u64;
+    }
+    if spec.context > 0 {
+        // Every view of a stack is windowed with its centre's window (one window per input).
+        let centre = spec.context as usize;
+        for stack_params in params.chunks_exact_mut(stack) {
+            let c = stack_params[centre];
+            for p in stack_params.iter_mut() {
+                p.win_lo = c.win_lo;
+                p.win_wm1 = c.win_wm1;
+                let step_bits = ((1u32 << MAX_STACKED_WINDOWS) - 1) * FLAG_STEP;
+                p.flags = (p.flags & !step_bits) | (c.flags & step_bits);
+            }
+        }
     }
     Ok(params)
 }
@@ -648,6 +731,21 @@ pub(crate) mod test_util {
             window: window.map(ManifestWindows::from),
             mean: [0.485f32, 0.456, 0.406][..channels as usize].to_vec(),
             std: [0.229f32, 0.224, 0.225][..channels as usize].to_vec(),
+            context: 0,
+        }
+    }
+
+    /// A 2.5D spec: context `k`, 2k+1 channels with distinct means and stds.
+    pub fn context_spec(k: u32, height: u32, width: u32, window: Option<Window>) -> PreprocessSpec {
+        let c = 2 * k as usize + 1;
+        PreprocessSpec {
+            channels: c as u32,
+            height,
+            width,
+            window: window.map(ManifestWindows::from),
+            mean: (0..c).map(|i| 0.1 * i as f32).collect(),
+            std: (0..c).map(|i| 0.2 + 0.05 * i as f32).collect(),
+            context: k,
         }
     }
 
@@ -944,7 +1042,7 @@ mod tests {
         );
         assert_eq!((p.flags & FLAG_STEP, p.win_lo[0]), (FLAG_STEP, 9.5));
         assert_eq!(std::mem::size_of::<SliceParams>(), 64);
-        assert_eq!(std::mem::size_of::<SpecParams>(), 48);
+        assert_eq!(std::mem::size_of::<SpecParams>(), 96);
     }
 
     fn win(center: f64, width: f64) -> Window {
@@ -1184,5 +1282,131 @@ mod tests {
                 "{what}"
             );
         }
+    }
+    fn run_stack(spec: &PreprocessSpec, owned: &[OwnedSlice]) -> Result<Vec<f32>, PreprocessError> {
+        let mut out = vec![f32::NAN; spec.output_len(owned.len() / spec.stack())];
+        CpuPreprocessor.preprocess(spec, &views(owned), &mut out)?;
+        Ok(out)
+    }
+
+    /// A stack of views with different sizes, rescales, file windows and photometrics.
+    fn stack_views(seed: u64) -> Vec<OwnedSlice> {
+        vec![
+            OwnedSlice {
+                intercept: -1000.0,
+                ..ct(20, 24, seed)
+            },
+            mr(vec![win(300.0, 500.0)]),
+            OwnedSlice {
+                file_windows: Vec::new(),
+                ..ct_signed(16, 16, seed + 1)
+            },
+            xray_mono1(12, 30, seed + 2),
+            ct(24, 20, seed + 3),
+        ]
+    }
+
+    #[test]
+    fn a_context_stack_takes_channel_c_from_view_c_with_the_centre_window() {
+        for k in [1u32, 2] {
+            let cs = context_spec(k, 9, 7, None);
+            let stack = cs.stack();
+            let plane = 9 * 7;
+            // Two model slices: the second stack is the first one reversed.
+            let mut owned: Vec<OwnedSlice> = stack_views(10 * u64::from(k))[..stack].to_vec();
+            owned.extend(owned.clone().into_iter().rev());
+            let out = run_stack(&cs, &owned).expect("stack");
+            for (i, views) in owned.chunks(stack).enumerate() {
+                let centre = &views[k as usize];
+                let chosen = choose_window(&cs, &centre.view()).expect("mono");
+                for (c, v) in views.iter().enumerate() {
+                    let alone = PreprocessSpec {
+                        window: Some(
+                            Window {
+                                center: chosen.center,
+                                width: chosen.width,
+                            }
+                            .into(),
+                        ),
+                        mean: vec![cs.mean[c]],
+                        std: vec![cs.std[c]],
+                        ..spec(1, 9, 7, None)
+                    };
+                    let one = run_cpu(&alone, std::slice::from_ref(v)).expect("alone");
+                    let at = (i * stack + c) * plane;
+                    assert_eq!(out[at..at + plane], one[..], "k={k} slice {i} channel {c}");
+                }
+            }
+            // A manifest window applies to the whole stack alike.
+            let fixed = context_spec(k, 9, 7, Some(win(40.0, 400.0)));
+            let out = run_stack(&fixed, &owned[..stack]).expect("fixed");
+            let alone = PreprocessSpec {
+                mean: vec![fixed.mean[0]],
+                std: vec![fixed.std[0]],
+                ..spec(1, 9, 7, Some(win(40.0, 400.0)))
+            };
+            let one = run_cpu(&alone, &owned[..1]).expect("alone");
+            assert_eq!(out[..plane], one[..]);
+        }
+    }
+
+    #[test]
+    fn context_specs_and_stacks_are_validated() {
+        let ok = context_spec(1, 4, 4, None);
+        ok.validate().expect("valid");
+        let three = [ct(4, 4, 1), ct(4, 4, 2), ct(4, 4, 3)];
+        // Views must come in whole stacks.
+        let mut out = vec![0.0; ok.output_len(1)];
+        assert!(matches!(
+            CpuPreprocessor.preprocess(&ok, &views(&three[..2]), &mut out),
+            Err(PreprocessError::InvalidSpec { .. })
+        ));
+        // A colour view cannot be stacked.
+        let with_rgb = [ct(4, 4, 1), rgb8(4, 4, 2), ct(4, 4, 3)];
+        match CpuPreprocessor.preprocess(&ok, &views(&with_rgb), &mut out) {
+            Err(PreprocessError::InvalidSlice { index: 1, detail }) => {
+                assert!(detail.contains("colour"), "{detail}")
+            }
+            other => panic!("expected InvalidSlice, got {other:?}"),
+        }
+        for (what, bad) in [
+            (
+                "channels not 2k+1",
+                PreprocessSpec {
+                    context: 2,
+                    ..ok.clone()
+                },
+            ),
+            (
+                "context over the cap",
+                PreprocessSpec {
+                    context: MAX_CONTEXT + 1,
+                    channels: 2 * MAX_CONTEXT + 3,
+                    mean: vec![0.0; 2 * MAX_CONTEXT as usize + 3],
+                    std: vec![1.0; 2 * MAX_CONTEXT as usize + 3],
+                    ..ok.clone()
+                },
+            ),
+            (
+                "windows stacked as channels",
+                PreprocessSpec {
+                    window: Some(ManifestWindows::stacked(vec![
+                        win(40.0, 80.0),
+                        win(80.0, 200.0),
+                        win(600.0, 2800.0),
+                    ])),
+                    ..ok.clone()
+                },
+            ),
+        ] {
+            assert!(
+                matches!(bad.validate(), Err(PreprocessError::InvalidSpec { .. })),
+                "{what}"
+            );
+        }
+        // Seven channels (k = 3) are fine.
+        context_spec(MAX_CONTEXT, 4, 4, None)
+            .validate()
+            .expect("k = 3");
     }
 }

@@ -50,6 +50,7 @@ pub fn render(
         window: None,
         mean: vec![0.0],
         std: vec![1.0],
+        context: 0,
     };
     let mut gray = vec![0.0f32; (m.rows * m.cols) as usize];
     CpuPreprocessor

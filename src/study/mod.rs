@@ -2,6 +2,7 @@
 //! completed by end markers, closed streams or stability timers, evicted after retention) and
 //! [`series`] puts a series' slices in position order and groups adjacent positive slices.
 
+pub mod context;
 pub mod registry;
 pub mod series;
 

@@ -2,7 +2,8 @@
 
 usage: make_models.py OUT
 
-Writes OUT/<case>/{model.toml, model.onnx[, weights.bin], input.bin, expected.json}:
+Writes OUT/<case>/{model.toml, model.onnx[, weights.bin], input.bin, expected.json}
+(context1: a 2.5D model, [input] context = 1, whose 3 channels are a slice and its neighbours):
   input.bin      the batch radstream's session receives: n slices, NCHW float32 little-endian
   expected.json  {"n": n, "scores": [[...] per slice]}: onnxruntime on that batch converted the way
                  the manifest says (NHWC transpose, float16, uint8 = round(clamp(x, 0, 255)), halves up), run in
@@ -200,6 +201,13 @@ def main(out):
             if e.key == "location":
                 e.value = "../outside.bin"
     onnx.save_model(g, os.path.join(d, "model.onnx"))
+
+    # 2.5D: context = 1, the 3 channels are a slice and its two neighbours in slice order. A dense head
+    # over all channels, so swapping neighbours changes the scores.
+    head, inits = dense_head(2, [0.2, -0.4], out="z")
+    m = make([flat] + head + [helper.make_node("Sigmoid", ["z"], ["y"])], inits,
+             F, ["N", C, H, W], "y", F, ["N", 2])
+    write_case(out, "context1", m, manifest("context1", ["a", "b"], "context = 1"), 5)
 
     # A manifest whose file leaves the directory.
     d = os.path.join(out, "bad_file")

