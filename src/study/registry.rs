@@ -221,6 +221,22 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct Registry {
     tx: mpsc::UnboundedSender<Command>,
+    quiet: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>>,
+}
+
+/// A handle that does not keep the registry running (for tasks that live as long as it does).
+#[derive(Debug, Clone)]
+pub struct WeakRegistry {
+    tx: mpsc::WeakUnboundedSender<Command>,
+}
+
+impl WeakRegistry {
+    pub fn upgrade(&self) -> Option<Registry> {
+        Some(Registry {
+            tx: self.tx.upgrade()?,
+            quiet: Arc::default(),
+        })
+    }
 }
 
 impl Registry {
@@ -228,9 +244,11 @@ impl Registry {
     /// are rebuilt first and complete on their idle timers.
     pub fn start(hub: Hub, pins: Arc<dyn PinSource>, config: RegistryConfig) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (quiet_tx, quiet_rx) = mpsc::unbounded_channel();
         let task = RegistryTask {
             hub,
             pins,
+            quiet: quiet_tx,
             config,
             studies: HashMap::new(),
             sources: HashMap::new(),
@@ -240,7 +258,23 @@ impl Registry {
             emits: Vec::new(),
         };
         tokio::spawn(task.run(rx));
-        Self { tx }
+        Self {
+            tx,
+            quiet: Arc::new(std::sync::Mutex::new(Some(quiet_rx))),
+        }
+    }
+
+    pub fn downgrade(&self) -> WeakRegistry {
+        WeakRegistry {
+            tx: self.tx.downgrade(),
+        }
+    }
+
+    /// The studies that would complete (end of study, streams closed, idle) but still wait for
+    /// answers, once per quiet spell, every instance decoded: what holds slices back (a 2.5D model's
+    /// neighbour assembly) must let them go now. Taken once; later calls get `None`.
+    pub fn take_quiet(&self) -> Option<mpsc::UnboundedReceiver<String>> {
+        self.quiet.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     fn send(&self, c: Command) {
@@ -524,6 +558,10 @@ struct Study {
     failed: u32,
     /// Instances decoding plus answers (frame × model) waiting for their score.
     pending: u32,
+    /// Instances whose header arrived and whose pixels are not decoded yet.
+    decoding: u32,
+    /// The study was reported quiet (see [`Registry::take_quiet`]) since its last activity.
+    quiet_sent: bool,
     end_requested: bool,
     idle_due: bool,
     open_sources: HashSet<SourceId>,
@@ -556,6 +594,8 @@ impl Study {
             rejected: 0,
             failed: 0,
             pending: 0,
+            decoding: 0,
+            quiet_sent: false,
             end_requested: false,
             idle_due: false,
             open_sources: HashSet::new(),
@@ -805,6 +845,7 @@ struct Source {
 struct RegistryTask {
     hub: Hub,
     pins: Arc<dyn PinSource>,
+    quiet: mpsc::UnboundedSender<String>,
     config: RegistryConfig,
     studies: HashMap<String, Study>,
     sources: HashMap<SourceId, Source>,
@@ -1040,6 +1081,7 @@ impl RegistryTask {
             self.retained_complete = self.retained_complete.saturating_sub(1);
         }
         st.idle_due = false;
+        st.quiet_sent = false;
         let key = (study.to_string(), Timer::Idle);
         match st.timer.take() {
             Some(k) => {
@@ -1116,6 +1158,7 @@ impl RegistryTask {
             study.modality = slice.modality.clone();
         }
         study.pending += 1;
+        study.decoding += 1;
         let pins = study.pin_routes(a.routed, self.pins.as_ref());
         let models = pins.iter().map(|p| p.rules.model.clone()).collect();
         let mut inst = Instance::new(a.frames, models, slice);
@@ -1196,6 +1239,9 @@ impl RegistryTask {
             return;
         };
         let waiters = inst.waiters.clone();
+        if !inst.accepted {
+            study.decoding = study.decoding.saturating_sub(1);
+        }
         match result {
             Ok(()) => {
                 inst.accepted = true;
@@ -1425,7 +1471,7 @@ impl RegistryTask {
         let Some(study) = self.studies.get_mut(uid) else {
             return;
         };
-        if study.pending > 0 || !study.dirty || study.complete {
+        if !study.dirty || study.complete {
             return;
         }
         let reason = if study.end_requested {
@@ -1437,6 +1483,14 @@ impl RegistryTask {
         } else {
             return;
         };
+        if study.pending > 0 {
+            // Only answers are missing: whatever holds slices back for more of the study lets go.
+            if study.decoding == 0 && !study.quiet_sent {
+                study.quiet_sent = true;
+                let _ = self.quiet.send(uid.to_string());
+            }
+            return;
+        }
         study.revision += 1;
         study.last_reason = reason;
         let summary = study.summary(reason);

@@ -59,7 +59,7 @@ def dense_head(labels, bias, src="flat", out="y"):
 
 def manifest(name, labels, extra_input="", extra_outputs="", scores="y", file="model.onnx"):
     lines = [
-        "[model]", f'name = "{name}"', 'version = "1"', f'file = "{file}"',
+        "[model]", f'name = "{name}"', 'version = "1.0.0"', f'file = "{file}"',
         "[input]", 'name = "x"', f"channels = {C}", f"height = {H}", f"width = {W}", extra_input,
         "[preprocess]", "mean = [0.0, 0.0, 0.0]", "std = [1.0, 1.0, 1.0]",
         "[outputs]", f'scores = "{scores}"', extra_outputs,
