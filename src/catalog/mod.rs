@@ -133,23 +133,21 @@ impl Served {
 }
 
 impl Drop for Served {
-    /// Stopping an engine waits for its worker to answer what is queued; the last holder of a version
-    /// may be an async task (the registry letting go of a study), which must not block on that.
+    /// Stopping an engine waits for its worker to answer what is queued (a detached worker could still
+    /// be inside ONNX Runtime while the process tears the library down). The last holder of a version
+    /// may be an async task (an unload, the registry letting go of a study): on a multi-threaded
+    /// runtime the wait is moved off the async threads' duty.
     fn drop(&mut self) {
-        if let Some(engine) = self.engine.take() {
-            let name = self.label();
-            let stop = move || {
-                drop(engine);
-                tracing::info!(model = %name, "model version stopped");
-            };
-            if std::thread::Builder::new()
-                .name("radstream-unload".into())
-                .spawn(stop)
-                .is_err()
-            {
-                tracing::warn!("cannot start a thread to stop a model version; it stays loaded");
-            }
+        let Some(engine) = self.engine.take() else {
+            return;
+        };
+        let name = self.label();
+        let stop = move || drop(engine);
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(stop),
+            _ => stop(),
         }
+        tracing::info!(model = %name, "model version stopped");
     }
 }
 
