@@ -119,6 +119,9 @@ struct ServiceArgs {
     /// Preprocessing implementation.
     #[arg(long, env = "RADSTREAM_PREPROCESS", value_enum)]
     preprocess: Option<PreprocessBackend>,
+    /// Where ONNX Runtime runs the models (cuda: needs `scripts/setup.sh --cuda` and a GPU).
+    #[arg(long, env = "RADSTREAM_PROVIDER", value_enum)]
+    provider: Option<radstream::config::ExecutionProvider>,
     /// Seconds without a new instance after which a study is complete.
     #[arg(long, env = "RADSTREAM_IDLE_TIMEOUT_SECS")]
     idle_timeout_secs: Option<f64>,
@@ -157,6 +160,9 @@ impl ServiceArgs {
         }
         if let Some(v) = self.models {
             config.models.repository = Some(v);
+        }
+        if let Some(v) = self.provider {
+            config.inference.provider = v;
         }
         if let Some(v) = self.ort_library {
             config.ort_library = Some(v);

@@ -117,21 +117,21 @@ fn the_default_configuration_scores_on_the_cpu() {
     assert_eq!(Config::default().inference.provider, ExecutionProvider::Cpu);
 }
 
-/// With the GPU build `scripts/setup.sh --cuda` provisions (skipped, saying so, where it has not run):
-/// `cuda` either scores on the device or fails naming what is missing; `auto` always serves, with one
-/// warning when it fell back. On this project's machines without a GPU this is the "no NVIDIA driver"
-/// path of the real GPU build.
+/// With the GPU build `scripts/setup.sh --cuda` provisions: `cuda` either scores on the device or
+/// fails naming what is missing; `auto` always serves, with one warning when it fell back. On a machine
+/// without a GPU this is the "no NVIDIA driver" path of the real GPU build. Not in the default suite
+/// (the GPU build is 2.4 GB and provisioned only when asked for): run it with
+/// `scripts/setup.sh --cuda && cargo test --test providers -- --ignored`.
 #[test]
+#[ignore = "needs the GPU build of ONNX Runtime: scripts/setup.sh --cuda, then run with --ignored"]
 fn with_the_gpu_build_provider_cuda_runs_on_the_device_or_says_why() {
     let gpu = Config::cache_dir().join("onnxruntime-gpu");
     let lib = gpu.join("libonnxruntime.so.1.31.1");
-    if !lib.is_file() {
-        eprintln!(
-            "skipped: no GPU build of ONNX Runtime at {} (scripts/setup.sh --cuda)",
-            lib.display()
-        );
-        return;
-    }
+    assert!(
+        lib.is_file(),
+        "no GPU build of ONNX Runtime at {}: run scripts/setup.sh --cuda",
+        lib.display()
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let run = |provider: &str| {
         Command::new(BIN)

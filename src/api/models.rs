@@ -91,6 +91,7 @@ pub fn model_version(v: &VersionStatus) -> pb::ModelVersion {
         out.labels = m.labels.iter().map(|l| l.name.clone()).collect();
         out.applies_to = m.rules.describe().unwrap_or_default();
         out.preprocess_path = served.engine().preprocess_path().to_string();
+        out.provider = served.engine().provider().to_string();
         out.card = Some(pb::ModelCard {
             description: m.model.description.clone(),
             detects: m.card.detects.clone(),

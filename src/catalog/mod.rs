@@ -309,6 +309,7 @@ impl Catalog {
                     version = %version,
                     sha256 = %served.info.onnx_sha256,
                     preprocess = served.engine().preprocess_path(),
+                    provider = %served.engine().provider(),
                     "model version loaded"
                 );
                 entry

@@ -233,6 +233,7 @@ pub struct Engine {
     info: ModelInfo,
     manifest: Arc<Manifest>,
     preprocess_path: &'static str,
+    provider: crate::inference::ActiveProvider,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -284,6 +285,7 @@ impl Engine {
         let info = session.info().clone();
         let manifest = Arc::new(session.manifest().clone());
         let preprocess_path = preprocessor.name();
+        let provider = session.provider();
         let runtime = tokio::runtime::Handle::current();
         let vitals = Arc::new(Vitals::new(Duration::from_secs_f64(
             crate::config::HealthConfig::default().stall_timeout_secs,
@@ -313,6 +315,7 @@ impl Engine {
             info,
             manifest,
             preprocess_path,
+            provider,
             worker: Some(handle),
         })
     }
@@ -367,6 +370,11 @@ impl Engine {
     }
 
     /// "gpu" or "cpu".
+    /// Where ONNX Runtime runs this model (`[inference] provider`, as it turned out).
+    pub fn provider(&self) -> crate::inference::ActiveProvider {
+        self.provider
+    }
+
     pub fn preprocess_path(&self) -> &'static str {
         self.preprocess_path
     }
