@@ -1,7 +1,8 @@
 //! One model's failures do not touch another's (README: "Several models"): two models serve the same
 //! study through one real server; one of them fails every slice (its preprocessing refuses, as a broken
 //! GPU path would) and later loses its worker thread. The other model's findings, summary and the
-//! study's accounting stay whole; the failures are reported per slice and per model.
+//! study's accounting stay whole; the failures are reported per slice and per model; health turns
+//! NOT_SERVING once a model can no longer score.
 
 mod common;
 
@@ -175,6 +176,31 @@ async fn a_failing_model_fails_only_its_own_slices() {
     assert!(failed
         .iter()
         .all(|r| r.reason == pb::RejectReason::Overloaded as i32));
+    // health is the worst of the active versions: a model that can no longer score turns it NOT_SERVING
+    let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("health")
+                .into_inner()
+                .status;
+            if s == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.is_ok(), "health never turned NOT_SERVING");
 
     shutdown.begin_drain();
     task.await.expect("server task").expect("serve");
