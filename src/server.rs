@@ -79,15 +79,7 @@ const ABORT_GRACE: Duration = Duration::from_millis(500);
 pub fn build_catalog(config: &Config, data_dir: &Path) -> Result<Catalog> {
     config.validate()?;
     let env = inference::runtime(&config.ort_library_path())?;
-    let catalog = Catalog::new(
-        env,
-        EngineSettings {
-            backend: config.preprocess,
-            batching: config.batching.clone(),
-            inference: config.inference.clone(),
-            stall_timeout: config.stall_timeout(),
-        },
-    );
+    let catalog = Catalog::new(env, EngineSettings::of(config));
     if let Some(root) = &config.models.repository {
         std::fs::create_dir_all(data_dir).map_err(|source| Error::Input {
             path: data_dir.to_path_buf(),

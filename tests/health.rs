@@ -104,15 +104,7 @@ async fn serve(engine: Arc<Engine>, config: Config) -> Served {
                 http: None,
             };
             let env = inference::runtime(&config.ort_library_path()).expect("ONNX Runtime");
-            let catalog = Catalog::new(
-                env,
-                EngineSettings {
-                    backend: config.preprocess,
-                    batching: config.batching.clone(),
-                    inference: config.inference.clone(),
-                    stall_timeout: config.stall_timeout(),
-                },
-            );
+            let catalog = Catalog::new(env, EngineSettings::of(&config));
             catalog.add_engine(engine).expect("model");
             server::serve(listeners, &config, catalog, shutdown, data.path()).await
         }

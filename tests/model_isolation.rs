@@ -71,15 +71,7 @@ fn events_of(events: &[Event]) -> (Vec<&pb::SliceFinding>, Vec<&pb::InstanceReje
 async fn a_failing_model_fails_only_its_own_slices() {
     let config = common::test_config();
     let env = inference::runtime(&config.ort_library_path()).expect("ONNX Runtime");
-    let catalog = Catalog::new(
-        env,
-        EngineSettings {
-            backend: config.preprocess,
-            batching: config.batching.clone(),
-            inference: config.inference.clone(),
-            stall_timeout: config.stall_timeout(),
-        },
-    );
+    let catalog = Catalog::new(env, EngineSettings::of(&config));
     let broken = engine("broken", Box::new(Refusing));
     catalog.add_engine(broken.clone()).expect("broken model");
     catalog

@@ -88,6 +88,18 @@ pub struct EngineSettings {
     pub stall_timeout: std::time::Duration,
 }
 
+impl EngineSettings {
+    /// The engine settings of a service configuration.
+    pub fn of(config: &crate::config::Config) -> Self {
+        Self {
+            backend: config.preprocess,
+            batching: config.batching.clone(),
+            inference: config.inference.clone(),
+            stall_timeout: config.stall_timeout(),
+        }
+    }
+}
+
 /// Per-version counters, shown in the model list.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -290,36 +302,10 @@ impl Catalog {
             &self.inner.settings.batching,
             &self.inner.settings.inference,
         );
-        let mut models = self.models();
-        let entry = models.entry(name.clone()).or_default();
         match built {
             Ok(engine) => {
                 engine.set_stall_timeout(self.inner.settings.stall_timeout);
-                let served = Arc::new(Served {
-                    manifest: Arc::new(package.manifest),
-                    info: package.info,
-                    version: version.clone(),
-                    dir: dir.clone(),
-                    loaded_at: SystemTime::now(),
-                    counters: Counters::default(),
-                    engine: Some(Arc::new(engine)),
-                });
-                tracing::info!(
-                    model = %name,
-                    version = %version,
-                    sha256 = %served.info.onnx_sha256,
-                    preprocess = served.engine().preprocess_path(),
-                    provider = %served.engine().provider(),
-                    "model version loaded"
-                );
-                entry
-                    .versions
-                    .insert(version.clone(), (VersionState::Ready(served.clone()), dir));
-                if entry.active.is_none() {
-                    entry.active = Some(version);
-                }
-                self.publish(&models);
-                Ok(served)
+                Ok(self.admit(Arc::new(engine), version, dir))
             }
             Err(source) => {
                 let error = CatalogError::Engine {
@@ -327,13 +313,47 @@ impl Catalog {
                     source,
                 };
                 tracing::warn!("model version not loaded: {error}");
-                entry
+                let mut models = self.models();
+                models
+                    .entry(name)
+                    .or_default()
                     .versions
                     .insert(version, (VersionState::Failed(error.to_string()), dir));
                 self.publish(&models);
                 Err(error)
             }
         }
+    }
+
+    /// Lists a started engine as a ready version (active if it is its model's first) and publishes.
+    fn admit(&self, engine: Arc<Engine>, version: Version, dir: Option<PathBuf>) -> Arc<Served> {
+        let served = Arc::new(Served {
+            manifest: Arc::new(engine.manifest().clone()),
+            info: engine.model().clone(),
+            version: version.clone(),
+            dir: dir.clone(),
+            loaded_at: SystemTime::now(),
+            counters: Counters::default(),
+            engine: Some(engine),
+        });
+        tracing::info!(
+            model = %served.info.name,
+            version = %version,
+            sha256 = %served.info.onnx_sha256,
+            preprocess = served.engine().preprocess_path(),
+            provider = %served.engine().provider(),
+            "model version loaded"
+        );
+        let mut models = self.models();
+        let entry = models.entry(served.info.name.clone()).or_default();
+        entry
+            .versions
+            .insert(version.clone(), (VersionState::Ready(served.clone()), dir));
+        if entry.active.is_none() {
+            entry.active = Some(version);
+        }
+        self.publish(&models);
+        served
     }
 
     /// Loads the version in `dir` (`models/<name>/<version>/`, or any directory holding a manifest).
@@ -371,28 +391,10 @@ impl Catalog {
     /// Registers an engine started elsewhere (tests, tools) as a ready version, active if it is the
     /// model's first.
     pub fn add_engine(&self, engine: Arc<Engine>) -> Result<Arc<Served>, CatalogError> {
-        let info = engine.model().clone();
+        let info = engine.model();
         let version = repository::parse_version(&info.version)
             .map_err(|p| CatalogError::Repository(format!("model {}: version {p}", info.name)))?;
-        let served = Arc::new(Served {
-            manifest: Arc::new(engine.manifest().clone()),
-            info,
-            version: version.clone(),
-            dir: None,
-            loaded_at: SystemTime::now(),
-            counters: Counters::default(),
-            engine: Some(engine),
-        });
-        let mut models = self.models();
-        let entry = models.entry(served.info.name.clone()).or_default();
-        entry
-            .versions
-            .insert(version.clone(), (VersionState::Ready(served.clone()), None));
-        if entry.active.is_none() {
-            entry.active = Some(version);
-        }
-        self.publish(&models);
-        Ok(served)
+        Ok(self.admit(engine, version, None))
     }
 
     /// Forgets which versions were active before (the activations of a start are not operator
