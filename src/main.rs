@@ -1,5 +1,5 @@
-//! The `radstream` command: `serve`, `push`, `demo`. Thin by design: parsing, logging set-up, signals
-//! and exit codes live here; everything else is in the library.
+//! The `radstream` command: `serve`, `push`, `watch`, `demo`, `bench`, `models`. Thin by design:
+//! parsing, logging set-up, signals and exit codes live here; everything else is in the library.
 //!
 //! `serve` and signals: the first SIGTERM or SIGINT drains (health NOT_SERVING, no new streams, open
 //! streams finish what they read, within `[shutdown] drain_deadline_secs`, then what is left is
@@ -57,7 +57,8 @@ enum Command {
     /// Measure the service over its real interfaces (figures as distributions).
     #[command(subcommand)]
     Bench(BenchCommand),
-    /// Model directories (model.toml + ONNX file).
+    /// Model versions: check a model directory offline, or list, load, activate, unload, roll back
+    /// and shadow the versions of a running service.
     #[command(subcommand)]
     Models(ModelsCommand),
 }
@@ -76,6 +77,63 @@ enum ModelsCommand {
         #[arg(long, env = "RADSTREAM_ORT_LIB")]
         ort_library: Option<PathBuf>,
     },
+    /// Every version the service knows: state, active/shadow, sha256, counters, what it applies to,
+    /// why a failed one did not load; then each shadow's agreement with its active version.
+    List(AdminArgs),
+    /// Load repository/<name>/<version>/ into the service (validated and dry-run; the active version
+    /// keeps serving meanwhile).
+    Load {
+        name: String,
+        version: String,
+        /// Make it the active version once it has loaded.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make a loaded version active: new studies get it; studies in flight finish on their version.
+    Activate {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Remove a version that is not active; studies pinned to it finish on it.
+    Unload {
+        name: String,
+        version: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Make the version that was active before the current one active again.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run VERSION beside the model's active version on the same slices (its findings reach no one;
+    /// `models list` shows the agreement); without VERSION, stop the shadow.
+    Shadow {
+        name: String,
+        version: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+/// How the `models` admin commands reach the service.
+#[derive(Args)]
+struct AdminArgs {
+    /// Service endpoint.
+    #[arg(
+        long,
+        env = "RADSTREAM_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    endpoint: String,
+    /// One JSON object (proto field names) instead of readable lines.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -402,6 +460,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             );
         }
+        Command::Models(command) => models(command).await?,
         Command::Watch(args) => {
             let options = client::WatchOptions {
                 studies: args.studies,
@@ -441,6 +500,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The admin commands of `radstream models` (`validate` is handled in [`run`]: it needs no service).
+async fn models(command: ModelsCommand) -> anyhow::Result<()> {
+    use client::models::ModelsRequest as R;
+    let (request, admin) = match command {
+        ModelsCommand::Validate { .. } => {
+            anyhow::bail!("models validate runs offline, not against a service")
+        }
+        ModelsCommand::List(admin) => (R::List, admin),
+        ModelsCommand::Load {
+            name,
+            version,
+            activate,
+            admin,
+        } => (
+            R::Load {
+                name,
+                version,
+                activate,
+            },
+            admin,
+        ),
+        ModelsCommand::Activate {
+            name,
+            version,
+            admin,
+        } => (R::Activate { name, version }, admin),
+        ModelsCommand::Unload {
+            name,
+            version,
+            admin,
+        } => (R::Unload { name, version }, admin),
+        ModelsCommand::Rollback { name, admin } => (R::Rollback { name }, admin),
+        ModelsCommand::Shadow {
+            name,
+            version,
+            admin,
+        } => (R::Shadow { name, version }, admin),
+    };
+    // A refusal's message is the service's own (it says what to do); printed as `error: ...`, exit 1.
+    client::models::request_and_print(&admin.endpoint, request, admin.json).await?;
+    Ok(())
 }
 
 async fn bench(command: BenchCommand) -> anyhow::Result<()> {

@@ -2,8 +2,10 @@
 //! `Analyze` stream (read lazily, so a large folder is never held in memory at once) and prints the
 //! responses as they arrive. `watch` ([`watch`]) is the viewer side: it follows the service's study log
 //! over `Studies.Watch`. Both print readable lines by default ([`render`]) or one JSON object per line
-//! ([`json`], one mapping shared by both, checked against the proto descriptors).
+//! ([`json`], one mapping shared by both, checked against the proto descriptors). `models` ([`models`])
+//! is the admin side: which model versions serve, and swapping them while studies stream.
 
+pub mod models;
 mod render;
 mod watch;
 
