@@ -430,6 +430,19 @@ async fn a_shadow_version_scores_the_same_slices_unseen_and_reports_its_agreemen
         agreeing < files.len() as u64,
         "the 0.5-scaled candidate loses the lesion slices"
     );
+    let candidate = list(&mut admin)
+        .await
+        .versions
+        .into_iter()
+        .find(|v| v.version == "2.0.0-rc.1")
+        .expect("candidate listed");
+    let counters = candidate.counters.expect("counters");
+    assert!(candidate.shadow);
+    assert_eq!(
+        (counters.instances, counters.slices_scored),
+        (files.len() as u64, files.len() as u64),
+        "the shadow's work is counted"
+    );
     assert!(label.mean_abs_diff > 0.01);
 
     // stopping the shadow

@@ -49,7 +49,9 @@ pub use shadow::{LabelAgreement, ShadowReport};
 pub enum CatalogError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    #[error("model {model}: {source}")]
+    /// The engine's error names the model where it matters (a graph that does not fit its manifest);
+    /// `model` is for logs and matching.
+    #[error("{source}")]
     Engine { model: String, source: EngineError },
     #[error("{0}")]
     Repository(String),
@@ -283,13 +285,22 @@ impl Catalog {
         {
             let mut models = self.models();
             let entry = models.entry(name.clone()).or_default();
-            if let Some((state, _)) = entry.versions.get(&version) {
-                if !matches!(state, VersionState::Failed(_)) {
+            match entry.versions.get(&version) {
+                Some((VersionState::Ready(_), _)) => {
                     return Err(CatalogError::AlreadyLoaded {
                         name,
                         version: version.to_string(),
-                    });
+                    })
                 }
+                Some((VersionState::Loading, _)) => {
+                    return Err(CatalogError::NotReady {
+                        name,
+                        version: version.to_string(),
+                        state: "still loading".into(),
+                        action: "be loaded again",
+                    })
+                }
+                _ => {}
             }
             entry
                 .versions
@@ -312,7 +323,7 @@ impl Catalog {
                     model: format!("{name} {version}"),
                     source,
                 };
-                tracing::warn!("model version not loaded: {error}");
+                tracing::warn!(model = %name, version = %version, "model version not loaded: {error}");
                 let mut models = self.models();
                 models
                     .entry(name)
@@ -425,6 +436,7 @@ impl Catalog {
             }
             if entry.shadow.as_ref() == Some(&version) {
                 entry.shadow = None;
+                self.inner.shadow.reset(name, None);
             }
             tracing::info!(model = %name, version = %version, "model version activated");
         }
@@ -458,6 +470,7 @@ impl Catalog {
                 entry.active = Some(previous.clone());
                 if entry.shadow.as_ref() == Some(&previous) {
                     entry.shadow = None;
+                    self.inner.shadow.reset(name, None);
                 }
                 tracing::info!(model = %name, version = %previous, "model rolled back");
                 self.publish(&models);
@@ -484,6 +497,7 @@ impl Catalog {
         entry.history.retain(|v| v != &version);
         if entry.shadow.as_ref() == Some(&version) {
             entry.shadow = None;
+            self.inner.shadow.reset(name, None);
         }
         if entry.versions.is_empty() {
             models.remove(name);

@@ -72,8 +72,17 @@ pub fn version_dirs(root: &Path) -> Result<Vec<PathBuf>, CatalogError> {
         }
         for version in read(&model)?.flatten() {
             let version = version.path();
-            if version.join("model.toml").is_file() && spelled_by_path(&version).is_some() {
+            if !version.join("model.toml").is_file() {
+                continue;
+            }
+            if spelled_by_path(&version).is_some() {
                 found.push(version);
+            } else {
+                tracing::warn!(
+                    "{}: holds a model.toml but its name is not a semantic version (models/<name>/\
+                     <version>/, e.g. 1.0.0): not loaded",
+                    version.display()
+                );
             }
         }
     }

@@ -30,11 +30,12 @@ pub fn spawn(
     let (tx, rx) = mpsc::unbounded_channel::<PathBuf>();
     let mut watcher =
         notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-            Ok(event) => {
+            Ok(event) if changes_files(&event.kind) => {
                 for path in event.paths {
                     let _ = tx.send(path);
                 }
             }
+            Ok(_) => {}
             Err(e) => tracing::warn!("model repository watch error: {e}"),
         })
         .map_err(|e| CatalogError::Repository(format!("cannot watch {}: {e}", root.display())))?;
@@ -44,6 +45,20 @@ pub fn spawn(
     tracing::info!(repository = %root.display(), "watching the model repository for new versions");
     tokio::spawn(follow(catalog, root, activate_new, settle, rx, shutdown));
     Ok(watcher)
+}
+
+/// Whether an event changes what the repository holds. Opening a file or directory does not, and
+/// the watch sees its own process's opens: the loader reads every file of the version it loads (and
+/// the recursive watch opens each new directory), so counting opens would reload a failed version
+/// every `settle` forever and warn that a loaded version changed when nothing did.
+fn changes_files(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        // a file written and closed: a copy finished
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// The version directory a changed path lies in: `root/<name>/<version>`.

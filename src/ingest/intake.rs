@@ -291,8 +291,8 @@ impl Intake {
                 (pin, shadow)
             })
             .collect();
-        for (pin, _) in &models {
-            if let Some(served) = &pin.served {
+        for (pin, shadow) in &models {
+            for served in pin.served.iter().chain(shadow) {
                 served.counters.instances.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -325,6 +325,10 @@ impl Intake {
             {
                 // The candidate's scores are compared, never reported.
                 if let Ok(Ok(candidate)) = rx.await {
+                    shadow
+                        .counters
+                        .slices_scored
+                        .fetch_add(1, Ordering::Relaxed);
                     self.catalog
                         .record_shadow(served, &shadow, &active.scores, &candidate.scores);
                 }
