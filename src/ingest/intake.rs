@@ -98,7 +98,8 @@ impl Intake {
         let cores = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let stacks = Stacks::default();
+        // frames waiting for their neighbours may hold half of the decoded-pixel budget
+        let stacks = Stacks::new(decoded_budget.capacity_bytes() / 2);
         stacks.spawn_flusher(&registry);
         Self {
             catalog,

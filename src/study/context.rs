@@ -59,6 +59,19 @@ pub enum ContextError {
          needs are no longer held; it is not scored with others"
     )]
     NeighboursGone,
+    #[error(
+        "this slice arrived after its series was complete for this 2.5D model: its neighbours were \
+         scored and let go, so it is not scored with others; send the whole series again as a new \
+         series"
+    )]
+    SeriesComplete,
+    #[error(
+        "the slices of this series arrived too far out of slice order for a 2.5D model: waiting for \
+         their neighbours they held more than their share of the decoded-pixel budget \
+         (max_decoded_bytes_in_flight), so this series' waiting and later slices are not scored by \
+         this model; send a series in slice order (or raise the budget)"
+    )]
+    Shed,
 }
 
 /// A slice that came out: with its 2k+1 neighbour payloads in slice order (itself in the middle, edges
@@ -83,12 +96,20 @@ struct Series<T> {
     entries: Vec<Entry<T>>,
     /// Every slice has a finite position: ordered by it; else by InstanceNumber.
     by_position: bool,
+    /// Completed or shed: nothing is held; a later slice is answered with this, never given the
+    /// neighbours that are left (see [`ContextAssembler::complete`], [`ContextAssembler::shed`]).
+    closed: Option<ContextError>,
 }
+
+/// Closed series remembered (their places only, so a late slice is recognised); the oldest go first.
+const CLOSED_REMEMBERED: usize = 4096;
 
 /// The neighbour assembly of every open series, for one context `k`.
 pub struct ContextAssembler<T> {
     k: usize,
     series: HashMap<String, Series<T>>,
+    /// Closed series, oldest first.
+    closed: std::collections::VecDeque<String>,
 }
 
 impl<T> std::fmt::Debug for ContextAssembler<T> {
@@ -198,6 +219,7 @@ impl<T: Clone> ContextAssembler<T> {
         Self {
             k: context as usize,
             series: HashMap::new(),
+            closed: std::collections::VecDeque::new(),
         }
     }
 
@@ -215,7 +237,16 @@ impl<T: Clone> ContextAssembler<T> {
             .or_insert_with(|| Series {
                 entries: Vec::new(),
                 by_position: true,
+                closed: None,
             });
+        if let Some(reason) = &s.closed {
+            return vec![Ready {
+                series: series.to_string(),
+                place,
+                centre: payload,
+                stack: Err(reason.clone()),
+            }];
+        }
         if s.entries.iter().any(|e| {
             e.place.sop_instance_uid == place.sop_instance_uid && e.place.frame == place.frame
         }) {
@@ -259,13 +290,14 @@ impl<T: Clone> ContextAssembler<T> {
     }
 
     /// The series is complete: every slice still waiting comes out, its stack from the final order
-    /// with the edges replicated, and the series is forgotten (a later slice starts it anew).
+    /// with the edges replicated. The series is then closed: nothing of it is held, and a slice of it
+    /// arriving later is answered [`ContextError::SeriesComplete`] (its neighbours are gone).
     pub fn complete(&mut self, series: &str) -> Vec<Ready<T>> {
-        let Some(mut s) = self.series.remove(series) else {
+        let k = self.k;
+        let Some(s) = self.series.get_mut(series).filter(|s| s.closed.is_none()) else {
             return Vec::new();
         };
-        let k = self.k;
-        (0..s.entries.len())
+        let out = (0..s.entries.len())
             .filter_map(|j| {
                 if s.entries[j].released {
                     None
@@ -273,12 +305,57 @@ impl<T: Clone> ContextAssembler<T> {
                     s.release(series, j, k)
                 }
             })
-            .collect()
+            .collect();
+        self.close(series, ContextError::SeriesComplete);
+        out
+    }
+
+    /// Gives up on `series` (it holds too much while its slices wait): every slice still waiting
+    /// comes out with [`ContextError::Shed`], and so does any later slice of it.
+    pub fn shed(&mut self, series: &str) -> Vec<Ready<T>> {
+        let Some(s) = self.series.get_mut(series).filter(|s| s.closed.is_none()) else {
+            return Vec::new();
+        };
+        let out = s
+            .entries
+            .iter_mut()
+            .filter(|e| !e.released)
+            .filter_map(|e| {
+                e.released = true;
+                Some(Ready {
+                    series: series.to_string(),
+                    place: e.place.clone(),
+                    centre: e.payload.clone()?,
+                    stack: Err(ContextError::Shed),
+                })
+            })
+            .collect();
+        self.close(series, ContextError::Shed);
+        out
+    }
+
+    fn close(&mut self, series: &str, reason: ContextError) {
+        if let Some(s) = self.series.get_mut(series) {
+            for e in &mut s.entries {
+                e.payload = None;
+                e.released = true;
+            }
+            s.closed = Some(reason);
+        }
+        self.closed.push_back(series.to_string());
+        while self.closed.len() > CLOSED_REMEMBERED {
+            if let Some(old) = self.closed.pop_front() {
+                self.series.remove(&old);
+            }
+        }
     }
 
     /// The series with slices held, to complete when the study is.
     pub fn open_series(&self) -> impl Iterator<Item = &str> {
-        self.series.keys().map(String::as_str)
+        self.series
+            .iter()
+            .filter(|(_, s)| s.closed.is_none())
+            .map(|(name, _)| name.as_str())
     }
 
     /// Slices of `series` waiting for their neighbours.
@@ -352,6 +429,44 @@ mod tests {
     fn sorted(mut v: Vec<(usize, Vec<usize>)>) -> Vec<(usize, Vec<usize>)> {
         v.sort();
         v
+    }
+
+    #[test]
+    fn a_complete_or_shed_series_answers_later_slices_instead_of_starting_anew() {
+        let places: Vec<_> = (1..=8).map(|n| place(n, Some(n as f64))).collect();
+        let mut a = ContextAssembler::new(1);
+        for i in [0, 1, 2, 4] {
+            a.insert("s", places[i].clone(), i);
+        }
+        // slice 2 is released at once (1 and 3 arrived); 1 (an edge), 3 (4 missing) and 5 wait
+        let done = a.complete("s");
+        assert_eq!(done.len(), 3, "the waiting ones come out at completion");
+        assert_eq!(
+            (a.held("s"), a.pending("s")),
+            (0, 0),
+            "nothing is held after it"
+        );
+        assert_eq!(a.open_series().count(), 0);
+        // the missing slice 4 arrives late: its neighbours were scored and let go
+        let late = a.insert("s", places[3].clone(), 3);
+        assert_eq!(late.len(), 1);
+        assert_eq!(late[0].stack, Err(ContextError::SeriesComplete));
+
+        // shedding: the waiting slices and every later one come out with Shed
+        let mut a = ContextAssembler::new(1);
+        for i in [0, 3, 6] {
+            assert!(a.insert("t", places[i].clone(), i).is_empty());
+        }
+        let shed = a.shed("t");
+        assert_eq!(shed.len(), 3);
+        assert!(shed.iter().all(|r| r.stack == Err(ContextError::Shed)));
+        assert_eq!(a.held("t"), 0);
+        let later = a.insert("t", places[1].clone(), 1);
+        assert_eq!(later[0].stack, Err(ContextError::Shed));
+        assert!(
+            a.complete("t").is_empty(),
+            "a closed series completes to nothing"
+        );
     }
 
     #[test]
