@@ -332,3 +332,57 @@ async fn a_scattered_series_is_shed_not_left_to_stall_the_service() {
     assert_eq!((found, failed), (20, 0), "{reasons:?}");
     server.stop().await.expect("stop");
 }
+
+/// A shadow run is not supported for 2.5D models: refused with the reason, not accepted and left
+/// comparing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_of_a_2_5d_model_is_refused_saying_why() {
+    use radstream::proto::v1::{models_client::ModelsClient, ModelVersionRequest};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let built = dir.path().join("built");
+    context1_model(&built);
+    let repo_dir = dir.path().join("models");
+    for version in ["1.0.0", "1.1.0"] {
+        let to = repo_dir.join("context1").join(version);
+        std::fs::create_dir_all(&to).expect("mkdir");
+        for f in ["model.toml", "model.onnx"] {
+            let text = std::fs::read(built.join("context1").join(f)).expect("read");
+            let text = if f == "model.toml" {
+                String::from_utf8(text)
+                    .expect("utf-8")
+                    .replacen(
+                        "version = \"1.0.0\"",
+                        &format!("version = \"{version}\""),
+                        1,
+                    )
+                    .into_bytes()
+            } else {
+                text
+            };
+            std::fs::write(to.join(f), text).expect("write");
+        }
+    }
+    let mut config = test_config();
+    config.models.repository = Some(repo_dir);
+    config.models.watch = false;
+    config.preprocess = PreprocessBackend::Cpu;
+    let server = start(config).await;
+    let mut admin = ModelsClient::connect(server.endpoint())
+        .await
+        .expect("connect");
+    let refused = admin
+        .shadow(ModelVersionRequest {
+            name: "context1".into(),
+            version: "1.0.0".into(),
+            activate: false,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("2.5D model"),
+        "{}",
+        refused.message()
+    );
+    server.stop().await.expect("stop");
+}

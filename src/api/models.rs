@@ -48,6 +48,7 @@ fn status(error: CatalogError) -> Status {
         | CatalogError::UnloadActive { .. }
         | CatalogError::NoRollback { .. }
         | CatalogError::ShadowIsActive { .. }
+        | CatalogError::ShadowOfContextModel { .. }
         | CatalogError::AlreadyLoaded { .. } => Status::failed_precondition(message),
         CatalogError::Manifest(_) | CatalogError::Engine { .. } | CatalogError::Repository(_) => {
             Status::invalid_argument(message)

@@ -77,6 +77,11 @@ pub enum CatalogError {
     NoRollback { name: String },
     #[error("model {name} {version} is the active version: a shadow must be another version")]
     ShadowIsActive { name: String, version: String },
+    #[error(
+        "model {name} is a 2.5D model ([input] context): shadow runs are not supported for 2.5D \
+         models yet; compare versions by activating one and rolling back"
+    )]
+    ShadowOfContextModel { name: String },
     #[error("the model loader crashed: {0}")]
     Crashed(String),
 }
@@ -519,7 +524,18 @@ impl Catalog {
             .get_mut(name)
             .ok_or_else(|| CatalogError::UnknownModel { name: name.into() })?;
         if let Some(version) = &version {
-            ready(entry, name, version, "shadow")?;
+            let candidate = ready(entry, name, version, "shadow")?;
+            let active_context = entry
+                .active
+                .as_ref()
+                .and_then(|a| match entry.versions.get(a) {
+                    Some((VersionState::Ready(s), _)) => Some(s.manifest.input.context),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            if candidate.manifest.input.context > 0 || active_context > 0 {
+                return Err(CatalogError::ShadowOfContextModel { name: name.into() });
+            }
             if entry.active.as_ref() == Some(version) {
                 return Err(CatalogError::ShadowIsActive {
                     name: name.into(),
