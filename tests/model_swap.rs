@@ -394,7 +394,23 @@ async fn a_shadow_version_scores_the_same_slices_unseen_and_reports_its_agreemen
         found.iter().all(|f| version_of(f).1 == "1.0.0"),
         "the shadow's findings reach no one"
     );
-    let report = list(&mut admin).await.shadows;
+    // a candidate's comparison is recorded after the active finding went out (a shadow never delays
+    // it): wait until every slice is compared
+    let report = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let shadows = list(&mut admin).await.shadows;
+            let compared = shadows
+                .first()
+                .and_then(|s| s.labels.first())
+                .map_or(0, |l| l.slices);
+            if compared >= files.len() as u64 {
+                return shadows;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every slice compared");
     assert_eq!(report.len(), 1);
     let agreement = &report[0];
     assert_eq!(

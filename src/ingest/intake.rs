@@ -322,18 +322,8 @@ impl Intake {
                 Ok(rx) => rx.await.unwrap_or(Err(EngineError::ShutDown)),
                 Err(e) => Err(e),
             };
-            if let (Some((shadow, rx)), Ok(active), Some(served)) = (shadowed, &result, &pin.served)
-            {
-                // The candidate's scores are compared, never reported.
-                if let Ok(Ok(candidate)) = rx.await {
-                    shadow
-                        .counters
-                        .slices_scored
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.catalog
-                        .record_shadow(served, &shadow, &active.scores, &candidate.scores);
-                }
-            }
+            // The finding goes out first: a shadow never delays what a radiologist sees.
+            let active_scores = result.as_ref().ok().map(|r| r.scores.clone());
             report_slice(
                 &self.registry,
                 &key,
@@ -345,6 +335,19 @@ impl Intake {
                 result,
             )
             .await;
+            if let (Some((shadow, rx)), Some(active), Some(served)) =
+                (shadowed, active_scores, &pin.served)
+            {
+                // The candidate's scores are compared, never reported.
+                if let Ok(Ok(candidate)) = rx.await {
+                    shadow
+                        .counters
+                        .slices_scored
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.catalog
+                        .record_shadow(served, &shadow, &active, &candidate.scores);
+                }
+            }
         }
         stacks::score(&self.registry, ready).await;
         guard.armed = false;
