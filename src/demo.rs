@@ -44,10 +44,30 @@ pub async fn run(
         .map(|a| format!("http://{a}/"))
         .unwrap_or_default();
     if readable {
+        let models: Vec<String> = server
+            .catalog()
+            .list()
+            .into_iter()
+            .filter(|v| v.active)
+            .filter_map(|v| v.served)
+            .map(|s| {
+                format!(
+                    "{} {} (sha256 {}…; preprocessing {}, ONNX Runtime {})",
+                    s.info.name,
+                    s.info.version,
+                    &s.info.onnx_sha256[..12.min(s.info.onnx_sha256.len())],
+                    s.engine().preprocess_path(),
+                    s.engine().provider()
+                )
+            })
+            .collect();
         println!(
             "radstream demo: service listening on {}; live web view: {web}\n\
+             model: {} — its card and counters: `radstream models list --endpoint {}` (with --stay)\n\
              pushing the bundled sample study ({} CT slices; slices #5-#8 carry a synthetic lesion)\n",
             server.addr,
+            models.join(", "),
+            server.endpoint(),
             SAMPLE_STUDY.len()
         );
     } else {

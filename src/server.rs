@@ -327,6 +327,7 @@ pub struct RunningServer {
     /// The web view's address, when `[http] listen` was set.
     pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
+    catalog: Catalog,
     shutdown: Shutdown,
     handle: JoinHandle<Result<()>>,
     /// The temporary data directory, when none was configured (removed when the server is dropped).
@@ -337,6 +338,11 @@ impl RunningServer {
     /// `http://ADDR`, for clients.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The loaded model versions (what `models list` shows).
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     /// The server's shutdown state (to drain or abort it from a test).
@@ -393,6 +399,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
     let handle = tokio::spawn({
         let shutdown = shutdown.clone();
         let data_dir = data_dir.clone();
+        let catalog = catalog.clone();
         async move {
             serve(
                 Listeners { grpc, http },
@@ -408,6 +415,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         addr,
         http_addr,
         data_dir,
+        catalog,
         shutdown,
         handle,
         _temporary: temporary,
