@@ -42,6 +42,12 @@ pub struct Config {
     pub watch: WatchConfig,
     pub webhook: crate::results::webhook::WebhookConfig,
     pub models: ModelsConfig,
+    /// TLS for both listeners (see `security`).
+    pub tls: crate::security::TlsConfig,
+    /// Bearer tokens with roles.
+    pub auth: crate::security::AuthConfig,
+    /// The audit log: who pushed, watched or changed what.
+    pub audit: crate::security::AuditConfig,
 }
 
 /// The model repository: `repository/<name>/<version>/{model.toml, model.onnx}`. Every version in it is
@@ -284,6 +290,9 @@ impl Default for Config {
             watch: WatchConfig::default(),
             webhook: Default::default(),
             models: ModelsConfig::default(),
+            tls: Default::default(),
+            auth: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -416,6 +425,7 @@ impl Config {
         if !(self.health.stall_timeout_secs.is_finite() && self.health.stall_timeout_secs > 0.0) {
             return bad("health.stall_timeout_secs must be a positive number of seconds");
         }
+        crate::security::check_config(self).map_err(ConfigError::Invalid)?;
         Ok(())
     }
 
@@ -502,7 +512,8 @@ mod tests {
     #[test]
     fn toml_overrides_only_what_it_names() {
         let cfg: Config = toml::from_str(
-            "listen = \"0.0.0.0:6000\"\n[batching]\nmax_batch = 4\n[study]\nidle_timeout_secs = 2.5\n[inference]\nintra_threads = 1\n",
+            "listen = \"0.0.0.0:6000\"\n[batching]\nmax_batch = 4\n[study]\nidle_timeout_secs = 2.5\n[inference]\nintra_threads = 1\n\
+             [tls]\nallow_plaintext = true\n[auth]\nallow_anonymous = true\n",
         )
         .expect("valid toml");
         assert_eq!(cfg.listen.port(), 6000);

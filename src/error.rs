@@ -36,6 +36,8 @@ pub enum Error {
     #[error("the server task failed: {0}")]
     ServerTask(String),
     #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
+    #[error(transparent)]
     Log(#[from] crate::results::log::LogError),
     #[error(transparent)]
     Webhook(#[from] crate::results::webhook::WebhookError),

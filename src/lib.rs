@@ -8,6 +8,7 @@
 //! fans out) → the ways out: the `Analyze` stream itself, [`api`] (`Studies.Watch`), [`web`] (the live
 //! page and JSON API) and the webhook.
 //! [`model`] holds the model repository format (manifest + ONNX file) every stage agrees on;
+//! [`security`] sits in front of every way in: TLS, bearer tokens with roles, the audit log.
 //! [`catalog`] holds the loaded model versions, routes instances to them and swaps them while serving.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod proto;
 pub mod results;
+pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod study;

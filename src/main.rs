@@ -1,4 +1,4 @@
-//! The `radstream` command: `serve`, `push`, `watch`, `demo`, `bench`, `models`. Thin by design:
+//! The `radstream` command: `serve`, `push`, `watch`, `demo`, `bench`, `models`, `token`. Thin by design:
 //! parsing, logging set-up, signals and exit codes live here; everything else is in the library.
 //!
 //! `serve` and signals: the first SIGTERM or SIGINT drains (health NOT_SERVING, no new streams, open
@@ -61,6 +61,51 @@ enum Command {
     /// and shadow the versions of a running service.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Bearer tokens: `token hash` prints the SHA-256 of a token read from stdin, for the tokens file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Read a token from stdin (its first line) and print its hash, as `[auth] tokens_file` holds it.
+    Hash,
+    /// Print a new random token (256 bits, hex: safe in a header and a URL).
+    New,
+}
+
+/// How a client authenticates to a secured service (see README: Security).
+#[derive(Args, Clone)]
+struct AccessArgs {
+    /// Bearer token (prefer RADSTREAM_TOKEN or --token-file: a flag shows in `ps`).
+    #[arg(long, env = "RADSTREAM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File whose first line is the bearer token (used when --token / RADSTREAM_TOKEN is unset).
+    #[arg(long, env = "RADSTREAM_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed the service's certificate (https:// endpoints).
+    #[arg(long, env = "RADSTREAM_CA")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM), for a service that asks for one (mutual TLS).
+    #[arg(long, env = "RADSTREAM_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RADSTREAM_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl AccessArgs {
+    fn target(&self, endpoint: &str) -> anyhow::Result<client::Target> {
+        Ok(client::Target::new(
+            endpoint,
+            client::Access {
+                token: client::Access::token_from(self.token.clone(), self.token_file.as_deref())?,
+                ca: self.ca.clone(),
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+            },
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -134,6 +179,8 @@ struct AdminArgs {
     /// One JSON object (proto field names) instead of readable lines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 #[derive(Subcommand)]
@@ -275,6 +322,8 @@ struct PushArgs {
     /// DICOM files or folders.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 #[derive(Args)]
@@ -307,6 +356,8 @@ struct WatchArgs {
     /// One JSON object per event instead of readable lines.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 fn format(json: bool) -> OutputFormat {
@@ -416,7 +467,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let files = client::collect_files(&args.paths)?;
             anyhow::ensure!(!files.is_empty(), "no files found under {:?}", args.paths);
             let report = client::push_and_print(
-                &args.endpoint,
+                args.access.target(&args.endpoint)?,
                 Source::Files(files),
                 args.max_message_bytes,
                 format(args.json),
@@ -461,6 +512,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Models(command) => models(command).await?,
+        Command::Token(TokenCommand::Hash) => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the token from stdin")?;
+            anyhow::ensure!(!line.trim().is_empty(), "no token on stdin");
+            println!("{}", radstream::security::auth::hash_token(&line));
+        }
+        Command::Token(TokenCommand::New) => {
+            use std::io::Read;
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut bytes))
+                .context("cannot read /dev/urandom")?;
+            println!("{}", hex::encode(bytes));
+        }
         Command::Watch(args) => {
             let options = client::WatchOptions {
                 studies: args.studies,
@@ -471,7 +538,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 replay_only: args.replay_only,
                 format: format(args.json),
             };
-            client::watch_and_print(&args.endpoint, options).await?;
+            client::watch_and_print(args.access.target(&args.endpoint)?, options).await?;
         }
         Command::Demo {
             service,
@@ -541,7 +608,8 @@ async fn models(command: ModelsCommand) -> anyhow::Result<()> {
         } => (R::Shadow { name, version }, admin),
     };
     // A refusal's message is the service's own (it says what to do); printed as `error: ...`, exit 1.
-    client::models::request_and_print(&admin.endpoint, request, admin.json).await?;
+    client::models::request_and_print(admin.access.target(&admin.endpoint)?, request, admin.json)
+        .await?;
     Ok(())
 }
 

@@ -3,6 +3,10 @@
 //! optional webhook. `start` binds first and returns the bound addresses, so tests and `radstream demo`
 //! can use port 0 and talk to the real server over loopback.
 //!
+//! Both listeners sit behind [`crate::security`]: TLS when `[tls]` is set (one reloadable rustls
+//! acceptor in front of each listener), the token gate as a layer in front of every gRPC service and a
+//! middleware in front of the web view's data routes.
+//!
 //! Stopping is driven by a [`Shutdown`]: when its drain begins, health turns NOT_SERVING, no new
 //! connection or stream is taken, and each open stream finishes what it accepted; the drain deadline
 //! (`[shutdown] drain_deadline_secs`) then aborts what is left. [`serve`] returns once every connection
@@ -44,6 +48,7 @@ use crate::{
         log::{EventLog, SqliteLog},
         webhook,
     },
+    security::{self, GrpcAuthLayer, Security},
     shutdown::{AbortReason, Shutdown},
     study::Registry,
 };
@@ -113,7 +118,8 @@ pub fn build_catalog(config: &Config, data_dir: &Path) -> Result<Catalog> {
 }
 
 /// Serves on `listeners` until `shutdown` drains (see the module docs), keeping the event log in
-/// `data_dir`; the drain deadline is `config.shutdown.drain_deadline_secs`.
+/// `data_dir`; the drain deadline is `config.shutdown.drain_deadline_secs`. TLS, tokens and the audit
+/// log are loaded from `config` first (a bad file is an error before any connection is taken).
 pub async fn serve(
     listeners: Listeners,
     config: &Config,
@@ -121,6 +127,20 @@ pub async fn serve(
     shutdown: Shutdown,
     data_dir: &Path,
 ) -> Result<()> {
+    let security = Security::start(config)?;
+    serve_secured(listeners, config, catalog, shutdown, data_dir, security).await
+}
+
+/// [`serve`] with [`Security`] already loaded.
+pub async fn serve_secured(
+    listeners: Listeners,
+    config: &Config,
+    catalog: Catalog,
+    shutdown: Shutdown,
+    data_dir: &Path,
+    security: Security,
+) -> Result<()> {
+    let Security { tls, gate } = security;
     let hub = open_hub(config, data_dir)?;
     let registry = Registry::start(hub.clone(), Arc::new(catalog.clone()), config.registry());
     // Kept alive while serving: dropping it stops the watch.
@@ -157,19 +177,42 @@ pub async fn serve(
         hub.log().clone(),
         Duration::from_secs_f64(config.store.retention_days * 86_400.0),
     ));
-    let http_task = listeners.http.map(|listener| {
-        let app = crate::web::router_with_shutdown(hub.clone(), shutdown.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+    let http_task = match listeners.http {
+        Some(listener) => {
+            let app = security::web::guard(
+                crate::web::router_with_shutdown(hub.clone(), shutdown.clone()),
+                gate.clone(),
+            )
+            .into_make_service_with_connect_info::<security::web::PeerAddr>();
+            let shutdown = shutdown.clone();
             let stop = async move { shutdown.draining().await };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!("the web view's HTTP server failed: {e}");
-            }
-        })
-    });
+            let served = match &tls {
+                Some(tls) => {
+                    let listener = security::tls::HttpListener::new(listener, tls.clone())
+                        .map_err(|source| Error::Bind {
+                            addr: config.http.listen.unwrap_or(config.listen),
+                            source,
+                        })?;
+                    tokio::spawn(async move {
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(stop)
+                            .await
+                    })
+                }
+                None => tokio::spawn(async move {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
+                }),
+            };
+            Some(tokio::spawn(async move {
+                if let Ok(Err(e)) = served.await {
+                    tracing::error!("the web view's HTTP server failed: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     let listener = listeners.grpc;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -192,7 +235,9 @@ pub async fn serve(
         let shutdown = shutdown.clone();
         async move { shutdown.draining().await }
     };
-    let server = Server::builder()
+    let router = Server::builder()
+        // Outermost: no service runs for a request the gate refuses.
+        .layer(GrpcAuthLayer::new(gate))
         // HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client opening more streams on one connection waits.
         .max_concurrent_streams(config.limits.max_streams_per_connection)
         // What a client may send ahead on one stream before the session reads it: bytes the server
@@ -202,13 +247,28 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(AnalysisServer::new(service).max_decoding_message_size(max_message))
         .add_service(StudiesServer::new(studies))
-        .add_service(ModelsServer::new(models))
-        .serve_with_incoming_shutdown(
+        .add_service(ModelsServer::new(models));
+    let server: std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<(), tonic::transport::Error>>
+                + Send,
+        >,
+    > = match tls {
+        Some(tls) => {
+            let incoming = security::tls::accept(listener, tls, security::tls::Kind::Grpc);
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(incoming),
+                |(stream, _)| Ok::<_, std::io::Error>(stream),
+            );
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(
             // Findings are small writes that must leave at once: Nagle's algorithm would hold them
             // back for the peer's delayed ACK.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop_accepting,
-        );
+        )),
+    };
     // tonic waits for every connection to close; after an abort a peer that keeps its connection open
     // (or never reads) must not hold the process, so the abort plus a short grace ends the wait.
     let hard_stop = async {
@@ -328,6 +388,8 @@ pub struct RunningServer {
     pub http_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     catalog: Catalog,
+    /// Whether the listeners speak TLS.
+    pub tls: bool,
     shutdown: Shutdown,
     handle: JoinHandle<Result<()>>,
     /// The temporary data directory, when none was configured (removed when the server is dropped).
@@ -335,9 +397,10 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// `http://ADDR`, for clients.
+    /// `http://ADDR` (`https://` with TLS), for clients.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The loaded model versions (what `models list` shows).
@@ -395,18 +458,21 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         }
     };
     let catalog = build_catalog(&config, &data_dir)?;
+    let security = Security::start(&config)?;
+    let tls = security.tls.is_some();
     let shutdown = Shutdown::new();
     let handle = tokio::spawn({
         let shutdown = shutdown.clone();
         let data_dir = data_dir.clone();
         let catalog = catalog.clone();
         async move {
-            serve(
+            serve_secured(
                 Listeners { grpc, http },
                 &config,
                 catalog,
                 shutdown,
                 &data_dir,
+                security,
             )
             .await
         }
@@ -416,6 +482,7 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         http_addr,
         data_dir,
         catalog,
+        tls,
         shutdown,
         handle,
         _temporary: temporary,

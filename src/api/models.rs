@@ -10,7 +10,15 @@ use tonic::{Request, Response, Status};
 use crate::{
     catalog::{repository, Catalog, CatalogError, ShadowReport, VersionStatus},
     proto::v1::{self as pb, models_server::Models},
+    security::{audit::Subject, Caller},
 };
+
+/// Records who changed which model (after the change succeeded).
+fn audit(caller: &Option<Caller>, action: &str, name: &str, version: Option<&str>) {
+    if let Some(c) = caller {
+        c.audit(action, Subject::Model { name, version });
+    }
+}
 
 /// The `radstream.v1.Models` service.
 #[derive(Debug, Clone)]
@@ -153,6 +161,7 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::ModelVersionRequest>,
     ) -> Result<Response<pb::ModelVersion>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let root = self.repository.as_ref().ok_or_else(|| {
             Status::failed_precondition(
@@ -187,8 +196,10 @@ impl Models for ModelsService {
             .await
             .map_err(|e| status(CatalogError::Crashed(e.to_string())))?;
         loaded.map_err(status)?;
+        audit(&caller, "load", &r.name, Some(&r.version));
         if r.activate {
             self.catalog.activate(&r.name, &r.version).map_err(status)?;
+            audit(&caller, "activate", &r.name, Some(&r.version));
         }
         self.version(&r.name, &r.version).map(Response::new)
     }
@@ -197,8 +208,10 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::ModelVersionRequest>,
     ) -> Result<Response<pb::ModelVersion>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         self.catalog.activate(&r.name, &r.version).map_err(status)?;
+        audit(&caller, "activate", &r.name, Some(&r.version));
         self.version(&r.name, &r.version).map(Response::new)
     }
 
@@ -206,9 +219,11 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::ModelVersionRequest>,
     ) -> Result<Response<pb::ModelVersion>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let before = self.version(&r.name, &r.version)?;
         self.catalog.unload(&r.name, &r.version).map_err(status)?;
+        audit(&caller, "unload", &r.name, Some(&r.version));
         Ok(Response::new(pb::ModelVersion {
             active: false,
             shadow: false,
@@ -220,8 +235,10 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ModelVersion>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let served = self.catalog.rollback(&r.name).map_err(status)?;
+        audit(&caller, "rollback", &r.name, Some(&served.info.version));
         self.version(&r.name, &served.info.version)
             .map(Response::new)
     }
@@ -230,9 +247,20 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::ModelVersionRequest>,
     ) -> Result<Response<pb::ShadowAgreement>, Status> {
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let version = (!r.version.is_empty()).then_some(r.version.as_str());
         self.catalog.shadow(&r.name, version).map_err(status)?;
+        audit(
+            &caller,
+            if version.is_some() {
+                "shadow"
+            } else {
+                "shadow_stop"
+            },
+            &r.name,
+            version,
+        );
         let report = self
             .catalog
             .shadow_report(&r.name)

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     proto::v1::{self as pb, studies_server::Studies},
     results::hub::{Hub, WatchFilter, Watched},
+    security::{audit::Subject, Caller},
     shutdown::Shutdown,
 };
 
@@ -53,12 +54,16 @@ impl Studies for StudiesService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = Caller::of(&request);
         let request = request.into_inner();
         if request.from_sequence == Some(0) {
             return Err(Status::invalid_argument(
                 "from_sequence starts at 1 (the first event of the log); leave it unset to follow \
                  live events only",
             ));
+        }
+        if let Some(caller) = caller {
+            caller.audit("watch", Subject::Studies(&request.study_instance_uids));
         }
         let mut subscription = self
             .hub

@@ -5,11 +5,13 @@
 //! ([`json`], one mapping shared by both, checked against the proto descriptors). `models` ([`models`])
 //! is the admin side: which model versions serve, and swapping them while studies stream.
 
+mod access;
 pub mod models;
 mod render;
 mod watch;
 
 pub use crate::results::json::{study_event_json, to_json, watch_event_json};
+pub use access::{Access, Authorized, Target};
 pub use render::{render, short_study, Progress, Style};
 pub use watch::{watch, watch_and_print, Tracker, WatchOptions, WatchReport};
 
@@ -122,29 +124,24 @@ pub struct PushReport {
     pub critical: Vec<pb::CriticalFinding>,
 }
 
-/// A channel to the service at `endpoint`; an unreachable one is [`Error::Connect`] with a hint.
-pub(crate) async fn connect(endpoint: &str) -> Result<tonic::transport::Channel> {
-    let connect_err = |detail: String| Error::Connect {
-        endpoint: endpoint.to_string(),
-        detail,
-    };
-    tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| connect_err(e.to_string()))?
-        .connect()
-        .await
-        .map_err(|e| connect_err(format!("{e} (is `radstream serve` running there?)")))
+/// A channel to `target` (TLS and token as its [`Access`] says); an unreachable one is
+/// [`Error::Connect`] with a hint.
+pub(crate) async fn connect(target: &Target) -> Result<Authorized> {
+    access::connect(target).await
 }
 
 /// Streams `source` to `endpoint`; `on_response` sees every response as it arrives. Each instance goes
 /// out with its index as `client_ref`; responses (and the report) carry the local name again: the
 /// file's path, or the in-memory name.
 pub async fn push(
-    endpoint: &str,
+    target: impl Into<Target>,
     source: Source,
     max_message_bytes: usize,
     mut on_response: impl FnMut(&pb::AnalyzeResponse),
 ) -> Result<PushReport> {
-    let channel = connect(endpoint).await?;
+    let target: Target = target.into();
+    let endpoint = target.endpoint.as_str();
+    let channel = connect(&target).await?;
     let mut client = AnalysisClient::new(channel)
         .max_encoding_message_size(max_message_bytes)
         .max_decoding_message_size(max_message_bytes);
@@ -210,7 +207,7 @@ pub async fn push(
 /// `push` with a progress bar and printed responses, as the CLI does it. With `overlays`, a PNG of every
 /// slice with a positive finding (box and peak drawn on the windowed slice) is written there.
 pub async fn push_and_print(
-    endpoint: &str,
+    target: impl Into<Target>,
     source: Source,
     max_message_bytes: usize,
     format: OutputFormat,
@@ -229,7 +226,7 @@ pub async fn push_and_print(
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let style = Style::for_stdout();
-    let report = push(endpoint, source, max_message_bytes, |response| {
+    let report = push(target, source, max_message_bytes, |response| {
         if matches!(
             response.event,
             Some(Event::Accepted(_))

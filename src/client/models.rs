@@ -70,9 +70,12 @@ pub enum ModelsReply {
     Shadow(pb::ShadowAgreement),
 }
 
-/// Sends `request` to the service at `endpoint`.
-pub async fn request(endpoint: &str, request: ModelsRequest) -> Result<ModelsReply, ModelsError> {
-    let mut client = ModelsClient::new(super::connect(endpoint).await?);
+/// Sends `request` to the service at `target`.
+pub async fn request(
+    target: impl Into<super::Target>,
+    request: ModelsRequest,
+) -> Result<ModelsReply, ModelsError> {
+    let mut client = ModelsClient::new(super::connect(&target.into()).await?);
     let version_request = |name: String, version: String, activate: bool| pb::ModelVersionRequest {
         name,
         version,
@@ -137,11 +140,11 @@ pub async fn request(endpoint: &str, request: ModelsRequest) -> Result<ModelsRep
 
 /// Sends `request` and prints the answer (readable, or one JSON object); the CLI's `models` commands.
 pub async fn request_and_print(
-    endpoint: &str,
+    target: impl Into<super::Target>,
     request: ModelsRequest,
     json: bool,
 ) -> Result<ModelsReply, ModelsError> {
-    let reply = self::request(endpoint, request).await?;
+    let reply = self::request(target, request).await?;
     if json {
         println!("{}", reply_json(&reply));
     } else {

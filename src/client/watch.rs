@@ -106,11 +106,13 @@ impl Tracker {
 /// stream (with `replay_only`, once the replay has caught up). An unreachable server is
 /// [`Error::Connect`]; a stream the server ends with an error is [`Error::Stream`].
 pub async fn watch(
-    endpoint: &str,
+    target: impl Into<super::Target>,
     options: &WatchOptions,
     mut on_event: impl FnMut(&pb::WatchEvent),
 ) -> Result<WatchReport> {
-    let channel = super::connect(endpoint).await?;
+    let target: super::Target = target.into();
+    let endpoint = target.endpoint.as_str();
+    let channel = super::connect(&target).await?;
     let mut client = StudiesClient::new(channel).max_decoding_message_size(MAX_WATCH_MESSAGE_BYTES);
     let mut stream = match client.watch(options.request()).await {
         Ok(response) => response.into_inner(),
@@ -145,12 +147,15 @@ pub async fn watch(
 
 /// [`watch`] printing every event to stdout: readable lines with progress (colours on a terminal), or
 /// one JSON object per event.
-pub async fn watch_and_print(endpoint: &str, options: WatchOptions) -> Result<WatchReport> {
+pub async fn watch_and_print(
+    target: impl Into<super::Target>,
+    options: WatchOptions,
+) -> Result<WatchReport> {
     let style = render::Style::for_stdout();
     let mut tracker = Tracker::default();
     // Counts need every event of a study: a label or critical-only filter hides most of them.
     let counted = options.labels.is_empty() && !options.critical_only;
-    watch(endpoint, &options, |event| {
+    watch(target, &options, |event| {
         let line = match options.format {
             OutputFormat::Json => Some(json::watch_event_json(event).to_string()),
             OutputFormat::Readable => {

@@ -2,7 +2,9 @@
 // Events) from the next log sequence. Every event is applied at most once (by its per-study sequence), so
 // the overlap between the snapshot and the stream, a reconnect's replay or a re-read after `missed` never
 // counts twice. Every string from the service is inserted with textContent or as an attribute value:
-// never as markup.
+// never as markup. A service with tokens needs one for its data: open the page as `/?token=<token>`; it
+// is sent as `Authorization: Bearer` on fetches and as `?token=` where a browser cannot set a header
+// (EventSource, <img>).
 "use strict";
 
 (() => {
@@ -10,6 +12,12 @@
   const KEPT_STUDIES = 200;
   const OVERLAY_RETRIES = 8;
   const SVG = "http://www.w3.org/2000/svg";
+  const TOKEN = new URLSearchParams(location.search).get("token");
+
+  function withToken(url) {
+    if (!TOKEN) return url;
+    return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN);
+  }
 
   const state = {
     studies: new Map(), // uid -> study
@@ -82,7 +90,9 @@
   }
 
   async function getJSON(url) {
-    const r = await fetch(url, { headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
+    const r = await fetch(url, { headers });
     if (!r.ok) throw new Error(url + ": HTTP " + r.status);
     return r.json();
   }
@@ -113,7 +123,7 @@
 
   function connect(from) {
     if (state.source) state.source.close();
-    const es = new EventSource("/api/events?from=" + from);
+    const es = new EventSource(withToken("/api/events?from=" + from));
     state.source = es;
     es.onopen = () => setConnection("live", "live");
     es.onmessage = (m) => {
@@ -337,14 +347,14 @@
         tries += 1;
         if (tries <= OVERLAY_RETRIES) {
           setTimeout(() => {
-            img.src = src + "?try=" + tries;
+            img.src = withToken(src + "?try=" + tries);
           }, 500 * tries);
         } else {
           img.alt = "overlay not available";
           img.classList.add("missing");
         }
       });
-      img.src = src;
+      img.src = withToken(src);
       s.imgs.set(key, img);
     }
     return img;
