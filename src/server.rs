@@ -158,7 +158,9 @@ pub async fn serve(
         Duration::from_secs_f64(config.store.retention_days * 86_400.0),
     ));
     let http_task = listeners.http.map(|listener| {
-        let app = crate::web::router_with_shutdown(hub.clone(), shutdown.clone());
+        let app = crate::web::router_with_shutdown(hub.clone(), shutdown.clone()).merge(
+            crate::telemetry::http::router(catalog.clone(), shutdown.clone()),
+        );
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let stop = async move { shutdown.draining().await };
