@@ -180,7 +180,9 @@ pub async fn serve_secured(
     let http_task = match listeners.http {
         Some(listener) => {
             let app = security::web::guard(
-                crate::web::router_with_shutdown(hub.clone(), shutdown.clone()),
+                crate::web::router_with_shutdown(hub.clone(), shutdown.clone()).merge(
+                    crate::telemetry::http::router(catalog.clone(), shutdown.clone()),
+                ),
                 gate.clone(),
             )
             .into_make_service_with_connect_info::<security::web::PeerAddr>();

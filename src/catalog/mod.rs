@@ -802,16 +802,27 @@ impl Catalog {
         let table = self.inner.routes.load();
         let mut worst = EngineHealth::Serving;
         for route in &table.routes {
-            match *route.active.engine().health().borrow() {
-                EngineHealth::Stopped => return EngineHealth::Stopped,
-                EngineHealth::Stalled => worst = EngineHealth::Stalled,
-                EngineHealth::Serving => {}
-            }
+            let health = *route.active.engine().health().borrow();
+            worst = worst.max(health);
         }
         if table.routes.is_empty() {
             return EngineHealth::Stopped;
         }
         worst
+    }
+
+    /// Each active version's engine health, `(name, version, health)`: what a readiness answer names.
+    pub fn engine_health(&self) -> Vec<(String, String, EngineHealth)> {
+        let table = self.inner.routes.load();
+        table
+            .routes
+            .iter()
+            .map(|r| {
+                let info = &r.active.info;
+                let health = *r.active.engine().health().borrow();
+                (info.name.clone(), info.version.clone(), health)
+            })
+            .collect()
     }
 }
 

@@ -40,6 +40,7 @@ use crate::{
         overlay, Arrival as Times,
     },
     study::{Admission, Arrival, InstanceKey, Pin, Registry, SliceFailure},
+    telemetry::events,
 };
 
 /// What every transport shares: the model catalog, the registry, and the service-wide decode limits.
@@ -101,6 +102,7 @@ impl Intake {
         // frames waiting for their neighbours may hold half of the decoded-pixel budget
         let stacks = Stacks::new(decoded_budget.capacity_bytes() / 2);
         stacks.spawn_flusher(&registry);
+        events::watch_decoded_budget(&decoded_budget);
         Self {
             catalog,
             registry,
@@ -209,7 +211,7 @@ impl Intake {
         };
         let (meta, instance, pins, routes) = match outcome {
             Decoded::HeaderRejected(rejection) => {
-                log_rejection(&rejection);
+                // logged and counted by the registry, the one place every rejection passes
                 guard.armed = false;
                 self.registry
                     .header_rejected(source, rejected(&rejection, &client_ref));
@@ -217,11 +219,7 @@ impl Intake {
             }
             Decoded::NoModel(mut rejected) => {
                 // Only UIDs and defined terms: the message never quotes the Series Description.
-                tracing::info!(
-                    sop_instance_uid = %rejected.sop_instance_uid,
-                    "instance rejected: {}",
-                    rejected.message
-                );
+                // Logged and counted by the registry.
                 guard.armed = false;
                 rejected.client_ref = client_ref.to_string();
                 self.registry.header_rejected(source, rejected);
@@ -245,7 +243,6 @@ impl Intake {
         let instance = match instance {
             Ok(instance) => Arc::new(instance),
             Err(rejection) => {
-                log_rejection(&rejection);
                 guard.armed = false;
                 // logged without the sender's name for it; each sender hears its own
                 self.registry.decoded(
@@ -255,6 +252,10 @@ impl Intake {
                 return;
             }
         };
+        events::InstanceDecoded {
+            took: decoded_at.duration_since(received).unwrap_or_default(),
+        }
+        .emit();
         let times = Times {
             received,
             decoded: decoded_at,
@@ -383,12 +384,7 @@ pub(super) async fn report_slice(
                     .slices_failed
                     .fetch_add(1, Ordering::Relaxed);
             }
-            tracing::warn!(
-                sop_instance_uid = %meta.sop_instance_uid,
-                frame,
-                model = %pin.rules.model.name,
-                "slice failed: {error}"
-            );
+            // logged and counted by the registry (`SliceFailed`)
             registry.slice_done(
                 key.clone(),
                 frame as u32,
@@ -473,18 +469,6 @@ fn no_model(meta: &crate::decode::InstanceMeta, message: String) -> pb::Instance
         frame: None,
         model: None,
     }
-}
-
-fn log_rejection(rejection: &Rejection) {
-    tracing::info!(
-        sop_instance_uid = rejection
-            .sop_instance_uid
-            .as_deref()
-            .unwrap_or("unreadable"),
-        code = rejection.error.code(),
-        "instance rejected: {}",
-        rejection.error
-    );
 }
 
 /// The wire form of a decode rejection.

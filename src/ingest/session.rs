@@ -23,6 +23,7 @@ use crate::{
     proto::v1 as pb,
     results::hub::{ClientRef, SourceDelivery, SourceFeed},
     shutdown::AbortReason,
+    telemetry::events,
 };
 
 /// A session's wait for its next message's share of the request budget.
@@ -152,6 +153,8 @@ pub(super) struct Session {
     expected_message: u64,
     instances: u64,
     summaries: u64,
+    /// Counts this stream in `radstream_open_streams` while it lives.
+    _open: events::OpenGuard,
 }
 
 impl Session {
@@ -174,6 +177,7 @@ impl Session {
             expected_message: FIRST_MESSAGE_GUESS,
             instances: 0,
             summaries: 0,
+            _open: events::OpenGuard::stream(),
         }
     }
 
@@ -184,6 +188,19 @@ impl Session {
             sent = self.out.send(response) => sent.map_err(|_| ClientGone),
             () = self.service.shutdown.aborted() => Err(ClientGone),
         }
+    }
+
+    /// Refuses a request the stream itself cannot take (never reaching the registry): logged, counted
+    /// and answered.
+    async fn reject(&self, rejected: pb::InstanceRejected) -> Result<(), ClientGone> {
+        events::InstanceRejected {
+            sop_instance_uid: &rejected.sop_instance_uid,
+            reason: rejected.reason,
+            message: &rejected.message,
+        }
+        .emit();
+        self.send(pb::analyze_response::Event::Rejected(rejected))
+            .await
     }
 
     /// How a session that must stop now ends: aborted by the shutdown, or because its client left.
@@ -365,21 +382,23 @@ impl Session {
                     return Ok(());
                 };
                 let received = SystemTime::now();
+                events::InstanceReceived {
+                    bytes: instance.dicom.len(),
+                }
+                .emit();
                 let limit = self.service.max_client_ref_bytes;
                 if instance.client_ref.len() > limit {
                     // Not echoed: a client_ref that long is not a label, and could be anything.
                     return self
-                        .send(pb::analyze_response::Event::Rejected(
-                            pb::InstanceRejected {
-                                reason: pb::RejectReason::TooLarge as i32,
-                                message: format!(
-                                    "client_ref of {} bytes exceeds the limit of {limit} bytes \
-                                 (limits.max_client_ref_bytes); the instance was not read",
-                                    instance.client_ref.len()
-                                ),
-                                ..Default::default()
-                            },
-                        ))
+                        .reject(pb::InstanceRejected {
+                            reason: pb::RejectReason::TooLarge as i32,
+                            message: format!(
+                                "client_ref of {} bytes exceeds the limit of {limit} bytes \
+                             (limits.max_client_ref_bytes); the instance was not read",
+                                instance.client_ref.len()
+                            ),
+                            ..Default::default()
+                        })
                         .await;
                 }
                 // The share taken before reading was sized as the last message: fit it to this one
@@ -425,14 +444,12 @@ impl Session {
                 Ok(())
             }
             None => {
-                self.send(pb::analyze_response::Event::Rejected(
-                    pb::InstanceRejected {
-                        reason: pb::RejectReason::EmptyRequest as i32,
-                        message: "request carried neither an instance nor an end-of-study marker"
-                            .into(),
-                        ..Default::default()
-                    },
-                ))
+                self.reject(pb::InstanceRejected {
+                    reason: pb::RejectReason::EmptyRequest as i32,
+                    message: "request carried neither an instance nor an end-of-study marker"
+                        .into(),
+                    ..Default::default()
+                })
                 .await
             }
         }

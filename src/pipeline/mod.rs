@@ -12,8 +12,13 @@
 //! only worker has died or hangs inside a driver must say so to its load balancer instead of accepting
 //! streams it cannot answer: `Stopped` once the worker thread has ended for any reason (a guard dropped
 //! on the thread's exit, so a panic counts too), `Stalled` while one preprocess/model call has run longer
-//! than the stall timeout (the worker stamps when its call began; a watchdog task compares), `Serving`
-//! otherwise — again as soon as a stalled call returns.
+//! than the stall timeout (the worker stamps when its call began; a watchdog task compares), `Failing`
+//! while each of the last [`FAILING_AFTER`] slices failed for a reason of the engine's own (a broken GPU
+//! path, a model call that errs; a slice the input made unscoreable does not count), `Serving`
+//! otherwise — again as soon as a stalled call returns or a slice is scored.
+//!
+//! Each batch is reported once through `telemetry::events` (its size, queue wait, preprocess and score
+//! times, per model version), and the queue depth follows every job in and out.
 //!
 //! A 2.5D model (`[input] context = k`) scores a slice from the 2k+1 neighbouring slices of its series:
 //! its job carries those frames, in position order with the centre in the middle ([`Engine::submit_stack`],
@@ -22,7 +27,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc, Weak,
     },
     thread::JoinHandle,
@@ -40,6 +45,7 @@ use crate::{
         choose_window, CpuPreprocessor, GpuPreprocessor, PreprocessError, PreprocessSpec,
         Preprocessor, SliceView, WindowChoice,
     },
+    telemetry::events::{self, ModelLabels},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -67,11 +73,16 @@ enum Job {
     Halt,
 }
 
-/// The engine's state as health checking sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Consecutive failed slices after which an engine counts as failing (see the module docs).
+pub const FAILING_AFTER: u32 = 8;
+
+/// The engine's state as health checking sees it, from best to worst (the order compares them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EngineHealth {
     /// The worker is alive and its current call, if any, is within the stall timeout.
     Serving,
+    /// Every one of the last [`FAILING_AFTER`] slices failed (until one is scored).
+    Failing,
     /// A preprocess/model call has been running longer than the stall timeout.
     Stalled,
     /// The worker thread has ended: nothing will be scored again.
@@ -87,6 +98,8 @@ struct Vitals {
     ended: AtomicBool,
     /// The engine handle was dropped: the worker ending is expected, not news.
     closing: AtomicBool,
+    /// Slices failed in a row for the engine's own reasons (reset by a scored slice).
+    failed_in_a_row: AtomicU32,
     state: watch::Sender<EngineHealth>,
 }
 
@@ -98,6 +111,7 @@ impl Vitals {
             stall_timeout_nanos: AtomicU64::new(nanos(stall_timeout)),
             ended: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            failed_in_a_row: AtomicU32::new(0),
             state: watch::Sender::new(EngineHealth::Serving),
         }
     }
@@ -126,7 +140,43 @@ impl Vitals {
                 return EngineHealth::Stalled;
             }
         }
+        if self.failed_in_a_row.load(Ordering::Acquire) >= FAILING_AFTER {
+            return EngineHealth::Failing;
+        }
         EngineHealth::Serving
+    }
+
+    /// Counts one answered slice: a success resets the run of failures; a failure the input caused
+    /// (an unscoreable slice) neither counts nor resets.
+    fn slice_answered(&self, outcome: &Result<ScoredSlice, EngineError>) {
+        match outcome {
+            Ok(_) => self.failed_in_a_row.store(0, Ordering::Release),
+            Err(EngineError::Preprocess(PreprocessError::InvalidSlice { .. })) => {}
+            Err(_) => {
+                self.failed_in_a_row.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Publishes the current assessment, logging a change; the new state when it changed.
+    fn update(&self) -> Option<EngineHealth> {
+        let health = self.assess();
+        if !self.publish(health) {
+            return None;
+        }
+        match health {
+            EngineHealth::Stalled => tracing::error!(
+                stall_timeout_secs = self.stall_timeout().as_secs_f64(),
+                "a preprocess/model call has run past the stall timeout: health NOT_SERVING"
+            ),
+            EngineHealth::Failing => tracing::error!(
+                slices = FAILING_AFTER,
+                "every recent slice failed: health NOT_SERVING until one is scored"
+            ),
+            EngineHealth::Serving => tracing::info!("the engine scores again: health SERVING"),
+            EngineHealth::Stopped => {}
+        }
+        Some(health)
     }
 
     /// Publishes `health` if it differs from the last published state; true if it did.
@@ -173,20 +223,8 @@ async fn watchdog(vitals: Weak<Vitals>) {
     loop {
         let tick = match vitals.upgrade() {
             Some(v) => {
-                let health = v.assess();
-                if v.publish(health) {
-                    match health {
-                        EngineHealth::Stalled => tracing::error!(
-                            stall_timeout_secs = v.stall_timeout().as_secs_f64(),
-                            "a preprocess/model call has run past the stall timeout: health NOT_SERVING"
-                        ),
-                        EngineHealth::Serving => {
-                            tracing::info!("the stalled call returned: health SERVING again")
-                        }
-                        EngineHealth::Stopped => {}
-                    }
-                }
-                if health == EngineHealth::Stopped {
+                v.update();
+                if v.assess() == EngineHealth::Stopped {
                     return;
                 }
                 (v.stall_timeout() / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -203,6 +241,48 @@ struct SliceJob {
     /// for a model with context k.
     frames: Vec<(Arc<DecodedInstance>, usize)>,
     reply: oneshot::Sender<Result<ScoredSlice, EngineError>>,
+    queued: Queued,
+}
+
+/// A job's place in the queue-depth gauge: counted from when it is queued until the worker takes it
+/// up (or it is dropped unanswered).
+struct Queued {
+    model: Arc<ModelLabels>,
+    at: Instant,
+    counted: bool,
+}
+
+impl Queued {
+    fn new(model: Arc<ModelLabels>) -> Self {
+        events::QueueDepthChanged {
+            model: &model,
+            delta: 1,
+        }
+        .emit();
+        Self {
+            model,
+            at: Instant::now(),
+            counted: true,
+        }
+    }
+
+    /// The job leaves the queue: how long it waited.
+    fn leave(&mut self) -> Duration {
+        if std::mem::take(&mut self.counted) {
+            events::QueueDepthChanged {
+                model: &self.model,
+                delta: -1,
+            }
+            .emit();
+        }
+        self.at.elapsed()
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 /// What the engine answers for one slice.
@@ -235,6 +315,7 @@ pub struct Engine {
     preprocess_path: &'static str,
     provider: crate::inference::ActiveProvider,
     worker: Option<JoinHandle<()>>,
+    labels: Arc<ModelLabels>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -283,6 +364,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let (tx, rx) = mpsc::channel(batching.queue_depth.max(1));
         let info = session.info().clone();
+        let labels = Arc::new(ModelLabels::new(&info.name, &info.version));
         let manifest = Arc::new(session.manifest().clone());
         let preprocess_path = preprocessor.name();
         let provider = session.provider();
@@ -299,6 +381,8 @@ impl Engine {
             max_wait: Duration::from_millis(batching.max_wait_ms),
             input: Vec::new(),
             vitals: vitals.clone(),
+            labels: labels.clone(),
+            timing: (Duration::ZERO, Duration::ZERO),
         };
         let guard = ExitGuard(vitals.clone());
         let handle = std::thread::Builder::new()
@@ -317,6 +401,7 @@ impl Engine {
             preprocess_path,
             provider,
             worker: Some(handle),
+            labels,
         })
     }
 
@@ -414,9 +499,14 @@ impl Engine {
         check_stack(&self.manifest, frames.len())?;
         let (reply, rx) = oneshot::channel();
         let tx = self.tx.as_ref().ok_or(EngineError::ShutDown)?;
-        tx.send(Job::Slice(SliceJob { frames, reply }))
-            .await
-            .map_err(|_| EngineError::ShutDown)?;
+        let queued = Queued::new(self.labels.clone());
+        tx.send(Job::Slice(SliceJob {
+            frames,
+            reply,
+            queued,
+        }))
+        .await
+        .map_err(|_| EngineError::ShutDown)?;
         Ok(rx)
     }
 }
@@ -499,6 +589,9 @@ struct Worker {
     /// The NCHW batch buffer, reused across batches.
     input: Vec<f32>,
     vitals: Arc<Vitals>,
+    labels: Arc<ModelLabels>,
+    /// The last `score` call's preprocess and model times.
+    timing: (Duration, Duration),
 }
 
 impl Worker {
@@ -545,11 +638,12 @@ impl Worker {
         if batch.is_empty() {
             return;
         }
-        let started = Instant::now();
+        let queued: Vec<Duration> = batch.iter_mut().map(|job| job.queued.leave()).collect();
         match self.score_guarded(batch) {
             Ok(results) => {
+                self.batch_scored(&queued);
                 for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
+                    self.answer(job, Ok(result));
                 }
             }
             Err(e) if batch.len() > 1 => {
@@ -557,23 +651,40 @@ impl Worker {
                     batch = batch.len(),
                     "batch failed ({e}); scoring its slices one by one"
                 );
-                for job in batch.drain(..) {
+                for (job, queued) in batch.drain(..).zip(queued) {
                     let result = self
                         .score_guarded(std::slice::from_ref(&job))
                         .map(|mut r| r.remove(0));
-                    let _ = job.reply.send(result);
+                    if result.is_ok() {
+                        self.batch_scored(&[queued]);
+                    }
+                    self.answer(job, result);
                 }
             }
             Err(e) => {
                 if let Some(job) = batch.pop() {
-                    let _ = job.reply.send(Err(e));
+                    self.answer(job, Err(e));
                 }
             }
         }
-        tracing::debug!(
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "batch done"
-        );
+    }
+
+    fn batch_scored(&self, queued: &[Duration]) {
+        events::BatchScored {
+            model: &self.labels,
+            size: queued.len(),
+            queued,
+            preprocess: self.timing.0,
+            score: self.timing.1,
+        }
+        .emit();
+    }
+
+    /// Answers one slice, counting it towards the engine's health.
+    fn answer(&self, job: SliceJob, result: Result<ScoredSlice, EngineError>) {
+        self.vitals.slice_answered(&result);
+        self.vitals.update();
+        let _ = job.reply.send(result);
     }
 
     /// `score`, with a panic in a codec, driver or runtime turned into this batch's error: the worker
@@ -608,11 +719,14 @@ impl Worker {
         }
         let per_slice = (self.spec.channels * self.spec.height * self.spec.width) as usize;
         self.input.resize(n * per_slice, 0.0);
+        let started = Instant::now();
         self.preprocessor
             .preprocess(&self.spec, &views, &mut self.input)?;
         let preprocessed_at = SystemTime::now();
+        let preprocessed = Instant::now();
         let BatchScores { scores, map } = self.session.run(&self.input, n)?;
         let scored_at = SystemTime::now();
+        self.timing = (preprocessed - started, preprocessed.elapsed());
         let labels = scores.len() / n.max(1);
         Ok((0..n)
             .map(|i| ScoredSlice {
@@ -762,6 +876,55 @@ mod tests {
             .expect("drop");
         drop(release); // lets the left-behind worker finish
     }
+    /// A run of the engine's own failures turns it `Failing`; a slice the input made unscoreable
+    /// neither adds to the run nor ends it; one scored slice ends it.
+    #[test]
+    fn a_run_of_failed_slices_is_failing_until_one_is_scored() {
+        let vitals = Vitals::new(Duration::from_secs(30));
+        let broken = || {
+            Err(EngineError::Inference(InferenceError::Run {
+                model: "m".into(),
+                detail: "injected".into(),
+            }))
+        };
+        let unscoreable = || {
+            Err(EngineError::Preprocess(PreprocessError::InvalidSlice {
+                index: 0,
+                detail: "input".into(),
+            }))
+        };
+        let scored = || {
+            Ok(ScoredSlice {
+                scores: vec![0.5],
+                map: None,
+                preprocessed_at: SystemTime::now(),
+                scored_at: SystemTime::now(),
+                batch_size: 1,
+                window: None,
+            })
+        };
+        for _ in 1..FAILING_AFTER {
+            vitals.slice_answered(&broken());
+        }
+        vitals.slice_answered(&unscoreable());
+        assert_eq!(
+            vitals.assess(),
+            EngineHealth::Serving,
+            "one short of the run"
+        );
+        vitals.slice_answered(&broken());
+        assert_eq!(vitals.update(), Some(EngineHealth::Failing));
+        vitals.slice_answered(&unscoreable());
+        assert_eq!(
+            vitals.assess(),
+            EngineHealth::Failing,
+            "the input's fault ends nothing"
+        );
+        vitals.slice_answered(&scored());
+        assert_eq!(vitals.update(), Some(EngineHealth::Serving));
+        assert_eq!(*vitals.state.borrow(), EngineHealth::Serving);
+    }
+
     fn sample(n: usize) -> Arc<DecodedInstance> {
         let path = format!(
             "{}/models/lesion-demo/sample-study/slice-{n:02}.dcm",
@@ -801,9 +964,11 @@ mod tests {
         }
 
         let slices: Vec<_> = (4..=8).map(sample).collect();
+        let labels = Arc::new(ModelLabels::new("test", "0"));
         let job = |frames: &[usize]| SliceJob {
             frames: frames.iter().map(|&i| (slices[i].clone(), 0)).collect(),
             reply: oneshot::channel().0,
+            queued: Queued::new(labels.clone()),
         };
         let batch = [job(&[0, 1, 2]), job(&[3, 3, 4])];
         let views = batch_views(&batch).expect("views");
@@ -818,6 +983,7 @@ mod tests {
         let missing = [SliceJob {
             frames: vec![(slices[0].clone(), 3)],
             reply: oneshot::channel().0,
+            queued: Queued::new(labels.clone()),
         }];
         assert!(
             batch_views(&missing).is_err(),

@@ -367,6 +367,7 @@ impl Hub {
             replay: Some(replay),
             rx,
             lag,
+            _open: crate::telemetry::events::OpenGuard::subscriber(),
         }
     }
 
@@ -414,6 +415,8 @@ pub struct Subscription {
     /// The first sequence wanted: live events before it (logged after the subscriber asked for a
     /// start beyond the log's end) are not its.
     start: u64,
+    /// Counts this subscriber in `radstream_subscribers` while it lives.
+    _open: crate::telemetry::events::OpenGuard,
 }
 
 impl Drop for Subscription {

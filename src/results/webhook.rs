@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::hub::{Hub, WatchFilter, Watched};
-use crate::{proto::v1 as pb, shutdown::Shutdown};
+use crate::{proto::v1 as pb, shutdown::Shutdown, telemetry::events};
 
 /// File name of the delivery log inside the data directory.
 pub const DB_FILE: &str = "webhook.db";
@@ -719,51 +719,53 @@ impl Deliverer {
             let last = n == self.policy.max_attempts;
             match &outcome {
                 Outcome::Delivered { status } => {
-                    tracing::info!(
+                    events::WebhookDelivered {
                         sequence,
-                        study = %critical.study_instance_uid,
-                        label = %critical.label,
-                        revision = critical.revision,
+                        study_instance_uid: &critical.study_instance_uid,
+                        label: &critical.label,
+                        revision: critical.revision,
                         attempt,
-                        status,
-                        endpoint = %self.endpoint,
-                        "webhook: critical finding delivered"
-                    );
+                        status: *status,
+                        endpoint: &self.endpoint,
+                    }
+                    .emit();
                     self.record_attempt(sequence, critical, attempt, outcome, false)
                         .await;
                     return Ok(());
                 }
-                Outcome::HttpStatus { status } => tracing::warn!(
+                Outcome::HttpStatus { status } => events::WebhookFailed {
                     sequence,
-                    label = %critical.label,
-                    revision = critical.revision,
+                    label: &critical.label,
+                    revision: critical.revision,
                     attempt,
-                    status,
-                    endpoint = %self.endpoint,
-                    "webhook: delivery attempt failed (HTTP status)"
-                ),
-                Outcome::Error { message } => tracing::warn!(
+                    status: Some(*status),
+                    error: None,
+                    endpoint: &self.endpoint,
+                }
+                .emit(),
+                Outcome::Error { message } => events::WebhookFailed {
                     sequence,
-                    label = %critical.label,
-                    revision = critical.revision,
+                    label: &critical.label,
+                    revision: critical.revision,
                     attempt,
-                    error = %message,
-                    endpoint = %self.endpoint,
-                    "webhook: delivery attempt failed"
-                ),
+                    status: None,
+                    error: Some(message),
+                    endpoint: &self.endpoint,
+                }
+                .emit(),
             }
             self.record_attempt(sequence, critical, attempt, outcome, last)
                 .await;
             if last {
-                tracing::warn!(
+                events::WebhookGaveUp {
                     sequence,
-                    study = %critical.study_instance_uid,
-                    label = %critical.label,
-                    revision = critical.revision,
-                    attempts = self.policy.max_attempts,
-                    endpoint = %self.endpoint,
-                    "webhook: giving up on a critical finding"
-                );
+                    study_instance_uid: &critical.study_instance_uid,
+                    label: &critical.label,
+                    revision: critical.revision,
+                    attempts: self.policy.max_attempts,
+                    endpoint: &self.endpoint,
+                }
+                .emit();
                 return Ok(());
             }
             let wait = self

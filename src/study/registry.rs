@@ -44,6 +44,7 @@ use crate::{
         hub::{ClientRef, Hub, Outgoing, SourceDelivery, SourceId},
         log::Overlay,
     },
+    telemetry::events,
 };
 
 /// What a study's summary is computed from, per model: the labels of the model and the model itself.
@@ -256,6 +257,7 @@ impl Registry {
             completed: VecDeque::new(),
             retained_complete: 0,
             emits: Vec::new(),
+            reported_open: 0,
         };
         tokio::spawn(task.run(rx));
         Self {
@@ -854,6 +856,8 @@ struct RegistryTask {
     completed: VecDeque<(String, u32)>,
     retained_complete: usize,
     emits: Vec<Emit>,
+    /// The open studies last added to `radstream_studies_open` (this registry's share of it).
+    reported_open: i64,
 }
 
 impl RegistryTask {
@@ -871,8 +875,25 @@ impl RegistryTask {
                 }
             }
             self.flush().await;
+            self.report_open();
         }
         self.flush().await;
+        // a registry that stopped holds no study open
+        events::StudiesOpenChanged {
+            delta: -self.reported_open,
+        }
+        .emit();
+    }
+
+    fn report_open(&mut self) {
+        let open = self.studies.len().saturating_sub(self.retained_complete) as i64;
+        if open != self.reported_open {
+            events::StudiesOpenChanged {
+                delta: open - self.reported_open,
+            }
+            .emit();
+            self.reported_open = open;
+        }
     }
 
     /// Sends what the last command produced, in order: runs of logged events as one publish.
@@ -1169,6 +1190,12 @@ impl RegistryTask {
     }
 
     async fn header_rejected(&mut self, source: SourceId, mut r: pb::InstanceRejected) {
+        events::InstanceRejected {
+            sop_instance_uid: &r.sop_instance_uid,
+            reason: r.reason,
+            message: &r.message,
+        }
+        .emit();
         if r.study_instance_uid.is_empty() {
             self.emits.push(Emit::Direct(
                 source,
@@ -1245,6 +1272,10 @@ impl RegistryTask {
         match result {
             Ok(()) => {
                 inst.accepted = true;
+                events::InstanceAccepted {
+                    sop_instance_uid: &key.sop,
+                }
+                .emit();
                 // Logged without a client_ref: that is each sender's own name for the instance.
                 let accepted = pb::InstanceAccepted {
                     client_ref: String::new(),
@@ -1271,6 +1302,12 @@ impl RegistryTask {
                 }
             }
             Err(rejection) => {
+                events::InstanceRejected {
+                    sop_instance_uid: &key.sop,
+                    reason: rejection.reason,
+                    message: &rejection.message,
+                }
+                .emit();
                 let modality = inst.slice.modality.clone();
                 study.instances.remove(&key.sop);
                 study.pending = study.pending.saturating_sub(1);
@@ -1317,6 +1354,11 @@ impl RegistryTask {
         study.pending = study.pending.saturating_sub(1);
         match result {
             Ok((finding, scores)) => {
+                events::SliceScored {
+                    model: finding.model.as_ref(),
+                    timings: finding.timings.as_ref(),
+                }
+                .emit();
                 let finding_slice = finding.slice.clone().unwrap_or(slice);
                 let received = finding
                     .timings
@@ -1364,6 +1406,14 @@ impl RegistryTask {
                     }
                     let revision = study.tallies[t].critical[i].map_or(1, |(_, r)| r + 1);
                     study.tallies[t].critical[i] = Some((score, revision));
+                    events::CriticalRaised {
+                        study_instance_uid: &study.uid,
+                        label: &label.name,
+                        revision,
+                        model: Some(&rules.model),
+                        received_unix_us: received,
+                    }
+                    .emit();
                     let critical = pb::CriticalFinding {
                         study_instance_uid: study.uid.clone(),
                         label: label.name.clone(),
@@ -1385,6 +1435,14 @@ impl RegistryTask {
             }
             Err(failure) => {
                 study.failed += 1;
+                events::SliceFailed {
+                    sop_instance_uid: &key.sop,
+                    frame,
+                    model: failure.model.as_ref().or(instance_model.as_ref()),
+                    reason: failure.reason as i32,
+                    message: &failure.message,
+                }
+                .emit();
                 let rejected = pb::InstanceRejected {
                     client_ref: String::new(),
                     sop_instance_uid: key.sop.clone(),
@@ -1493,6 +1551,12 @@ impl RegistryTask {
         }
         study.revision += 1;
         study.last_reason = reason;
+        events::StudyCompleted {
+            study_instance_uid: uid,
+            reason,
+            revision: study.revision,
+        }
+        .emit();
         let summary = study.summary(reason);
         study.release_pins();
         let event = study.event("", pb::study_event::Event::Summary(summary));

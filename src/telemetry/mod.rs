@@ -1,5 +1,10 @@
-//! Logging set-up in one place. Filters come from `RADSTREAM_LOG` (then `RUST_LOG`), default `info`.
-//! Nothing in radstream logs patient identifiers: slices are named by SOP Instance UID only.
+//! Logging set-up in one place, the events that are both logged and counted ([`events`]), and the HTTP
+//! endpoints an operator's monitoring reads ([`http`]: `/metrics`, `/readyz`, `/healthz`). Filters come
+//! from `RADSTREAM_LOG` (then `RUST_LOG`), default `info`. Nothing in radstream logs patient
+//! identifiers: slices are named by SOP Instance UID only; metrics carry no UIDs at all.
+
+pub mod events;
+pub mod http;
 
 use tracing_subscriber::EnvFilter;
 
