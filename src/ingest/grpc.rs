@@ -31,6 +31,7 @@ use futures::{stream::BoxStream, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use super::{budget::ByteBudget, intake::Intake, session::Session};
 use crate::{
@@ -117,15 +118,28 @@ impl Analysis for AnalysisService {
         let (out, rx) = mpsc::channel(RESPONSE_BUFFER);
         let (final_status, final_rx) = tokio::sync::oneshot::channel::<Status>();
         let session = Session::new(self.clone(), out);
-        tokio::spawn(async move {
-            let outcome = session.run(inbound).await;
-            // Given back before the client can see the stream end, so it may open another at once.
-            drop(stream_permit);
-            tracing::info!(?peer, "analyze stream ended: {outcome}");
-            if let Some(status) = outcome.final_status() {
-                let _ = final_status.send(status);
+        // Every line about this stream, and about each instance it brings, carries its id and peer
+        // (`telemetry`'s module docs); never a `client_ref`.
+        let span = tracing::info_span!(
+            "stream",
+            stream = session.id(),
+            peer = tracing::field::Empty
+        );
+        if let Some(peer) = peer {
+            span.record("peer", tracing::field::display(peer));
+        }
+        tokio::spawn(
+            async move {
+                let outcome = session.run(inbound).await;
+                // Given back before the client can see the stream end, so it may open another at once.
+                drop(stream_permit);
+                tracing::info!("analyze stream ended: {outcome}");
+                if let Some(status) = outcome.final_status() {
+                    let _ = final_status.send(status);
+                }
             }
-        });
+            .instrument(span),
+        );
         let status = futures::stream::once(final_rx)
             .filter_map(|sent| futures::future::ready(sent.ok().map(Err)));
         Ok(Response::new(ReceiverStream::new(rx).chain(status).boxed()))

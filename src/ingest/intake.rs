@@ -22,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use super::{
     budget::ByteBudget,
@@ -134,10 +135,18 @@ impl Intake {
             armed: true,
         };
         let this = self.clone();
+        // The instance's study work, inside its transport's span (`telemetry`'s module docs); its UIDs
+        // are filled in once the header is read.
+        let span = tracing::info_span!(
+            "study",
+            study_instance_uid = tracing::field::Empty,
+            sop_instance_uid = tracing::field::Empty
+        );
         async move {
             this.run(guard, source, client_ref, dicom, received, request_share)
                 .await
         }
+        .instrument(span)
     }
 
     async fn run(
@@ -157,16 +166,30 @@ impl Intake {
         let registry = self.registry.clone();
         let catalog = self.catalog.clone();
         let arrival_ref = client_ref.clone();
+        let span = tracing::Span::current();
         let joined = tokio::task::spawn_blocking(move || {
+            // the blocking thread does not inherit the task's span
+            let _entered = span.enter();
             // The slot and the request bytes' share belong to the decode itself: when the sender
             // vanishes this task is aborted, but the blocking decode runs on, and must go on counting
             // against the global limits until it ends. The guard travels with it for the same reason.
             let mut guard = guard;
             let _slot = slot;
             let _running = probe::Decoding::start();
-            let outcome = match read_header(&dicom, &limits, Some(budget.as_ref()))
-                .and_then(identified)
-            {
+            let read = read_header(&dicom, &limits, Some(budget.as_ref())).and_then(identified);
+            match &read {
+                Ok(header) => name_span(
+                    &span,
+                    Some(&header.meta().study_instance_uid),
+                    Some(&header.meta().sop_instance_uid),
+                ),
+                Err(rejection) => name_span(
+                    &span,
+                    rejection.study_instance_uid.as_deref(),
+                    rejection.sop_instance_uid.as_deref(),
+                ),
+            }
+            let outcome = match read {
                 Err(rejection) => Decoded::HeaderRejected(rejection),
                 Ok(header) => match catalog.route(header.meta()) {
                     Err(no_route) => Decoded::NoModel(no_model(header.meta(), no_route.message)),
@@ -431,6 +454,17 @@ pub(super) async fn report_slice(
             Ok(Err(e)) => tracing::warn!(frame, "overlay not rendered: {e}"),
             Err(e) => tracing::warn!(frame, "overlay not rendered: {e}"),
         }
+    }
+}
+
+/// Fills in the instance's span with the UIDs its header gave (read and checked: a malformed UID is
+/// already its stand-in, so nothing the sender wrote is quoted).
+fn name_span(span: &tracing::Span, study: Option<&str>, sop: Option<&str>) {
+    if let Some(study) = study {
+        span.record("study_instance_uid", study);
+    }
+    if let Some(sop) = sop {
+        span.record("sop_instance_uid", sop);
     }
 }
 

@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     proto::v1 as pb,
-    results::hub::{ClientRef, SourceDelivery, SourceFeed},
+    results::hub::{ClientRef, SourceDelivery, SourceFeed, SourceId},
     shutdown::AbortReason,
     telemetry::events,
 };
@@ -179,6 +179,11 @@ impl Session {
             summaries: 0,
             _open: events::OpenGuard::stream(),
         }
+    }
+
+    /// The stream's source id: what its log span and the registry know it by.
+    pub(super) fn id(&self) -> SourceId {
+        self.feed.id
     }
 
     /// Sends one response; waits while the client does not read, but never past an abort.

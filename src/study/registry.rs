@@ -33,6 +33,7 @@ use std::{
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::time::{delay_queue, DelayQueue};
+use tracing::Instrument;
 
 use super::series::{self, ScoredSliceRef};
 use crate::{
@@ -221,14 +222,14 @@ enum Command {
 /// the log reads of studies it has to rebuild).
 #[derive(Debug, Clone)]
 pub struct Registry {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::UnboundedSender<(Command, tracing::Span)>,
     quiet: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>>,
 }
 
 /// A handle that does not keep the registry running (for tasks that live as long as it does).
 #[derive(Debug, Clone)]
 pub struct WeakRegistry {
-    tx: mpsc::WeakUnboundedSender<Command>,
+    tx: mpsc::WeakUnboundedSender<(Command, tracing::Span)>,
 }
 
 impl WeakRegistry {
@@ -280,8 +281,10 @@ impl Registry {
     }
 
     fn send(&self, c: Command) {
-        // The task ends only when every handle is gone.
-        let _ = self.tx.send(c);
+        // The sender's span goes with the command, so what the registry logs about it carries the
+        // stream and the study it came from (`telemetry`'s module docs). The task ends only when every
+        // handle is gone.
+        let _ = self.tx.send((c, tracing::Span::current()));
     }
 
     /// An instance's header was read: decode it, or not (a duplicate).
@@ -861,17 +864,21 @@ struct RegistryTask {
 }
 
 impl RegistryTask {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<(Command, tracing::Span)>) {
         self.recover().await;
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
-                    Some(cmd) => self.handle(cmd).await,
+                    Some((cmd, sender)) => {
+                        let span = command_span(&cmd, sender);
+                        self.handle(cmd).instrument(span).await
+                    }
                     None => break,
                 },
                 Some(expired) = self.timers.next(), if !self.timers.is_empty() => {
                     let (study, timer) = expired.into_inner();
-                    self.expire(study, timer);
+                    tracing::info_span!("study", study_instance_uid = %study)
+                        .in_scope(|| self.expire(study, timer));
                 }
             }
             self.flush().await;
@@ -1631,6 +1638,22 @@ impl RegistryTask {
                 }
             }
         }
+    }
+}
+
+/// The span the registry handles a command in: its sender's (the stream and the instance's study), or
+/// for a report sent from outside any span (a 2.5D model's neighbour flush) one naming its instance.
+fn command_span(cmd: &Command, sender: tracing::Span) -> tracing::Span {
+    if !sender.is_none() {
+        return sender;
+    }
+    match cmd {
+        Command::Decoded { key, .. } | Command::SliceDone { key, .. } => tracing::info_span!(
+            "study",
+            study_instance_uid = %key.study,
+            sop_instance_uid = %key.sop
+        ),
+        _ => sender,
     }
 }
 
