@@ -1,9 +1,29 @@
-//! Service configuration: built-in defaults, overridden by a TOML file, then by environment variables and
-//! flags (clap gives every flag an `RADSTREAM_*` environment twin, see `main.rs`). One struct, so every
-//! knob is documented in one place and printed at start-up.
+//! Service configuration: one struct, so every knob is documented in one place and printed at start-up.
+//!
+//! Layering (lowest first), done by figment rather than by hand so that every value keeps where it came
+//! from — `radstream config` prints it, and an error names the file or variable to fix:
+//! 1. built-in defaults (the `Default` impls below);
+//! 2. the TOML file (`--config` / `RADSTREAM_CONFIG`);
+//! 3. the environment: every setting `a.b` has the twin `RADSTREAM_A__B` (upper case, `__` between
+//!    levels: `RADSTREAM_LIMITS__MAX_FRAMES=8`, `RADSTREAM_LISTEN=0.0.0.0:50051`), derived from the key,
+//!    so a new setting has its twin without anyone writing it. The older short names of the service flags
+//!    (`RADSTREAM_MAX_BATCH`, [`ENV_ALIASES`]) still work; the nested name wins when both are set;
+//! 4. the service flags given on the command line (`main.rs` passes only those given).
+//!
+//! Unknown keys are errors in the file and in the environment alike, so a typo cannot silently leave a
+//! default in force; `RADSTREAM_*` variables that are not settings ([`ENV_NOT_SETTINGS`]) are skipped.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    ffi::OsString,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
+use figment::{
+    value::{Dict, Map, Value},
+    Figment, Metadata, Profile, Provider,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::Limits;
@@ -353,9 +373,344 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// A value of one layer is refused: `origin` is the file, `env RADSTREAM_...` or `flag --...`.
+    #[error("invalid configuration: {origin}: `{key}`: {detail}")]
+    Setting {
+        key: String,
+        origin: String,
+        detail: String,
+    },
+}
+
+/// The environment's prefix: `RADSTREAM_A__B` sets `a.b`.
+pub const ENV_PREFIX: &str = "RADSTREAM_";
+
+/// `RADSTREAM_*` variables that are not settings (logging, the client commands, test and set-up
+/// tools, the configuration file itself): skipped by the environment layer, so they are not refused as
+/// unknown settings. `RADSTREAM_ORT_LIB` is read where the library is loaded
+/// ([`Config::ort_library_path`]), below a configured `ort_library`.
+pub const ENV_NOT_SETTINGS: &[&str] = &[
+    "RADSTREAM_CONFIG",
+    "RADSTREAM_LOG",
+    "RADSTREAM_LOG_FORMAT",
+    "RADSTREAM_ORT_LIB",
+    "RADSTREAM_CACHE",
+    "RADSTREAM_PYTHON",
+    "RADSTREAM_ENDPOINT",
+    "RADSTREAM_TOKEN",
+    "RADSTREAM_TOKEN_FILE",
+    "RADSTREAM_CA",
+    "RADSTREAM_CERT",
+    "RADSTREAM_KEY",
+    "RADSTREAM_BIN",
+    "RADSTREAM_CHROMIUM",
+    "RADSTREAM_FUZZ_IGNORE_CAUGHT_PANICS",
+];
+
+/// The short environment names the service flags had before every setting had its nested twin: kept
+/// working, below the nested name of the same setting.
+pub const ENV_ALIASES: &[(&str, &str)] = &[
+    ("RADSTREAM_MODELS", "models.repository"),
+    ("RADSTREAM_PROVIDER", "inference.provider"),
+    ("RADSTREAM_IDLE_TIMEOUT_SECS", "study.idle_timeout_secs"),
+    ("RADSTREAM_MAX_BATCH", "batching.max_batch"),
+    ("RADSTREAM_MAX_INSTANCE_BYTES", "limits.max_instance_bytes"),
+    (
+        "RADSTREAM_DRAIN_DEADLINE_SECS",
+        "shutdown.drain_deadline_secs",
+    ),
+    ("RADSTREAM_DATA_DIR", "store.data_dir"),
+    ("RADSTREAM_HTTP", "http.listen"),
+    ("RADSTREAM_WEBHOOK_URL", "webhook.url"),
+];
+
+/// The environment twin of a setting: `limits.max_frames` -> `RADSTREAM_LIMITS__MAX_FRAMES`.
+pub fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.to_ascii_uppercase().replace('.', "__")
+    )
+}
+
+/// One value given on the command line: the flag's name (for `radstream config` and errors), the
+/// setting it sets, its value.
+#[derive(Debug, Clone)]
+pub struct FlagSetting {
+    flag: String,
+    key: String,
+    value: Value,
+}
+
+impl FlagSetting {
+    pub fn new(flag: &str, key: &str, value: impl Serialize) -> Result<Self, ConfigError> {
+        let value = Value::serialize(value).map_err(|e| ConfigError::Setting {
+            key: key.to_string(),
+            origin: format!("flag {flag}"),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            flag: flag.to_string(),
+            key: key.to_string(),
+            value,
+        })
+    }
+}
+
+/// One provider of values: its origin (what `radstream config` prints as the source) and its values.
+#[derive(Clone)]
+struct Layer {
+    origin: String,
+    data: Dict,
+}
+
+impl Layer {
+    /// `value` at the dotted `key`.
+    fn one(origin: String, key: &str, value: Value) -> Self {
+        let data = figment::util::nest(key, value)
+            .into_dict()
+            .unwrap_or_default();
+        Self { origin, data }
+    }
+
+    /// The layer alone must make a valid `Config` (the rest from defaults): so an unknown key or a
+    /// value of the wrong type is reported against the layer that holds it, not wherever figment's
+    /// merged tables happen to be tagged.
+    fn check(&self) -> Result<(), ConfigError> {
+        Figment::from(self.clone())
+            .extract::<Config>()
+            .map(drop)
+            .map_err(|e| setting_error(&self.origin, e))
+    }
+}
+
+impl Provider for Layer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.origin.clone())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.data.clone()))
+    }
+}
+
+/// A figment error as the setting it is about, where that came from, and what is wrong.
+fn setting_error(origin: &str, e: figment::Error) -> ConfigError {
+    let mut path = e.path.clone();
+    let detail = match &e.kind {
+        figment::error::Kind::UnknownField(field, expected) => {
+            // figment's path ends at the unknown key; serde's alone would end at its table.
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
+            format!("unknown setting (known here: {})", expected.join(", "))
+        }
+        kind => kind.to_string(),
+    };
+    let origin = e
+        .metadata
+        .as_ref()
+        .map(|m| m.name.to_string())
+        .unwrap_or_else(|| origin.to_string());
+    ConfigError::Setting {
+        key: path.join("."),
+        origin,
+        detail,
+    }
+}
+
+/// The environment layer: one [`Layer`] per `RADSTREAM_*` variable (so each value names its variable),
+/// aliases first so that the nested name wins.
+fn env_layers(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Result<Vec<Layer>, ConfigError> {
+    let mut aliased = Vec::new();
+    let mut nested = Vec::new();
+    for (name, value) in vars {
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with(ENV_PREFIX) || ENV_NOT_SETTINGS.contains(&name) {
+            continue;
+        }
+        let origin = format!("env {name}");
+        let value = value.into_string().map_err(|_| ConfigError::Setting {
+            key: name.to_string(),
+            origin: origin.clone(),
+            detail: "the value is not UTF-8".into(),
+        })?;
+        let value: Value = match value.parse() {
+            Ok(v) => v,
+            Err(never) => match never {},
+        };
+        match ENV_ALIASES.iter().find(|(alias, _)| *alias == name) {
+            Some((_, key)) => aliased.push(Layer::one(origin, key, value)),
+            None => {
+                let key = name[ENV_PREFIX.len()..]
+                    .to_ascii_lowercase()
+                    .replace("__", ".");
+                if key.is_empty() || key.split('.').any(str::is_empty) {
+                    return Err(ConfigError::Setting {
+                        key,
+                        origin,
+                        detail: "not a setting's name".into(),
+                    });
+                }
+                nested.push((name.to_string(), Layer::one(origin, &key, value)));
+            }
+        }
+    }
+    aliased.sort_by(|a, b| a.origin.cmp(&b.origin));
+    nested.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(aliased
+        .into_iter()
+        .chain(nested.into_iter().map(|(_, l)| l))
+        .collect())
+}
+
+/// The effective configuration and where each of its values came from.
+pub struct Layered {
+    pub config: Config,
+    figment: Figment,
+}
+
+/// One setting of the effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    /// Dotted key: `limits.max_frames`.
+    pub key: String,
+    /// Its value (JSON: `null` when unset).
+    pub value: serde_json::Value,
+    /// `default`, `file PATH`, `env RADSTREAM_...` or `flag --...`.
+    pub source: String,
+}
+
+impl Layered {
+    /// Every setting, in the order of the struct (top-level values first, then each table).
+    pub fn settings(&self) -> Vec<Setting> {
+        let mut out = Vec::new();
+        let json = serde_json::to_value(&self.config).unwrap_or_default();
+        self.walk("", &json, &mut out);
+        out
+    }
+
+    fn walk(&self, prefix: &str, value: &serde_json::Value, out: &mut Vec<Setting>) {
+        let Some(table) = value.as_object() else {
+            return;
+        };
+        let key_of = |k: &str| {
+            if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            }
+        };
+        for (k, v) in table.iter().filter(|(_, v)| !v.is_object()) {
+            let key = key_of(k);
+            let source = self
+                .figment
+                .find_metadata(&key)
+                .map(|m| m.name.to_string())
+                .unwrap_or_else(|| "default".into());
+            out.push(Setting {
+                key,
+                value: v.clone(),
+                source,
+            });
+        }
+        for (k, v) in table.iter().filter(|(_, v)| v.is_object()) {
+            self.walk(&key_of(k), v, out);
+        }
+    }
+
+    /// The effective configuration as TOML, each value followed by where it came from; an unset value
+    /// is a comment.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        let mut table = String::new();
+        for s in self.settings() {
+            let (section, name) = match s.key.rsplit_once('.') {
+                Some((section, name)) => (section, name),
+                None => ("", s.key.as_str()),
+            };
+            if section != table {
+                out.push_str(&format!("\n[{section}]\n"));
+                table = section.to_string();
+            }
+            // JSON scalars are valid TOML values (strings: basic strings with JSON's escapes).
+            match &s.value {
+                serde_json::Value::Null => {
+                    out.push_str(&format!("# {name} unset  # {}\n", s.source))
+                }
+                v => out.push_str(&format!("{name} = {v}  # {}\n", s.source)),
+            }
+        }
+        out
+    }
+
+    /// `{"config": {...}, "sources": {"limits.max_frames": "env RADSTREAM_LIMITS__MAX_FRAMES", ...}}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let sources: serde_json::Map<String, serde_json::Value> = self
+            .settings()
+            .into_iter()
+            .map(|s| (s.key, serde_json::Value::String(s.source)))
+            .collect();
+        serde_json::json!({
+            "config": serde_json::to_value(&self.config).unwrap_or_default(),
+            "sources": sources,
+        })
+    }
 }
 
 impl Config {
+    /// Defaults, then `file`, then the process environment, then `flags` (see the module docs). Not
+    /// validated: call [`Config::validate`].
+    pub fn load(file: Option<&Path>, flags: Vec<FlagSetting>) -> Result<Layered, ConfigError> {
+        Self::load_from(file, std::env::vars_os(), flags)
+    }
+
+    /// [`Config::load`] with the environment given.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        flags: Vec<FlagSetting>,
+    ) -> Result<Layered, ConfigError> {
+        let defaults = Value::serialize(Config::default())
+            .ok()
+            .and_then(Value::into_dict)
+            .ok_or_else(|| ConfigError::Invalid("the defaults do not serialize".into()))?;
+        let mut layers = vec![Layer {
+            origin: "default".into(),
+            data: defaults,
+        }];
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let data: Dict = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source: Box::new(source),
+            })?;
+            layers.push(Layer {
+                origin: format!("file {}", path.display()),
+                data,
+            });
+        }
+        layers.extend(env_layers(env)?);
+        layers.extend(
+            flags
+                .into_iter()
+                .map(|f| Layer::one(format!("flag {}", f.flag), &f.key, f.value)),
+        );
+        let mut figment = Figment::new();
+        for layer in layers {
+            layer.check()?;
+            figment = figment.merge(layer);
+        }
+        let config = figment
+            .extract::<Config>()
+            .map_err(|e| setting_error("the merged configuration", e))?;
+        Ok(Layered { config, figment })
+    }
+
     /// Reads a TOML file; keys left out keep their defaults.
     pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -589,6 +944,143 @@ mod tests {
             .expect_err("negative device")
             .to_string();
         assert!(err.contains("cuda_device"), "{err}");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
+    }
+
+    fn source(layered: &Layered, key: &str) -> String {
+        layered
+            .settings()
+            .into_iter()
+            .find(|s| s.key == key)
+            .map(|s| s.source)
+            .unwrap_or_else(|| panic!("no setting {key}"))
+    }
+
+    #[test]
+    fn layers_apply_in_order_and_remember_where_each_value_came_from() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[batching]\nmax_batch = 2\nmax_wait_ms = 7\nqueue_depth = 9\n",
+        )
+        .expect("write");
+        let layered = Config::load_from(
+            Some(&file),
+            env(&[
+                ("RADSTREAM_BATCHING__MAX_BATCH", "5"),
+                ("RADSTREAM_BATCHING__QUEUE_DEPTH", "10"),
+                ("RADSTREAM_MAX_INSTANCE_BYTES", "1"),
+                ("RADSTREAM_LIMITS__MAX_INSTANCE_BYTES", "2"),
+                ("RADSTREAM_ORT_LIB", "/not/a/setting"),
+                ("RADSTREAM_LOG", "debug"),
+                ("UNRELATED", "x"),
+            ]),
+            vec![FlagSetting::new("--max-batch", "batching.max_batch", 6usize).expect("flag")],
+        )
+        .expect("loads");
+        let c = &layered.config;
+        assert_eq!(c.batching.max_batch, 6);
+        assert_eq!(c.batching.queue_depth, 10);
+        assert_eq!(c.batching.max_wait_ms, 7);
+        assert_eq!(
+            c.limits.max_instance_bytes, 2,
+            "the nested name wins over the short one"
+        );
+        assert_eq!(c.ort_library, None);
+        assert_eq!(source(&layered, "batching.max_batch"), "flag --max-batch");
+        assert_eq!(
+            source(&layered, "batching.queue_depth"),
+            "env RADSTREAM_BATCHING__QUEUE_DEPTH"
+        );
+        assert_eq!(
+            source(&layered, "batching.max_wait_ms"),
+            format!("file {}", file.display())
+        );
+        assert_eq!(source(&layered, "limits.max_frames"), "default");
+        assert_eq!(source(&layered, "tls.cert"), "default");
+        assert_eq!(
+            env_name("limits.max_frames"),
+            "RADSTREAM_LIMITS__MAX_FRAMES"
+        );
+    }
+
+    #[test]
+    fn every_alias_names_a_setting_and_no_alias_is_also_skipped() {
+        let keys: Vec<String> = Config::load_from(None, env(&[]), vec![])
+            .expect("defaults load")
+            .settings()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        for (alias, key) in ENV_ALIASES {
+            assert!(keys.iter().any(|k| k == key), "{alias} -> {key}");
+            assert!(!ENV_NOT_SETTINGS.contains(alias), "{alias}");
+        }
+        for key in &keys {
+            assert!(!ENV_NOT_SETTINGS.contains(&env_name(key).as_str()), "{key}");
+        }
+    }
+
+    #[test]
+    fn unknown_or_mistyped_values_name_the_key_and_the_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[limits]\nmax_framez = 1\n").expect("write");
+        let err = Config::load_from(Some(&file), env(&[]), vec![])
+            .err()
+            .expect("unknown key in the file")
+            .to_string();
+        assert!(err.contains("`limits.max_framez`"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        for (name, value, key) in [
+            ("RADSTREAM_LIMITS__MAX_FRAMEZ", "1", "`limits.max_framez`"),
+            ("RADSTREAM_NOPE", "1", "`nope`"),
+            (
+                "RADSTREAM_LIMITS__MAX_FRAMES",
+                "many",
+                "`limits.max_frames`",
+            ),
+            ("RADSTREAM_PROVIDER", "tensorrt", "`inference.provider`"),
+        ] {
+            let err = Config::load_from(None, env(&[(name, value)]), vec![])
+                .err()
+                .unwrap_or_else(|| panic!("{name}={value} accepted"))
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(&format!("env {name}")),
+                "{err}"
+            );
+        }
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load_from(Some(&missing), env(&[]), vec![])
+            .err()
+            .expect("missing file")
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_toml_printout_reads_back_as_the_same_configuration() {
+        let layered = Config::load_from(
+            None,
+            env(&[("RADSTREAM_WEBHOOK__URL", "http://127.0.0.1:9/a \"b\"")]),
+            vec![FlagSetting::new("--listen", "listen", "127.0.0.1:7").expect("flag")],
+        )
+        .expect("loads");
+        let text = layered.to_toml();
+        let reread: Config = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(
+            serde_json::to_value(&reread).expect("json"),
+            serde_json::to_value(&layered.config).expect("json"),
+            "{text}"
+        );
+        assert_eq!(layered.to_json()["sources"]["listen"], "flag --listen");
     }
 
     #[test]

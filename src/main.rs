@@ -1,4 +1,4 @@
-//! The `radstream` command: `serve`, `push`, `watch`, `demo`, `bench`, `models`, `token`. Thin by design:
+//! The `radstream` command: `serve`, `push`, `watch`, `demo`, `bench`, `models`, `token`, `config`. Thin by design:
 //! parsing, logging set-up, signals and exit codes live here; everything else is in the library.
 //!
 //! `serve` and signals: the first SIGTERM or SIGINT drains (health NOT_SERVING, no new streams, open
@@ -64,6 +64,15 @@ enum Command {
     /// Bearer tokens: `token hash` prints the SHA-256 of a token read from stdin, for the tokens file.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the effective configuration (defaults, then --config, then RADSTREAM_* variables, then
+    /// flags) as TOML, each value followed by where it came from; exit 1 when it is not valid.
+    Config {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// One JSON object: {"config": {...}, "sources": {"dotted.key": "where it came from"}}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,100 +211,130 @@ enum BenchCommand {
     },
 }
 
-/// Service settings: each flag has an environment twin and overrides the TOML file.
+/// Service settings: these flags override the environment, which overrides the TOML file (see README:
+/// Configuration). Every setting, flag or not, has an environment twin `RADSTREAM_SECTION__KEY`; the
+/// short names below are kept for the flags that had them.
 #[derive(Args, Clone)]
 struct ServiceArgs {
     /// TOML configuration file (see README: Configuration).
     #[arg(long, env = "RADSTREAM_CONFIG")]
     config: Option<PathBuf>,
-    /// gRPC listen address.
-    #[arg(long, env = "RADSTREAM_LISTEN")]
+    /// gRPC listen address [env: RADSTREAM_LISTEN].
+    #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Model directory (model.toml + ONNX file); default: the built-in model.
-    #[arg(long, env = "RADSTREAM_MODEL_DIR")]
+    /// Model directory (model.toml + ONNX file); default: the built-in model [env: RADSTREAM_MODEL_DIR].
+    #[arg(long)]
     model_dir: Option<PathBuf>,
     /// Model repository (models/<name>/<version>/): every version loaded, the newest of each model
-    /// active, new versions picked up while serving.
-    #[arg(long, env = "RADSTREAM_MODELS")]
+    /// active, new versions picked up while serving [env: RADSTREAM_MODELS].
+    #[arg(long)]
     models: Option<PathBuf>,
-    /// Path of libonnxruntime.so (1.31).
-    #[arg(long, env = "RADSTREAM_ORT_LIB")]
+    /// Path of libonnxruntime.so (1.31); unset: RADSTREAM_ORT_LIB, else the set-up's cache.
+    #[arg(long)]
     ort_library: Option<PathBuf>,
-    /// Preprocessing implementation.
-    #[arg(long, env = "RADSTREAM_PREPROCESS", value_enum)]
+    /// Preprocessing implementation [env: RADSTREAM_PREPROCESS].
+    #[arg(long, value_enum)]
     preprocess: Option<PreprocessBackend>,
-    /// Where ONNX Runtime runs the models (cuda: needs `scripts/setup.sh --cuda` and a GPU).
-    #[arg(long, env = "RADSTREAM_PROVIDER", value_enum)]
+    /// Where ONNX Runtime runs the models (cuda: needs `scripts/setup.sh --cuda` and a GPU)
+    /// [env: RADSTREAM_PROVIDER].
+    #[arg(long, value_enum)]
     provider: Option<radstream::config::ExecutionProvider>,
-    /// Seconds without a new instance after which a study is complete.
-    #[arg(long, env = "RADSTREAM_IDLE_TIMEOUT_SECS")]
+    /// Seconds without a new instance after which a study is complete [env: RADSTREAM_IDLE_TIMEOUT_SECS].
+    #[arg(long)]
     idle_timeout_secs: Option<f64>,
-    /// Most slices per model call.
-    #[arg(long, env = "RADSTREAM_MAX_BATCH")]
+    /// Most slices per model call [env: RADSTREAM_MAX_BATCH].
+    #[arg(long)]
     max_batch: Option<usize>,
-    /// Largest accepted instance in bytes.
-    #[arg(long, env = "RADSTREAM_MAX_INSTANCE_BYTES")]
+    /// Largest accepted instance in bytes [env: RADSTREAM_MAX_INSTANCE_BYTES].
+    #[arg(long)]
     max_instance_bytes: Option<usize>,
-    /// Seconds a drain (on SIGTERM/SIGINT) may take before what is left is cancelled.
-    #[arg(long, env = "RADSTREAM_DRAIN_DEADLINE_SECS")]
+    /// Seconds a drain (on SIGTERM/SIGINT) may take before what is left is cancelled
+    /// [env: RADSTREAM_DRAIN_DEADLINE_SECS].
+    #[arg(long)]
     drain_deadline_secs: Option<f64>,
     /// Data directory: the durable event log of every study (default for `serve`:
-    /// $XDG_DATA_HOME/radstream; `demo`: a temporary one).
-    #[arg(long, env = "RADSTREAM_DATA_DIR")]
+    /// $XDG_DATA_HOME/radstream; `demo`: a temporary one) [env: RADSTREAM_DATA_DIR].
+    #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Serve the live web view and its JSON API on this address (e.g. 127.0.0.1:8080); off if unset.
-    #[arg(long, env = "RADSTREAM_HTTP")]
+    /// Serve the live web view and its JSON API on this address (e.g. 127.0.0.1:8080); off if unset
+    /// [env: RADSTREAM_HTTP].
+    #[arg(long)]
     http: Option<SocketAddr>,
-    /// POST every critical finding as JSON to this URL (retried with backoff; see README).
-    #[arg(long, env = "RADSTREAM_WEBHOOK_URL")]
+    /// POST every critical finding as JSON to this URL (retried with backoff; see README)
+    /// [env: RADSTREAM_WEBHOOK_URL].
+    #[arg(long)]
     webhook_url: Option<String>,
 }
 
 impl ServiceArgs {
+    /// The layered configuration (defaults, file, environment, these flags), not yet validated.
+    fn layered(&self) -> anyhow::Result<radstream::config::Layered> {
+        use radstream::config::FlagSetting as F;
+        fn given<T: serde::Serialize>(
+            out: &mut Vec<F>,
+            flag: &str,
+            key: &str,
+            value: &Option<T>,
+        ) -> anyhow::Result<()> {
+            if let Some(v) = value {
+                out.push(F::new(flag, key, v)?);
+            }
+            Ok(())
+        }
+        let mut flags = Vec::new();
+        given(&mut flags, "--listen", "listen", &self.listen)?;
+        given(&mut flags, "--model-dir", "model_dir", &self.model_dir)?;
+        given(&mut flags, "--models", "models.repository", &self.models)?;
+        given(
+            &mut flags,
+            "--ort-library",
+            "ort_library",
+            &self.ort_library,
+        )?;
+        given(&mut flags, "--preprocess", "preprocess", &self.preprocess)?;
+        given(
+            &mut flags,
+            "--provider",
+            "inference.provider",
+            &self.provider,
+        )?;
+        given(
+            &mut flags,
+            "--idle-timeout-secs",
+            "study.idle_timeout_secs",
+            &self.idle_timeout_secs,
+        )?;
+        given(
+            &mut flags,
+            "--max-batch",
+            "batching.max_batch",
+            &self.max_batch,
+        )?;
+        given(
+            &mut flags,
+            "--max-instance-bytes",
+            "limits.max_instance_bytes",
+            &self.max_instance_bytes,
+        )?;
+        given(
+            &mut flags,
+            "--drain-deadline-secs",
+            "shutdown.drain_deadline_secs",
+            &self.drain_deadline_secs,
+        )?;
+        given(&mut flags, "--data-dir", "store.data_dir", &self.data_dir)?;
+        given(&mut flags, "--http", "http.listen", &self.http)?;
+        given(
+            &mut flags,
+            "--webhook-url",
+            "webhook.url",
+            &self.webhook_url,
+        )?;
+        Ok(Config::load(self.config.as_deref(), flags)?)
+    }
+
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        if let Some(v) = self.listen {
-            config.listen = v;
-        }
-        if let Some(v) = self.model_dir {
-            config.model_dir = Some(v);
-        }
-        if let Some(v) = self.models {
-            config.models.repository = Some(v);
-        }
-        if let Some(v) = self.provider {
-            config.inference.provider = v;
-        }
-        if let Some(v) = self.ort_library {
-            config.ort_library = Some(v);
-        }
-        if let Some(v) = self.preprocess {
-            config.preprocess = v;
-        }
-        if let Some(v) = self.idle_timeout_secs {
-            config.study.idle_timeout_secs = v;
-        }
-        if let Some(v) = self.max_batch {
-            config.batching.max_batch = v;
-        }
-        if let Some(v) = self.max_instance_bytes {
-            config.limits.max_instance_bytes = v;
-        }
-        if let Some(v) = self.drain_deadline_secs {
-            config.shutdown.drain_deadline_secs = v;
-        }
-        if let Some(v) = self.data_dir {
-            config.store.data_dir = Some(v);
-        }
-        if let Some(v) = self.http {
-            config.http.listen = Some(v);
-        }
-        if let Some(v) = self.webhook_url {
-            config.webhook.url = Some(v);
-        }
+        let config = self.layered()?.config;
         config.validate()?;
         Ok(config)
     }
@@ -485,6 +524,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Bench(command) => bench(command).await?,
+        Command::Config { service, json } => {
+            let layered = service.layered()?;
+            if json {
+                println!("{}", layered.to_json());
+            } else {
+                print!("{}", layered.to_toml());
+            }
+            layered.config.validate()?;
+        }
         Command::Models(ModelsCommand::Validate {
             dir,
             max_batch,
