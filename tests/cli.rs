@@ -8,6 +8,19 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_radstream");
 
+/// A log that goes to a file or a collector is plain text: no terminal colour codes.
+#[test]
+fn a_log_not_written_to_a_terminal_has_no_colour_codes() {
+    let out = Command::new(BIN)
+        .args(["demo", "--preprocess", "cpu"])
+        .env("RADSTREAM_LOG", "info")
+        .output()
+        .expect("run demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("model version loaded"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
 #[test]
 fn demo_prints_findings_and_a_positive_study_summary() {
     let out = Command::new(BIN)

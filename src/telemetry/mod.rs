@@ -77,8 +77,11 @@ pub fn init(default_level: &str) {
     let format = LogFormat::parse(std::env::var(LOG_FORMAT_ENV).ok().as_deref());
     let readers = || filter_fn(|meta| written(meta.target()));
     let subscriber = tracing_subscriber::registry().with(EnvFilter::new(filter));
+    // colours only for a person at a terminal: a log file or collector gets plain text
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let text = || {
         fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .with_filter(readers())
     };
