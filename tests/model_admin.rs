@@ -483,6 +483,23 @@ async fn the_watcher_activates_a_version_renamed_into_place_and_lists_a_broken_o
     let changed = logged(&logs, &["files of a loaded model version changed on disk"]);
     assert!(changed.is_empty(), "spurious change warnings: {changed:#?}");
 
+    // A loaded version's file written over: said in the log (a version is immutable), not reloaded,
+    // and the version serves what it loaded.
+    let onnx = root.path().join(MODEL).join("1.1.0").join("model.onnx");
+    let bytes = std::fs::read(&onnx).expect("read model");
+    std::fs::write(&onnx, bytes).expect("write model over");
+    let start = Instant::now();
+    while logged(&logs, &["files of a loaded model version changed on disk"]).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "an overwritten version's files were ignored silently"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let versions = list(&mut client).await;
+    assert_eq!(find(&versions, "1.1.0").onnx_sha256, new.onnx_sha256);
+    assert_eq!(active(&versions), ["1.1.0"]);
+
     // A broken version dropped in: listed as failed with its reason; the active one unchanged.
     deploy(root.path(), &generated().join("bad_layout"), "1.2.0");
     let versions = until_listed(&mut client, "1.2.0 failed", |v| {
