@@ -16,6 +16,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(&descriptor_path)
         .skip_protoc_run()
         .compile_fds(fds)?;
+    // Serde impls of the canonical proto3 JSON mapping (int64 as strings, enums by name, defaults
+    // omitted) for `push/watch/models --json`, from the same descriptor set. Proto field names are
+    // kept (`preserve_proto_field_names`): valid proto3 JSON every parser accepts, and the keys users
+    // already know.
+    pbjson_build::Builder::new()
+        .register_descriptors(&fs::read(&descriptor_path)?)?
+        .preserve_proto_field_names()
+        .build(&[".radstream.v1"])?;
 
     // The demo study is compiled into the binary so `radstream demo` runs from any directory.
     let sample_dir = PathBuf::from("models/lesion-demo/sample-study");

@@ -4,6 +4,8 @@
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("radstream.v1");
+    // The canonical proto3 JSON mapping (serde impls by pbjson-build, see build.rs).
+    include!(concat!(env!("OUT_DIR"), "/radstream.v1.serde.rs"));
 }
 
 /// The compiled descriptor set, served through gRPC reflection.

@@ -122,16 +122,26 @@ fn push_streams_a_folder_to_a_served_process_as_json_lines() {
         .expect("run push");
     drop(server);
     let events = push_json_lines(&out);
-    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
+    // Canonical proto3 JSON: each line is one AnalyzeResponse, its oneof written as the member's name,
+    // 64-bit integers as strings, enums by name, defaults left out.
+    let count = |t: &str| members(&events, t).len();
     let n = sample_study().len();
     assert_eq!(count("accepted"), n);
     assert_eq!(count("finding"), n);
     assert_eq!(count("rejected"), 1);
-    let rejected = events.iter().find(|e| e["type"] == "rejected").unwrap();
+    assert_eq!(
+        count("accepted")
+            + count("finding")
+            + count("rejected")
+            + count("summary")
+            + count("critical"),
+        events.len()
+    );
+    let rejected = members(&events, "rejected")[0];
     assert_eq!(rejected["reason"], "REJECT_REASON_MISSING_PIXEL_DATA");
-    let summary = events
-        .iter()
-        .find(|e| e["type"] == "summary" && e["slices_scored"] == n)
+    let summary = members(&events, "summary")
+        .into_iter()
+        .find(|s| s["slices_scored"] == n)
         .expect("summary");
     assert_eq!(summary["labels"][0]["positive"], true);
     assert_eq!(summary["reason"], "COMPLETION_REASON_STREAM_CLOSED");
@@ -241,8 +251,7 @@ fn push_sends_files_whose_paths_exceed_the_client_ref_limit() {
         .expect("run push");
     drop(server);
     let events = push_json_lines(&out);
-    let of =
-        |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
+    let of = |t: &str| members(&events, t);
     assert!(of("rejected").is_empty(), "{:?}", of("rejected"));
     assert_eq!(of("accepted").len(), study.len());
     // Every answer names its file by the path pushed, though the wire carried a short ref.

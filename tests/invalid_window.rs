@@ -120,7 +120,7 @@ fn push_shows_the_window_used_readable_and_as_json() {
     }
 
     let events = push_json_lines(&json);
-    let found: Vec<&serde_json::Value> = events.iter().filter(|e| e["type"] == "finding").collect();
+    let found = members(&events, "finding");
     assert_eq!(found.len(), 4);
     for f in found {
         let w = &f["window"];

@@ -139,7 +139,7 @@ impl Run {
     }
 
     fn count(&self, t: &str) -> usize {
-        self.responses.iter().filter(|e| e["type"] == t).count()
+        members(&self.responses, t).len()
     }
 }
 
@@ -372,10 +372,8 @@ fn json_logs_metrics_the_api_and_the_audit_log_never_carry_planted_identifiers()
     }
     assert_eq!(streams.len(), 1, "one push, one stream: {streams:?}");
     // the slice-level lines name the very instances that were accepted
-    let accepted: std::collections::HashSet<&str> = run
-        .responses
+    let accepted: std::collections::HashSet<&str> = members(&run.responses, "accepted")
         .iter()
-        .filter(|r| r["type"] == "accepted")
         .filter_map(|r| r["slice"]["sop_instance_uid"].as_str())
         .collect();
     let scored: std::collections::HashSet<&str> = about("slice scored")
@@ -465,11 +463,7 @@ print(" ".join(made))
     );
     // every instance was answered, and most of them are rejections whose messages are about the
     // planted values
-    let rejected: Vec<&Value> = run
-        .responses
-        .iter()
-        .filter(|r| r["type"] == "rejected")
-        .collect();
+    let rejected: Vec<&Value> = members(&run.responses, "rejected");
     assert_eq!(
         run.count("accepted") + rejected.len(),
         files.len(),

@@ -592,10 +592,7 @@ async fn the_cli_pushes_and_watches_over_tls_with_a_token_from_a_file_or_the_env
         "{}",
         String::from_utf8_lossy(&push.stderr)
     );
-    let accepted = push_json_lines(&push)
-        .iter()
-        .filter(|e| e["type"] == "accepted")
-        .count();
+    let accepted = members(&push_json_lines(&push), "accepted").len();
     assert_eq!(accepted, sample_study().len());
     let watch = |token: &'static str| {
         let (endpoint, ca) = (endpoint.clone(), ca.clone());

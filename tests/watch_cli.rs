@@ -64,12 +64,24 @@ fn push_sample(endpoint: &str) -> Vec<Value> {
     ))
 }
 
+/// The `push --json` payloads of one kind (canonical proto3 JSON: `{"finding": {...}}`).
 fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["type"] == t).collect()
+    members(events, t)
 }
 
+/// A 64-bit integer as canonical proto3 JSON writes it: a decimal string.
 fn u64_of(v: &Value) -> u64 {
-    v.as_u64().unwrap_or_else(|| panic!("not a u64: {v}"))
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a 64-bit integer as a string: {v}"))
+}
+
+/// Which payload a study event carries: the member of its `event` oneof present in the object.
+fn kind_of(e: &Value) -> &'static str {
+    ["accepted", "rejected", "finding", "critical", "summary"]
+        .into_iter()
+        .find(|k| e.get(*k).is_some())
+        .unwrap_or("?")
 }
 
 /// The study events of a watch (JSON lines) checked against what `push` received for the sample study:
@@ -77,10 +89,8 @@ fn u64_of(v: &Value) -> u64 {
 /// accepted before its finding, the summary last and equal to the pushed one, the same scores.
 fn check_against_push(watched: &[Value], pushed: &[Value], first_sequence: u64) {
     let n = sample_study().len();
-    let events: Vec<&Value> = watched
-        .iter()
-        .filter(|e| e.get("sequence").is_some() && e["type"] != "caught_up")
-        .collect();
+    // Canonical proto3 JSON of WatchEvent: `{"event": StudyEvent}`, `{"caught_up": ...}`, `{"missed": ...}`.
+    let events: Vec<&Value> = members(watched, "event");
     let sequences: Vec<u64> = events.iter().map(|e| u64_of(&e["sequence"])).collect();
     let expected: Vec<u64> = (first_sequence..first_sequence + events.len() as u64).collect();
     assert_eq!(sequences, expected, "log sequences in order, no gap");
@@ -98,10 +108,7 @@ fn check_against_push(watched: &[Value], pushed: &[Value], first_sequence: u64) 
     let study = &pushed_summary[0]["study_instance_uid"];
     assert!(events.iter().all(|e| &e["study_instance_uid"] == study));
 
-    let kinds: Vec<&str> = events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap_or("?"))
-        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| kind_of(e)).collect();
     let count = |t: &str| kinds.iter().filter(|k| **k == t).count();
     assert_eq!(count("accepted"), n, "{kinds:?}");
     assert_eq!(count("finding"), n, "{kinds:?}");
@@ -125,12 +132,14 @@ fn check_against_push(watched: &[Value], pushed: &[Value], first_sequence: u64) 
             .map(str::to_string)
     };
     for (i, e) in events.iter().enumerate() {
-        let t = e["type"].as_str().unwrap_or("?");
+        let t = kind_of(e);
         assert!(e[t].is_object(), "payload under {t:?}: {e}");
         if t == "finding" {
             let uid = sop(e, "finding").expect("finding names its slice");
             assert!(
-                events[..i].iter().any(|a| a["type"] == "accepted" && sop(a, "accepted").as_deref() == Some(&uid)),
+                events[..i]
+                    .iter()
+                    .any(|a| sop(a, "accepted").as_deref() == Some(&uid)),
                 "finding for {uid} before its acceptance"
             );
         }
@@ -148,7 +157,7 @@ fn check_against_push(watched: &[Value], pushed: &[Value], first_sequence: u64) 
     let watched_scores = scores(
         events
             .iter()
-            .filter(|e| e["type"] == "finding")
+            .filter(|e| kind_of(e) == "finding")
             .map(|e| (&e["finding"]["slice"], &e["finding"]["scores"]))
             .collect(),
     );
@@ -159,15 +168,10 @@ fn check_against_push(watched: &[Value], pushed: &[Value], first_sequence: u64) 
             .collect(),
     );
     assert_eq!(watched_scores, pushed_scores);
-    let mut pushed_summary = pushed_summary[0].clone();
-    pushed_summary
-        .as_object_mut()
-        .expect("object")
-        .remove("type");
     let watched_summary = &events.last().expect("events")["summary"];
-    assert_eq!(watched_summary, &pushed_summary);
+    assert_eq!(watched_summary, pushed_summary[0]);
     assert_eq!(watched_summary["revision"], 1);
-    assert_eq!(u64_of(&watched_summary["slices_scored"]), n as u64);
+    assert_eq!(watched_summary["slices_scored"], n);
 }
 
 #[test]
@@ -196,8 +200,11 @@ fn replay_prints_the_pushed_study_in_log_order_then_ends() {
     check_against_push(&lines, &pushed, 1);
     // The end of the replay is said, and nothing is live after it.
     let last = lines.last().expect("lines");
-    assert_eq!(last["type"], "caught_up", "{last}");
-    assert_eq!(last["sequence"], lines[lines.len() - 2]["sequence"]);
+    assert_eq!(
+        last["caught_up"]["sequence"],
+        lines[lines.len() - 2]["event"]["sequence"],
+        "{last}"
+    );
 
     // From the middle: exactly the tail of the log.
     let out = output_within(
@@ -213,9 +220,8 @@ fn replay_prints_the_pushed_study_in_log_order_then_ends() {
         DEADLINE,
     );
     let tail = push_json_lines(&out);
-    let sequences: Vec<u64> = tail
+    let sequences: Vec<u64> = members(&tail, "event")
         .iter()
-        .filter(|e| e["type"] != "caught_up")
         .map(|e| u64_of(&e["sequence"]))
         .collect();
     let all = lines.len() as u64 - 1;
@@ -319,14 +325,11 @@ fn a_live_watch_prints_a_study_pushed_after_it_started() {
             }
         }
     });
-    // Subscribed once it says where live begins (an empty log: sequence 0).
+    // Subscribed once it says where live begins (an empty log: sequence 0, a default, so left out).
     let first = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("watch says it is live");
-    assert_eq!(
-        first,
-        serde_json::json!({"type": "caught_up", "sequence": 0})
-    );
+    assert_eq!(first, serde_json::json!({"caught_up": {}}));
 
     let pushed = push_sample(&server.endpoint());
     let mut lines = Vec::new();
@@ -336,7 +339,7 @@ fn a_live_watch_prints_a_study_pushed_after_it_started() {
         let line = rx
             .recv_timeout(left)
             .unwrap_or_else(|_| panic!("no summary; got {lines:?}"));
-        let done = line["type"] == "summary";
+        let done = line["event"].get("summary").is_some();
         lines.push(line);
         if done {
             break;

@@ -6,11 +6,9 @@
 //!
 //! The server's refusals (unloading the active version, activating a failed one, a broken manifest)
 //! come back as [`ModelsError::Refused`] carrying the service's own message, which already says what to
-//! do; the CLI prints it and exits 1. `--json` follows the one rule of [`crate::results::json`]: keys
-//! are the proto field names, every field is present (an absent message is `null`), enums are their
-//! proto names, 64-bit integers are numbers.
-
-use serde_json::{json, Value};
+//! do; the CLI prints it and exits 1. `--json` prints the response message in the canonical proto3
+//! JSON mapping with proto field names (generated, so a new field appears without code here; see
+//! [`super::proto_json`]).
 
 use crate::proto::v1::{self as pb, models_client::ModelsClient};
 
@@ -146,7 +144,9 @@ pub async fn request_and_print(
 ) -> Result<ModelsReply, ModelsError> {
     let reply = self::request(target, request).await?;
     if json {
-        println!("{}", reply_json(&reply));
+        if let Some(line) = reply_json(&reply) {
+            println!("{line}");
+        }
     } else {
         print!("{}", render_reply(&reply));
     }
@@ -169,62 +169,13 @@ fn state_word(code: i32) -> &'static str {
     }
 }
 
-pub fn version_json(v: &pb::ModelVersion) -> Value {
-    json!({
-        "name": v.name,
-        "version": v.version,
-        "state": state_name(v.state),
-        "reason": v.reason,
-        "active": v.active,
-        "shadow": v.shadow,
-        "onnx_sha256": v.onnx_sha256,
-        "counters": v.counters.as_ref().map(|c| json!({
-            "instances": c.instances,
-            "slices_scored": c.slices_scored,
-            "slices_failed": c.slices_failed,
-        })),
-        "labels": v.labels,
-        "applies_to": v.applies_to,
-        "preprocess_path": v.preprocess_path,
-        "card": v.card.as_ref().map(|c| json!({
-            "description": c.description,
-            "detects": c.detects,
-            "training_data": c.training_data,
-            "training": c.training,
-            "metrics": c.metrics,
-            "limitations": c.limitations,
-        })),
-        "loaded_unix_us": v.loaded_unix_us,
-    })
-}
-
-pub fn shadow_json(s: &pb::ShadowAgreement) -> Value {
-    json!({
-        "model": s.model,
-        "candidate": s.candidate,
-        "active": s.active,
-        "labels": s.labels.iter().map(|l| json!({
-            "label": l.label,
-            "slices": l.slices,
-            "agreeing": l.agreeing,
-            "agreement": l.agreement,
-            "mean_abs_diff": l.mean_abs_diff,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-pub fn list_json(list: &pb::ListModelsResponse) -> Value {
-    json!({
-        "versions": list.versions.iter().map(version_json).collect::<Vec<_>>(),
-        "shadows": list.shadows.iter().map(shadow_json).collect::<Vec<_>>(),
-    })
-}
-
-pub fn reply_json(reply: &ModelsReply) -> Value {
+/// The reply as `--json` prints it: the response message in the canonical proto3 JSON mapping (see
+/// [`super::proto_json`]); `None` when it cannot be written (an enum value this client does not know).
+pub fn reply_json(reply: &ModelsReply) -> Option<String> {
     match reply {
-        ModelsReply::List(list) => list_json(list),
-        ModelsReply::Version(_, v) => version_json(v),
-        ModelsReply::Shadow(s) => shadow_json(s),
+        ModelsReply::List(list) => super::proto_json(list),
+        ModelsReply::Version(_, v) => super::proto_json(v.as_ref()),
+        ModelsReply::Shadow(s) => super::proto_json(s),
     }
 }
 
@@ -461,24 +412,35 @@ mod tests {
     }
 
     #[test]
-    fn json_keys_are_the_proto_field_names_with_enums_by_name() {
-        let v = version_json(&ready("1.0.0", true));
+    fn json_is_canonical_proto3_with_proto_field_names() {
+        let line = reply_json(&ModelsReply::Version(
+            "loaded",
+            Box::new(ready("1.0.0", true)),
+        ))
+        .expect("a known state writes");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("one JSON object");
         assert_eq!(v["state"], "MODEL_STATE_READY");
-        assert_eq!(v["counters"]["slices_scored"], 12);
+        // uint64 is a string in proto3 JSON; a default (slices_failed = 0) is left out.
+        assert_eq!(v["counters"]["slices_scored"], "12");
+        assert!(v["counters"].get("slices_failed").is_none(), "{v}");
         assert_eq!(v["card"]["description"], "Demo detector");
-        assert!(v["card"]["limitations"].is_string());
-        let failed = version_json(&pb::ModelVersion {
-            state: pb::ModelState::Failed as i32,
+        assert_eq!(v["onnx_sha256"], "0123456789abcdef".repeat(4));
+        let failed = reply_json(&ModelsReply::Version(
+            "loaded",
+            Box::new(pb::ModelVersion {
+                state: pb::ModelState::Failed as i32,
+                ..Default::default()
+            }),
+        ))
+        .expect("writes");
+        assert_eq!(failed, r#"{"state":"MODEL_STATE_FAILED"}"#);
+        let unknown = pb::ModelVersion {
+            state: 99,
             ..Default::default()
-        });
-        assert!(failed["counters"].is_null() && failed["card"].is_null());
-        assert_eq!(failed["state"], "MODEL_STATE_FAILED");
-        let keys: Vec<&str> = v
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys.len(), 13, "every ModelVersion field: {keys:?}");
+        };
+        assert_eq!(
+            reply_json(&ModelsReply::Version("loaded", Box::new(unknown))),
+            None
+        );
     }
 }

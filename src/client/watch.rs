@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use tokio_stream::StreamExt;
 
 use super::{render, OutputFormat};
-use crate::results::json;
 use crate::{
     error::{Error, Result},
     proto::v1::{self as pb, studies_client::StudiesClient},
@@ -157,7 +156,7 @@ pub async fn watch_and_print(
     let counted = options.labels.is_empty() && !options.critical_only;
     watch(target, &options, |event| {
         let line = match options.format {
-            OutputFormat::Json => Some(json::watch_event_json(event).to_string()),
+            OutputFormat::Json => super::proto_json(event),
             OutputFormat::Readable => {
                 let progress = match &event.kind {
                     Some(pb::watch_event::Kind::Event(e)) if counted => Some(tracker.record(e)),

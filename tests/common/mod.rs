@@ -135,6 +135,12 @@ pub fn push_json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The payloads of the lines that stand for `member` of their message's oneof: the CLI's `--json`
+/// is canonical proto3 JSON, where a oneof is written as its member's name (`{"finding": {...}}`).
+pub fn members<'a>(lines: &'a [serde_json::Value], member: &str) -> Vec<&'a serde_json::Value> {
+    lines.iter().filter_map(|l| l.get(member)).collect()
+}
+
 /// Runs `python -c code` and returns its stdout.
 pub fn python_eval(code: &str) -> String {
     let out = Command::new(python())
