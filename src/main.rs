@@ -734,23 +734,10 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
-/// The client commands print to stdout, which is often a pipe (`radstream push --json | head`): when
-/// the reader goes away they end quietly, as Unix tools do, instead of panicking in `println!`.
-/// Sockets are unaffected (Rust writes them with MSG_NOSIGNAL); the server keeps SIGPIPE ignored.
-fn printing_to_a_closed_pipe_ends_quietly() {
-    // SAFETY: restoring a signal's default disposition before any thread is started.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-}
-
 fn main() -> ExitCode {
     tune_malloc();
     telemetry::init("info");
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_) | Command::Demo { .. }) {
-        printing_to_a_closed_pipe_ends_quietly();
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

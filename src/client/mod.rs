@@ -48,6 +48,21 @@ pub fn proto_json<T: serde::Serialize>(message: &T) -> Option<String> {
     }
 }
 
+/// Prints one line of a client command's output. When its reader has gone away (`push --json | head`),
+/// the command's purpose went with it: it ends quietly, as Unix tools do, instead of panicking in
+/// `println!`. SIGPIPE stays ignored in this process: `demo` and `bench` run a server in it, whose
+/// sockets must see a closed peer as an error, not as a signal that ends the process.
+pub(crate) fn print_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        tracing::warn!("cannot write to standard output: {e}");
+    }
+}
+
 /// Lists the files to push: files as given, folders walked recursively, in path order. Hidden files and
 /// DICOMDIR index files are skipped (they are not images).
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
@@ -257,7 +272,7 @@ pub async fn push_and_print(
             OutputFormat::Json => proto_json(response),
         };
         if let Some(line) = line {
-            bar.suspend(|| println!("{line}"));
+            bar.suspend(|| print_line(&line));
         }
     })
     .await;

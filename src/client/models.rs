@@ -145,10 +145,10 @@ pub async fn request_and_print(
     let reply = self::request(target, request).await?;
     if json {
         if let Some(line) = reply_json(&reply) {
-            println!("{line}");
+            super::print_line(&line);
         }
     } else {
-        print!("{}", render_reply(&reply));
+        super::print_line(render_reply(&reply).trim_end_matches('\n'));
     }
     Ok(reply)
 }

@@ -166,7 +166,7 @@ pub async fn watch_and_print(
             }
         };
         if let Some(line) = line {
-            println!("{line}");
+            super::print_line(&line);
         }
     })
     .await
