@@ -13,10 +13,9 @@ use std::{
 
 use radstream::{
     catalog::{Catalog, EngineSettings},
-    config::{BatchingConfig, Config, InferenceConfig},
+    config::Config,
     decode,
-    inference::{self, ModelSession},
-    model::ModelPackage,
+    inference::{self},
     pipeline::{Engine, EngineError},
     preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
     server,
@@ -72,15 +71,7 @@ impl Preprocessor for GatedPreprocessor {
 }
 
 fn engine(preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
-    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
-    let package = ModelPackage::embedded_default().expect("model");
-    let session = ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
-    let batching = BatchingConfig {
-        max_batch: 4,
-        max_wait_ms: 1,
-        queue_depth: 8,
-    };
-    Arc::new(Engine::start(session, preprocessor, &batching).expect("engine"))
+    common::engine_behind("lesion-demo", preprocessor, 4)
 }
 
 struct Served {

@@ -13,7 +13,6 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
@@ -30,21 +29,7 @@ const MODEL: &str = "lesion-demo";
 
 /// The generated models, once per test process.
 fn generated() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let status = Command::new(python())
-            .arg(repo().join("tests/oracle/make_models.py"))
-            .arg(dir.path())
-            .status()
-            .expect("run make_models.py");
-        assert!(
-            status.success(),
-            "make_models.py failed (needs onnx in the oracle venv)"
-        );
-        dir
-    })
-    .path()
+    generated_models()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -10,9 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use radstream::{
     catalog::{Catalog, EngineSettings},
-    config::{BatchingConfig, Config, InferenceConfig},
-    inference::{self, ModelSession},
-    model::ModelPackage,
+    inference::{self},
     pipeline::Engine,
     preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
     proto::v1::{self as pb, analyze_response::Event},
@@ -41,17 +39,7 @@ impl Preprocessor for Refusing {
 
 /// The bundled model under `name`, behind `preprocessor`.
 fn engine(name: &str, preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
-    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
-    let mut package = ModelPackage::embedded_default().expect("model");
-    package.manifest.model.name = name.into();
-    package.info.name = name.into();
-    let session = ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
-    let batching = BatchingConfig {
-        max_batch: 4,
-        max_wait_ms: 1,
-        queue_depth: 8,
-    };
-    Arc::new(Engine::start(session, preprocessor, &batching).expect("engine"))
+    common::engine_behind(name, preprocessor, 4)
 }
 
 fn events_of(events: &[Event]) -> (Vec<&pb::SliceFinding>, Vec<&pb::InstanceRejected>) {

@@ -8,7 +8,6 @@ mod common;
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
 };
 
 use common::*;
@@ -20,21 +19,7 @@ use radstream::{
 
 /// The generated models, once per test process.
 fn models() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let status = Command::new(python())
-            .arg(repo().join("tests/oracle/make_models.py"))
-            .arg(dir.path())
-            .status()
-            .expect("run make_models.py");
-        assert!(
-            status.success(),
-            "make_models.py failed (needs onnx in the oracle venv)"
-        );
-        dir
-    })
-    .path()
+    common::generated_models()
 }
 
 fn env() -> &'static ort::environment::Environment {

@@ -19,10 +19,8 @@ use std::{
 
 use radstream::{
     catalog::{Catalog, EngineSettings},
-    config::{BatchingConfig, Config, InferenceConfig},
     decode,
-    inference::{self, ModelSession},
-    model::ModelPackage,
+    inference::{self},
     pipeline::{Engine, EngineHealth, FAILING_AFTER},
     preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
     server,
@@ -83,16 +81,8 @@ impl Preprocessor for Switchable {
 }
 
 fn engine(preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
-    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
-    let package = ModelPackage::embedded_default().expect("model");
-    let session = ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
-    let batching = BatchingConfig {
-        // one slice per batch: each failure is its own, so the count of failures is exact
-        max_batch: 1,
-        max_wait_ms: 1,
-        queue_depth: 8,
-    };
-    Arc::new(Engine::start(session, preprocessor, &batching).expect("engine"))
+    // one slice per batch: each failure is its own, so the count of failures is exact
+    common::engine_behind("lesion-demo", preprocessor, 1)
 }
 
 struct Served {

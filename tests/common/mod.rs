@@ -531,3 +531,49 @@ impl Drop for ServedProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The bundled model under `name`, started behind `preprocessor` (a fault-injecting one, in the tests
+/// of health and isolation), with batches of at most `max_batch` slices.
+pub fn engine_behind(
+    name: &str,
+    preprocessor: Box<dyn radstream::preprocess::Preprocessor>,
+    max_batch: usize,
+) -> std::sync::Arc<radstream::pipeline::Engine> {
+    use radstream::{
+        config::{BatchingConfig, InferenceConfig},
+        inference::{self, ModelSession},
+        model::ModelPackage,
+    };
+    let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+    let mut package = ModelPackage::embedded_default().expect("model");
+    package.manifest.model.name = name.into();
+    package.info.name = name.into();
+    let session = ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
+    let batching = BatchingConfig {
+        max_batch,
+        max_wait_ms: 1,
+        queue_depth: 8,
+    };
+    std::sync::Arc::new(
+        radstream::pipeline::Engine::start(session, preprocessor, &batching).expect("engine"),
+    )
+}
+
+/// The small models of `tests/oracle/make_models.py` (one folder per case), made once per test process.
+pub fn generated_models() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new(python())
+            .arg(repo().join("tests/oracle/make_models.py"))
+            .arg(dir.path())
+            .status()
+            .expect("run make_models.py");
+        assert!(
+            status.success(),
+            "make_models.py failed (needs onnx in the oracle venv)"
+        );
+        dir
+    })
+    .path()
+}
