@@ -36,7 +36,8 @@ struct Slice {
     win_wm1_1: f32,
     win_wm1_2: f32,
     color_scale: f32,
-    pad0: f32,
+    // How the stored samples are read: width in bytes | bits stored << 8 | signed << 16.
+    format: u32,
     pad1: f32,
     pad2: f32,
 }
@@ -47,17 +48,38 @@ const FLAG_STEP: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> spec: Spec;
 @group(0) @binding(1) var<storage, read> slices: array<Slice>;
-@group(0) @binding(2) var<storage, read> pixels: array<f32>;
+// The slices' stored samples as uploaded (little endian, 1, 2 or 4 bytes each), each slice starting
+// on a word at byte `Slice.offset`.
+@group(0) @binding(2) var<storage, read> pixels: array<u32>;
 @group(0) @binding(3) var<storage, read_write> dst: array<f32>;
+
+// Stored sample i of slice s: its low `bits stored` bits, sign-extended when signed (as
+// `SampleFormat::value` in src/decode/samples.rs: shift the stored bits up to bit 31 and back).
+fn stored(s: Slice, i: u32) -> f32 {
+    let width = s.format & 0xFFu;
+    let shift = 32u - ((s.format >> 8u) & 0xFFu);
+    let byte = s.offset + i * width;
+    let word = pixels[byte / 4u];
+    var raw = word;
+    if (width == 2u) {
+        raw = (word >> ((byte & 2u) * 8u)) & 0xFFFFu;
+    } else if (width == 1u) {
+        raw = (word >> ((byte & 3u) * 8u)) & 0xFFu;
+    }
+    if ((s.format & 0x10000u) != 0u) {
+        return f32(bitcast<i32>(raw << shift) >> shift);
+    }
+    return f32((raw << shift) >> shift);
+}
 
 fn tap(s: Slice, iy: u32, ix: u32) -> vec3<f32> {
     let idx = iy * s.cols + ix;
     if ((s.flags & FLAG_COLOR) != 0u) {
-        let b = s.offset + idx * 3u;
+        let b = idx * 3u;
         let c = vec3<f32>(
-            min(max(pixels[b] * s.color_scale, 0.0), 1.0),
-            min(max(pixels[b + 1u] * s.color_scale, 0.0), 1.0),
-            min(max(pixels[b + 2u] * s.color_scale, 0.0), 1.0),
+            min(max(stored(s, b) * s.color_scale, 0.0), 1.0),
+            min(max(stored(s, b + 1u) * s.color_scale, 0.0), 1.0),
+            min(max(stored(s, b + 2u) * s.color_scale, 0.0), 1.0),
         );
         if (spec.channels == 1u) {
             let l = 0.299 * c.x + 0.587 * c.y + 0.114 * c.z;
@@ -65,7 +87,7 @@ fn tap(s: Slice, iy: u32, ix: u32) -> vec3<f32> {
         }
         return c;
     }
-    let v = pixels[s.offset + idx] * s.slope + s.intercept;
+    let v = stored(s, idx) * s.slope + s.intercept;
     let inv = (s.flags & FLAG_INVERT) != 0u;
     return vec3<f32>(
         apply_window(v, s.win_lo0, s.win_wm1_0, (s.flags & FLAG_STEP) != 0u, inv),

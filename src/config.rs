@@ -238,7 +238,7 @@ pub struct LimitsConfig {
     pub max_rows: u32,
     pub max_cols: u32,
     pub max_frames: u32,
-    /// Largest decoded pixel buffer per instance (f32 samples), in bytes.
+    /// Largest decoded pixel buffer per instance (stored samples), in bytes.
     pub max_decoded_bytes: usize,
     /// Deepest accepted nesting of sequences in an instance; deeper is rejected (MALFORMED). Real data
     /// uses a handful of levels; the limit keeps the DICOM parser's recursion shallow.
@@ -247,9 +247,10 @@ pub struct LimitsConfig {
     pub max_elements: u32,
     /// Instances being decoded or scored per stream before the stream stops reading (backpressure).
     pub max_in_flight_per_stream: usize,
-    /// Decoded pixels (f32) held between decode and scoring, across all streams. An instance over it is
-    /// not refused (`max_decoded_bytes` does that): it waits for the whole budget and runs alone.
-    /// 64 MiB: four batches of 16 CT slices of 512², enough to keep the engine busy.
+    /// Decoded pixels (stored samples) held between decode and scoring, across all streams. An instance
+    /// over it is not refused (`max_decoded_bytes` does that): it waits for the whole budget and runs
+    /// alone. 32 MiB: four batches of 16 CT slices of 512² at 2 bytes a sample, enough to keep the engine
+    /// busy.
     pub max_decoded_bytes_in_flight: usize,
     /// Received Part-10 bytes not yet decoded, across all streams; when it is used up every stream stops
     /// reading until decodes finish. A message over it waits for the whole budget. 16 MiB: two CT
@@ -329,7 +330,7 @@ impl Default for LimitsConfig {
             max_sequence_depth: d.max_sequence_depth,
             max_elements: d.max_elements,
             max_in_flight_per_stream: 32,
-            max_decoded_bytes_in_flight: 64 << 20,
+            max_decoded_bytes_in_flight: 32 << 20,
             max_request_bytes_in_flight: 16 << 20,
             max_streams: 256,
             max_streams_per_connection: 64,

@@ -254,8 +254,9 @@ async fn a_scattered_series_is_shed_not_left_to_stall_the_service() {
     let mut config = test_config();
     config.model_dir = Some(dir.path().join("context1"));
     config.preprocess = PreprocessBackend::Cpu;
-    // 256 x 256 f32 = 256 KiB a slice: 24 slices of budget, 12 of them for waiting frames
-    config.limits.max_decoded_bytes_in_flight = 24 * 256 * 1024;
+    // 256 x 256 stored 16-bit samples = 128 KiB a slice: 24 slices of budget, 12 of them for waiting
+    // frames
+    config.limits.max_decoded_bytes_in_flight = 24 * 256 * 256 * 2;
     let server = start(config).await;
 
     let scattered = [

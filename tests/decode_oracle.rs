@@ -172,14 +172,14 @@ fn compare(test_dir: &Path) -> Summary {
                 }
                 let mut all: Vec<f32> = Vec::new();
                 for f in &d.frames {
-                    all.extend_from_slice(&f.pixels);
-                    let (mn, mx) = f
-                        .pixels
+                    let start = all.len();
+                    all.extend(f.samples().values());
+                    let (mn, mx) = all[start..]
                         .iter()
                         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
                             (a.min(v), b.max(v))
                         });
-                    if f.min != mn || f.max != mx {
+                    if f.min_max() != (mn, mx) {
                         failures.push(format!("{}: frame min/max wrong", r.name));
                     }
                 }

@@ -73,10 +73,12 @@ fn check_decoded(name: &str, d: &DecodedInstance, limits: &Limits) {
     let m = &d.meta;
     assert_eq!(d.frames.len(), m.number_of_frames as usize, "{name}");
     let per_frame = m.rows as usize * m.cols as usize * usize::from(m.samples_per_pixel);
-    let total: usize = d.frames.iter().map(|f| f.pixels.len() * 4).sum();
+    let total: usize = d.frames.iter().map(|f| f.samples().as_bytes().len()).sum();
     for f in &d.frames {
-        assert_eq!(f.pixels.len(), per_frame, "{name}");
-        assert!(f.pixels.iter().all(|v| v.is_finite()), "{name}");
+        assert_eq!(f.samples().len(), per_frame, "{name}");
+        assert!(f.samples().values().all(|v| v.is_finite()), "{name}");
+        let (lo, hi) = f.min_max();
+        assert!(lo <= hi, "{name}");
     }
     assert!(
         total <= limits.max_decoded_bytes,

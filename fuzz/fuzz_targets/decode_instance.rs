@@ -42,10 +42,11 @@ fuzz_target!(|data: &[u8]| {
     let per_frame = m.rows as usize * m.cols as usize * usize::from(m.samples_per_pixel);
     let mut total = 0usize;
     for f in &decoded.frames {
-        assert_eq!(f.pixels.len(), per_frame);
-        assert!(f.min <= f.max || f.pixels.is_empty());
-        assert!(f.pixels.iter().all(|v| v.is_finite()));
-        total += f.pixels.len() * std::mem::size_of::<f32>();
+        assert_eq!(f.samples().len(), per_frame);
+        let (lo, hi) = f.min_max();
+        assert!(lo <= hi);
+        assert!(f.samples().values().all(|v| v.is_finite()));
+        total += f.samples().as_bytes().len();
     }
     assert!(
         total <= limits.max_decoded_bytes,

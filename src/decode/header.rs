@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use dicom::core::value::Value;
 use dicom::dictionary_std::tags;
 use dicom::encoding::transfer_syntax::{Codec, TransferSyntaxIndex};
@@ -122,7 +123,7 @@ impl<'a> InstanceHeader<'a> {
         self.px.frames
     }
 
-    /// The size the decoded pixels will take (f32 samples), as reserved from the budget.
+    /// The size the decoded pixels will take (stored samples), as reserved from the budget.
     pub fn decoded_bytes(&self) -> u64 {
         self.decoded_bytes
     }
@@ -131,12 +132,33 @@ impl<'a> InstanceHeader<'a> {
     /// (when given) and decodes the pixels. The returned instance holds the reservation
     /// ([`DecodedInstance::reservation`]) until it is dropped. A rejection carries the header's UIDs.
     pub fn decode_pixels(
+        self,
+        budget: Option<&dyn DecodeBudget>,
+    ) -> Result<DecodedInstance, Rejection> {
+        self.decode_pixels_of(None, budget)
+    }
+
+    /// [`decode_pixels`](Self::decode_pixels) for a header read from `message` (the same bytes, held
+    /// as [`Bytes`]): native little endian Pixel Data is then not copied, its frames are slices of
+    /// `message` (which they keep alive).
+    pub fn decode_pixels_sharing(
+        self,
+        message: &Bytes,
+        budget: Option<&dyn DecodeBudget>,
+    ) -> Result<DecodedInstance, Rejection> {
+        self.decode_pixels_of(Some(message), budget)
+    }
+
+    fn decode_pixels_of(
         mut self,
+        message: Option<&Bytes>,
         budget: Option<&dyn DecodeBudget>,
     ) -> Result<DecodedInstance, Rejection> {
         let ids = std::mem::take(&mut self.ids);
         // codecs are caught on their own (as PixelDecode); this catches anything else
-        let result = catch_unwind(AssertUnwindSafe(move || self.decode_pixels_inner(budget)));
+        let result = catch_unwind(AssertUnwindSafe(move || {
+            self.decode_pixels_inner(message, budget)
+        }));
         let result = match result {
             Ok(r) => r,
             Err(payload) => Err(DecodeError::Malformed {
@@ -148,6 +170,7 @@ impl<'a> InstanceHeader<'a> {
 
     fn decode_pixels_inner(
         mut self,
+        message: Option<&Bytes>,
         budget: Option<&dyn DecodeBudget>,
     ) -> Result<DecodedInstance, DecodeError> {
         // 8. hold the decoded size against the global budget, then decode. The inflation's share goes
@@ -255,7 +278,7 @@ impl<'a> InstanceHeader<'a> {
                     expected
                 )));
             }
-            pixels::to_frames(&data, &layout)?
+            pixels::to_frames(Bytes::from(data), &layout)?
         } else {
             let stream: Cow<'_, [u8]> = match (raw_pixels, pixel_elem.map(|e| e.value())) {
                 (Some((bytes, vr)), _) => {
@@ -283,7 +306,12 @@ impl<'a> InstanceHeader<'a> {
             if px.bits_allocated == 1 {
                 pixels::to_frames_1bit(&stream, px.rows, px.cols, px.frames)?
             } else {
-                pixels::to_frames(&stream, &layout)?
+                // Pixel Data still in the received message is shared with it, not copied.
+                let stream = match (stream, message) {
+                    (Cow::Borrowed(b), Some(m)) if within(m, b) => m.slice_ref(b),
+                    (stream, _) => Bytes::from(stream.into_owned()),
+                };
+                pixels::to_frames(stream, &layout)?
             }
         };
 
@@ -293,6 +321,12 @@ impl<'a> InstanceHeader<'a> {
             reservation,
         })
     }
+}
+
+/// Whether `part` lies inside `whole`'s memory (so `whole.slice_ref(part)` is defined).
+fn within(whole: &Bytes, part: &[u8]) -> bool {
+    let (w, p) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+    p >= w && p + part.len() <= w + whole.len()
 }
 
 /// Inflates a deflated data set (raw deflate, PS3.5 A.5), stopping after `cap` bytes. Returns the
@@ -572,7 +606,7 @@ fn read_header_inner<'a>(
         * u64::from(px.cols)
         * u64::from(px.frames)
         * u64::from(px.samples)
-        * std::mem::size_of::<f32>() as u64;
+        * u64::from(px.bits_allocated / 8).max(1);
     if decoded_bytes > limits.max_decoded_bytes as u64 {
         return Err(DecodeError::DecodedTooLarge {
             bytes: decoded_bytes,

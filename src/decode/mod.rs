@@ -1,7 +1,7 @@
 //! DICOM decode stage: Part-10 bytes in, stored pixel values out.
 //!
 //! Why this module exists: everything after it (preprocessing on CPU or GPU, ONNX
-//! scoring) wants one thing — the *stored* pixel values of each frame as `f32`, plus
+//! scoring) wants one thing — the *stored* pixel values of each frame, plus
 //! the few attributes needed to interpret them — and must never see the many ways a
 //! DICOM file can be encoded or broken. This module is the only place that touches
 //! `dicom-rs`.
@@ -18,6 +18,8 @@
 //!   Representation 1, planar configuration undone, YBR_FULL / YBR_FULL_422 converted to
 //!   RGB with pydicom's formula); no modality rescale or windowing is applied. Layout is
 //!   row-major with samples interleaved. Photometric is MONOCHROME1, MONOCHROME2 or RGB.
+//!   The values are kept in their stored type and read through their [`SampleFormat`]
+//!   (`samples`): native little endian Pixel Data stays in the received bytes.
 //! - [`InstanceMeta`] contains the Patient ID; its `Debug` output redacts it and it must
 //!   never be logged.
 //!
@@ -56,6 +58,7 @@ mod header;
 mod meta;
 mod pixels;
 mod rle;
+mod samples;
 pub mod uid;
 mod walk;
 
@@ -68,6 +71,7 @@ use dicom::core::value::PrimitiveValue;
 
 pub use header::{read_header, InstanceHeader};
 pub use meta::{plausible_term, InstanceMeta, Photometric, Window, MAX_TERM_CHARS};
+pub use samples::{Frame, ReadWith, SampleFormat, SampleRead, Samples};
 
 use meta::PixelAttrs;
 use pixels::Color;
@@ -80,7 +84,7 @@ pub struct Limits {
     pub max_rows: u32,
     pub max_cols: u32,
     pub max_frames: u32,
-    /// Maximum size of the decoded pixels (as f32 samples), in bytes. Compressed pixel data can expand
+    /// Maximum size of the decoded pixels (stored samples; 8-bit RGB for YBR), in bytes. Compressed pixel data can expand
     /// by orders of magnitude, so this is checked from Rows × Columns × frames × samples before decoding.
     pub max_decoded_bytes: usize,
     /// Deepest accepted nesting of sequences (SQ, UN and implicit VR sequences of undefined length,
@@ -105,17 +109,6 @@ impl Default for Limits {
             max_elements: 1_000_000,
         }
     }
-}
-
-/// One decoded frame: stored values (no rescale), row-major, samples interleaved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frame {
-    /// `rows * cols * samples_per_pixel` values.
-    pub pixels: Vec<f32>,
-    /// Minimum of `pixels` (0 for an empty frame).
-    pub min: f32,
-    /// Maximum of `pixels` (0 for an empty frame).
-    pub max: f32,
 }
 
 /// A decoded instance: metadata plus `meta.number_of_frames` frames.
@@ -186,7 +179,7 @@ pub enum DecodeError {
     },
     #[error(
         "decoded pixels would take {bytes} bytes ({rows} x {cols} x {frames} frames x {samples} samples \
-         as f32), over the limit of {limit} bytes"
+         as stored), over the limit of {limit} bytes"
     )]
     DecodedTooLarge {
         bytes: u64,

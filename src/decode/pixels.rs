@@ -1,6 +1,9 @@
-//! Conversion of native (uncompressed or codec output) sample bytes into f32 frames.
+//! Native (uncompressed or codec output) sample bytes into frames of stored samples.
 
-use super::{DecodeError, Frame};
+use bytes::Bytes;
+
+use super::samples::{Frame, SampleFormat, Samples};
+use super::DecodeError;
 
 /// Colour handling for three-sample data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +67,10 @@ fn overflow(what: &str) -> DecodeError {
     }
 }
 
-/// Reads one stored sample at byte offset `off`, applying the Bits Stored mask and
-/// sign extension (two's complement when Pixel Representation = 1), which is what
-/// pydicom's `pixel_array` returns.
+/// Reads one raw stored sample word at byte offset `off` (0 past the end), in the buffer's byte order.
 #[inline(always)]
-fn sample(buf: &[u8], off: usize, l: &Layout, mask: u32) -> f32 {
-    let raw: u32 = match (l.bytes_per_sample, l.big_endian) {
+fn raw_sample(buf: &[u8], off: usize, l: &Layout) -> u32 {
+    match (l.bytes_per_sample, l.big_endian) {
         (1, _) => buf.get(off).copied().map_or(0, u32::from),
         (2, false) => match buf.get(off..off + 2) {
             Some(&[a, b]) => u32::from(u16::from_le_bytes([a, b])),
@@ -87,47 +88,7 @@ fn sample(buf: &[u8], off: usize, l: &Layout, mask: u32) -> f32 {
             Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
             _ => 0,
         },
-    };
-    let v = raw & mask;
-    let bits = u32::from(l.bits_stored);
-    if l.signed && bits > 0 && (v >> (bits - 1)) & 1 == 1 {
-        // sign-extend from `bits`
-        (i64::from(v) - (1i64 << bits)) as f32
-    } else {
-        v as f32
     }
-}
-
-/// Converts consecutive `N`-byte monochrome samples with `read`, applying the Bits Stored mask and sign
-/// extension exactly as [`sample`] does; returns the frame's (min, max). Two straight passes (convert,
-/// then min/max) so both vectorise: this is most of a CT slice's decode time.
-#[inline(always)]
-fn mono<const N: usize>(
-    fb: &[u8],
-    l: &Layout,
-    mask: u32,
-    read: impl Fn([u8; N]) -> u32,
-    pixels: &mut Vec<f32>,
-) -> (f32, f32) {
-    let bits = u32::from(l.bits_stored).clamp(1, 32);
-    let shift = 32 - bits;
-    let start = pixels.len();
-    let chunks = fb.chunks_exact(N).map(|chunk| {
-        let mut c = [0u8; N];
-        c.copy_from_slice(chunk);
-        read(c) & mask
-    });
-    if l.signed {
-        // Two's complement from `bits`: move the sign bit to bit 31, shift back arithmetically.
-        pixels.extend(chunks.map(|v| ((v << shift) as i32 >> shift) as f32));
-    } else {
-        pixels.extend(chunks.map(|v| v as f32));
-    }
-    pixels[start..]
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (if v < lo { v } else { lo }, if v > hi { v } else { hi })
-        })
 }
 
 /// YBR_FULL -> RGB exactly as pydicom 3 (`_convert_YBR_FULL_to_RGB`, 8-bit):
@@ -144,9 +105,11 @@ fn ybr_to_rgb(y: f32, cb: f32, cr: f32) -> [f32; 3] {
     [r, g, b].map(|v| (v + 0.5).floor().clamp(0.0, 255.0))
 }
 
-/// Converts `buf` (all frames, laid out per `l`) into one [`Frame`] per frame.
-/// Exactly one `Vec<f32>` is allocated per frame; min/max are computed in the same pass.
-pub(crate) fn to_frames(buf: &[u8], l: &Layout) -> Result<Vec<Frame>, DecodeError> {
+/// Splits `buf` (all frames, laid out per `l`) into one [`Frame`] per frame, keeping the stored
+/// sample type. Little endian samples in pixel-interleaved order are not copied: each frame is a slice of
+/// `buf` (which is the received message itself for native Pixel Data). Big endian samples are swapped
+/// into a buffer of their own, planar colour is interleaved, and YBR is converted to 8-bit RGB.
+pub(crate) fn to_frames(buf: Bytes, l: &Layout) -> Result<Vec<Frame>, DecodeError> {
     let frame_bytes = l.frame_bytes()?;
     let total = l.total_bytes()?;
     if buf.len() < total {
@@ -165,51 +128,41 @@ pub(crate) fn to_frames(buf: &[u8], l: &Layout) -> Result<Vec<Frame>, DecodeErro
     }
     let px = l.pixels_per_frame()?;
     let spp = l.samples as usize;
-    let out_len = px.checked_mul(spp).ok_or_else(|| overflow("frame size"))?;
     let bps = l.bytes_per_sample;
-    let mask: u32 = if l.bits_stored >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << l.bits_stored) - 1
-    };
-
+    let stored = SampleFormat::new(bps, l.bits_stored, l.signed).ok_or_else(|| {
+        DecodeError::UnsupportedPixelFormat {
+            detail: format!(
+                "Bits Stored (0028,0101) {} with {} byte(s) per sample",
+                l.bits_stored, bps
+            ),
+        }
+    })?;
     let mut frames = Vec::with_capacity(l.frames as usize);
     for f in 0..l.frames as usize {
         let start = f * frame_bytes; // <= total, cannot overflow
-        let fb = buf.get(start..start + frame_bytes).unwrap_or(&[]);
-        let mut pixels: Vec<f32> = Vec::with_capacity(out_len);
-        let mut min = f32::INFINITY;
-        let mut max = f32::NEG_INFINITY;
-        let mut push = |v: f32, pixels: &mut Vec<f32>| {
-            min = min.min(v);
-            max = max.max(v);
-            pixels.push(v);
-        };
-        match (l.color, spp) {
-            (Color::AsIs, 1) => {
-                // The hot path (CT, MR, CR, DX): one monomorphic loop per sample width and byte order.
-                let fb = fb.get(..px * bps).unwrap_or(fb);
-                (min, max) = match (bps, l.big_endian) {
-                    (1, _) => mono(fb, l, mask, |c: [u8; 1]| u32::from(c[0]), &mut pixels),
-                    (2, false) => mono(
-                        fb,
-                        l,
-                        mask,
-                        |c: [u8; 2]| u32::from(u16::from_le_bytes(c)),
-                        &mut pixels,
-                    ),
-                    (2, true) => mono(
-                        fb,
-                        l,
-                        mask,
-                        |c: [u8; 2]| u32::from(u16::from_be_bytes(c)),
-                        &mut pixels,
-                    ),
-                    (_, false) => mono(fb, l, mask, u32::from_le_bytes, &mut pixels),
-                    (_, true) => mono(fb, l, mask, u32::from_be_bytes, &mut pixels),
-                };
+        let fb = buf.slice(start..start + frame_bytes);
+        let samples = match l.color {
+            Color::AsIs if !l.big_endian && (spp == 1 || !l.planar) => {
+                // The hot path (CT, MR, CR, DX, interleaved RGB): the bytes as they are.
+                Samples::new(fb, stored)
             }
-            (Color::AsIs, _) | (Color::YbrFull, _) => {
+            Color::AsIs => {
+                // Big endian, or planar colour: little endian, pixel-interleaved bytes of our own.
+                let mut out = Vec::with_capacity(frame_bytes);
+                for p in 0..px {
+                    for s in 0..spp {
+                        let off = if l.planar {
+                            (s * px + p) * bps
+                        } else {
+                            (p * spp + s) * bps
+                        };
+                        out.extend_from_slice(&raw_sample(&fb, off, l).to_le_bytes()[..bps]);
+                    }
+                }
+                Samples::new(out, stored)
+            }
+            Color::YbrFull => {
+                let mut out = Vec::with_capacity(px * 3);
                 for p in 0..px {
                     let mut s3 = [0f32; 3];
                     for (s, slot) in s3.iter_mut().enumerate().take(spp.min(3)) {
@@ -218,40 +171,27 @@ pub(crate) fn to_frames(buf: &[u8], l: &Layout) -> Result<Vec<Frame>, DecodeErro
                         } else {
                             (p * spp + s) * bps
                         };
-                        *slot = sample(fb, off, l, mask);
+                        *slot = stored.value(raw_sample(&fb, off, l));
                     }
-                    let rgb = if l.color == Color::YbrFull {
-                        ybr_to_rgb(s3[0], s3[1], s3[2])
-                    } else {
-                        s3
-                    };
-                    for v in rgb {
-                        push(v, &mut pixels);
-                    }
+                    let [y, cb, cr] = s3;
+                    out.extend(ybr_to_rgb(y, cb, cr).map(|v| v as u8));
                 }
+                Samples::new(out, SampleFormat::U8)
             }
-            (Color::YbrFull422, _) => {
+            Color::YbrFull422 => {
                 // Y1 Y2 Cb Cr -> (Y1 Cb Cr) (Y2 Cb Cr); columns are even (checked by caller)
+                let mut out = Vec::with_capacity(px * 3);
+                let v = |o: usize| stored.value(raw_sample(&fb, o, l));
                 for pair in 0..px / 2 {
                     let o = pair * 4 * bps;
-                    let y1 = sample(fb, o, l, mask);
-                    let y2 = sample(fb, o + bps, l, mask);
-                    let cb = sample(fb, o + 2 * bps, l, mask);
-                    let cr = sample(fb, o + 3 * bps, l, mask);
-                    for v in ybr_to_rgb(y1, cb, cr)
-                        .into_iter()
-                        .chain(ybr_to_rgb(y2, cb, cr))
-                    {
-                        push(v, &mut pixels);
-                    }
+                    let (y1, y2, cb, cr) = (v(o), v(o + bps), v(o + 2 * bps), v(o + 3 * bps));
+                    out.extend(ybr_to_rgb(y1, cb, cr).map(|v| v as u8));
+                    out.extend(ybr_to_rgb(y2, cb, cr).map(|v| v as u8));
                 }
+                Samples::new(out, SampleFormat::U8)
             }
-        }
-        if pixels.is_empty() {
-            min = 0.0;
-            max = 0.0;
-        }
-        frames.push(Frame { pixels, min, max });
+        };
+        frames.push(Frame::new(samples));
     }
     Ok(frames)
 }
@@ -282,19 +222,10 @@ pub(crate) fn to_frames_1bit(
     }
     let mut out = Vec::with_capacity(frames as usize);
     for f in 0..frames as usize {
-        let mut pixels = Vec::with_capacity(px);
-        let (mut min, mut max) = (f32::INFINITY, f32::NEG_INFINITY);
-        for i in f * px..(f + 1) * px {
-            let bit = buf.get(i / 8).map_or(0, |b| (b >> (i % 8)) & 1);
-            let v = f32::from(bit);
-            min = min.min(v);
-            max = max.max(v);
-            pixels.push(v);
-        }
-        if pixels.is_empty() {
-            (min, max) = (0.0, 0.0);
-        }
-        out.push(Frame { pixels, min, max });
+        let pixels: Vec<u8> = (f * px..(f + 1) * px)
+            .map(|i| buf.get(i / 8).map_or(0, |b| (b >> (i % 8)) & 1))
+            .collect();
+        out.push(Frame::new(Samples::new(pixels, SampleFormat::U8)));
     }
     Ok(out)
 }

@@ -134,10 +134,10 @@ fn decodes_small_unsigned() {
     assert_eq!(d.meta.rescale_slope, 1.0);
     assert_eq!(d.frames.len(), 1);
     assert_eq!(
-        d.frames[0].pixels,
+        values(&d.frames[0]),
         vec![0.0, 100.0, 200.0, 300.0, 400.0, 500.0]
     );
-    assert_eq!((d.frames[0].min, d.frames[0].max), (0.0, 500.0));
+    assert_eq!(d.frames[0].min_max(), (0.0, 500.0));
     // patient id is present but redacted from Debug output
     assert_eq!(d.meta.patient_id.as_deref(), Some("SECRET-ID"));
     assert!(!format!("{:?}", d.meta).contains("SECRET"));
@@ -147,7 +147,7 @@ fn decodes_small_unsigned() {
 fn accepts_bytes_without_preamble() {
     let bytes = build(Spec::default());
     let d = decode_instance(&bytes[128..], &Limits::default()).expect("decodes");
-    assert_eq!(d.frames[0].pixels.len(), 6);
+    assert_eq!(d.frames[0].samples().len(), 6);
 }
 
 #[test]
@@ -162,10 +162,10 @@ fn signed_bits_stored_sign_extension_and_mask() {
     });
     let d = decode_instance(&bytes, &Limits::default()).expect("decodes");
     assert_eq!(
-        d.frames[0].pixels,
+        values(&d.frames[0]),
         vec![-1.0, -2048.0, 2047.0, 1.0, 0.0, 5.0]
     );
-    assert_eq!((d.frames[0].min, d.frames[0].max), (-2048.0, 2047.0));
+    assert_eq!(d.frames[0].min_max(), (-2048.0, 2047.0));
 }
 
 #[test]
@@ -187,8 +187,14 @@ fn multiframe_and_planar_rgb() {
     });
     let d = decode_instance(&bytes, &Limits::default()).expect("decodes");
     assert_eq!(d.frames.len(), 2);
-    assert_eq!(d.frames[0].pixels, vec![1.0, 10.0, 100.0, 2.0, 20.0, 200.0]);
-    assert_eq!(d.frames[1].pixels, vec![3.0, 30.0, 130.0, 4.0, 40.0, 140.0]);
+    assert_eq!(
+        values(&d.frames[0]),
+        vec![1.0, 10.0, 100.0, 2.0, 20.0, 200.0]
+    );
+    assert_eq!(
+        values(&d.frames[1]),
+        vec![3.0, 30.0, 130.0, 4.0, 40.0, 140.0]
+    );
     assert_eq!(d.meta.photometric, Photometric::Rgb);
 }
 
@@ -207,7 +213,7 @@ fn ybr_full_422_expands_and_converts() {
     });
     let d = decode_instance(&bytes, &Limits::default()).expect("decodes");
     assert_eq!(
-        d.frames[0].pixels,
+        values(&d.frames[0]),
         vec![50.0, 50.0, 50.0, 200.0, 200.0, 200.0]
     );
     assert_eq!(d.meta.photometric_original, "YBR_FULL_422");
@@ -277,12 +283,13 @@ fn dims_over_limit_before_decoding() {
 fn decoded_size_over_limit_before_decoding() {
     let bytes = oversized();
     let limits = Limits {
-        max_decoded_bytes: 3599,
+        max_decoded_bytes: 1799,
         ..Limits::default()
     };
     let e = err(&bytes, &limits);
     assert_eq!(e.code(), "decoded_too_large");
-    assert!(e.to_string().contains("3600 bytes"), "{e}");
+    // 300 x 3 samples of 2 bytes: the stored size, not f32
+    assert!(e.to_string().contains("1800 bytes"), "{e}");
 }
 
 #[test]
@@ -428,7 +435,7 @@ fn one_bit_packed_multiframe() {
         ..Spec::default()
     });
     let d = decode_instance(&bytes, &Limits::default()).expect("decodes");
-    let got: Vec<Vec<f32>> = d.frames.iter().map(|f| f.pixels.clone()).collect();
+    let got: Vec<Vec<f32>> = d.frames.iter().map(values).collect();
     assert_eq!(
         got,
         vec![
@@ -564,7 +571,7 @@ fn raw_builders_produce_files_that_decode() {
         let d = decode_instance(&nested_file(0, ts), &Limits::default())
             .unwrap_or_else(|r| panic!("{ts}: {r}"));
         assert_eq!(
-            d.frames[0].pixels,
+            values(&d.frames[0]),
             vec![0.0, 100.0, 200.0, 300.0, 400.0, 500.0],
             "{ts}"
         );
@@ -634,7 +641,7 @@ fn un_of_undefined_length_is_read_as_implicit_vr() {
     item.extend_from_slice(&ITEM_END);
     let d = decode_instance(&un_file(&item), &Limits::default()).expect("decodes");
     assert_eq!(
-        d.frames[0].pixels,
+        values(&d.frames[0]),
         vec![0.0, 100.0, 200.0, 300.0, 400.0, 500.0]
     );
 }
@@ -680,7 +687,7 @@ fn deflated_data_set_is_inflated_with_a_cap() {
     let file = part10(DEFLATED, &deflate(&ds));
     assert!(file.len() < 8 << 10, "{} bytes", file.len());
     let d = decode_instance(&file, &Limits::default()).expect("under the cap");
-    assert_eq!(d.frames[0].pixels.len(), 512 * 512);
+    assert_eq!(d.frames[0].samples().len(), 512 * 512);
     let limits = Limits {
         max_instance_bytes: 64 << 10,
         ..Limits::default()
@@ -948,7 +955,7 @@ fn a_deflated_data_set_holds_the_budget_while_it_is_inflated() {
     // first the inflation (its size unknown: the cap), given back before the decoded size is asked for
     assert_eq!(
         *budget.asked.lock().expect("lock"),
-        vec![(limits.max_instance_bytes as u64, 0), (2 * 3 * 4, 0)]
+        vec![(limits.max_instance_bytes as u64, 0), (2 * 3 * 2, 0)]
     );
     drop(d);
     assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 0);
@@ -964,7 +971,11 @@ fn decoded_size_is_reserved_once_before_decoding() {
     let d = decode_instance_with_budget(&build(Spec::default()), &Limits::default(), Some(&budget))
         .expect("decodes");
     assert!(d.reservation.is_some());
-    assert_eq!(*budget.reserved.lock().expect("lock"), vec![2 * 3 * 4]);
+    assert_eq!(
+        *budget.reserved.lock().expect("lock"),
+        vec![2 * 3 * 2],
+        "2x3 stored 16-bit samples"
+    );
     assert!(decode_instance(&build(Spec::default()), &Limits::default())
         .expect("decodes")
         .reservation
@@ -1175,7 +1186,7 @@ fn the_header_is_the_full_decodes_metadata_without_decoding_pixels() {
         assert_eq!(decoded.frames, full.frames, "{name}");
         assert_eq!(
             *budget.reserved.lock().expect("lock"),
-            vec![full.frames.len() as u64 * full.frames[0].pixels.len() as u64 * 4],
+            vec![full.frames.len() as u64 * full.frames[0].samples().as_bytes().len() as u64],
             "{name}"
         );
 
@@ -1237,7 +1248,7 @@ fn a_deflated_instances_header_holds_the_budget_until_it_is_dropped() {
     let d = header.decode_pixels(Some(&budget)).expect("decodes");
     assert_eq!(
         budget.asked.lock().expect("lock")[1..],
-        [(limits.max_instance_bytes as u64, 0), (2 * 3 * 4, 0)]
+        [(limits.max_instance_bytes as u64, 0), (2 * 3 * 2, 0)]
     );
     assert_eq!(budget.live.load(std::sync::atomic::Ordering::SeqCst), 1);
     drop(d);
@@ -1260,5 +1271,10 @@ fn a_header_can_move_to_another_thread() {
     let d = std::thread::scope(|s| s.spawn(move || header.decode_pixels(None)).join())
         .expect("thread")
         .expect("decodes");
-    assert_eq!(d.frames[0].pixels.len(), 6);
+    assert_eq!(d.frames[0].samples().len(), 6);
+}
+
+/// A frame's values as pydicom's `pixel_array` gives them.
+fn values(f: &Frame) -> Vec<f32> {
+    f.samples().values().collect()
 }

@@ -210,7 +210,8 @@ impl Intake {
                             Admission::Duplicate => Decoded::Duplicate,
                             Admission::Decode(pins) => Decoded::Pixels {
                                 meta,
-                                result: header.decode_pixels(Some(budget.as_ref())),
+                                // native pixels stay in the message: its bytes are the frames
+                                result: header.decode_pixels_sharing(&dicom, Some(budget.as_ref())),
                                 pins,
                                 routes,
                             },
@@ -218,6 +219,8 @@ impl Intake {
                     }
                 },
             };
+            // The request's share ends with the decode; where the frames are slices of the message,
+            // their decoded-bytes reservation goes on counting those bytes.
             drop(dicom);
             drop(request_share);
             (guard, outcome)

@@ -110,7 +110,7 @@ impl Stacks {
         let frame_bytes = instance
             .frames
             .first()
-            .map_or(0, |f| std::mem::size_of_val(f.pixels.as_slice()) as u64);
+            .map_or(0, |f| f.samples().as_bytes().len() as u64);
         entry.frame_bytes.insert(series.clone(), frame_bytes);
         let position = results::slice_position(meta);
         let mut ready = Vec::new();

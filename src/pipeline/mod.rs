@@ -3,7 +3,11 @@
 //! company), preprocessed in one GPU dispatch and scored in one ONNX Runtime call. The queue bound is the
 //! backpressure: a full queue makes submitters wait, which stops their streams reading, which makes
 //! HTTP/2 flow control slow the pushers down. Decoding runs before this stage on the blocking pool, so
-//! decode of later slices overlaps preprocessing and scoring of earlier ones.
+//! decode of later slices overlaps preprocessing and scoring of earlier ones; and the engine itself is
+//! two threads with a one-batch queue between them — `radstream-batch` collects and preprocesses batch
+//! i+1 while `radstream-engine` runs the model on batch i — so neither the GPU upload and dispatch nor
+//! the CPU resize waits for the model call, and vice versa (input buffers go back to the batcher for
+//! reuse: three exist at most).
 //!
 //! One bad slice never fails its neighbours: a batch whose model call fails is retried slice by slice,
 //! and a slice whose pixels the preprocessor refuses is answered with its own error before batching.
@@ -89,11 +93,21 @@ pub enum EngineHealth {
     Stopped,
 }
 
-/// Shared by the worker (which stamps its calls), the watchdog (which compares) and the engine handle.
+/// The engine's two threads, each stamping its own calls.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    /// Batching and preprocessing (`radstream-batch`).
+    Preprocess = 0,
+    /// The model call (`radstream-engine`).
+    Score = 1,
+}
+
+/// Shared by the stages (which stamp their calls), the watchdog (which compares) and the engine handle.
 struct Vitals {
     epoch: Instant,
-    /// When the current call began, in nanoseconds since `epoch`, plus one; 0 = no call running.
-    busy_since: AtomicU64,
+    /// Per [`Stage`]: when its current call began, in nanoseconds since `epoch`, plus one; 0 = no call
+    /// running.
+    busy_since: [AtomicU64; 2],
     stall_timeout_nanos: AtomicU64,
     ended: AtomicBool,
     /// The engine handle was dropped: the worker ending is expected, not news.
@@ -107,7 +121,7 @@ impl Vitals {
     fn new(stall_timeout: Duration) -> Self {
         Self {
             epoch: Instant::now(),
-            busy_since: AtomicU64::new(0),
+            busy_since: [AtomicU64::new(0), AtomicU64::new(0)],
             stall_timeout_nanos: AtomicU64::new(nanos(stall_timeout)),
             ended: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -120,24 +134,26 @@ impl Vitals {
         Duration::from_nanos(self.stall_timeout_nanos.load(Ordering::Relaxed))
     }
 
-    fn call_started(&self) {
+    fn call_started(&self, stage: Stage) {
         let now = nanos(self.epoch.elapsed()).saturating_add(1);
-        self.busy_since.store(now, Ordering::Release);
+        self.busy_since[stage as usize].store(now, Ordering::Release);
     }
 
-    fn call_ended(&self) {
-        self.busy_since.store(0, Ordering::Release);
+    fn call_ended(&self, stage: Stage) {
+        self.busy_since[stage as usize].store(0, Ordering::Release);
     }
 
     fn assess(&self) -> EngineHealth {
         if self.ended.load(Ordering::Acquire) {
             return EngineHealth::Stopped;
         }
-        let since = self.busy_since.load(Ordering::Acquire);
-        if since != 0 {
-            let running = nanos(self.epoch.elapsed()).saturating_sub(since - 1);
-            if running > self.stall_timeout_nanos.load(Ordering::Relaxed) {
-                return EngineHealth::Stalled;
+        for busy in &self.busy_since {
+            let since = busy.load(Ordering::Acquire);
+            if since != 0 {
+                let running = nanos(self.epoch.elapsed()).saturating_sub(since - 1);
+                if running > self.stall_timeout_nanos.load(Ordering::Relaxed) {
+                    return EngineHealth::Stalled;
+                }
             }
         }
         if self.failed_in_a_row.load(Ordering::Acquire) >= FAILING_AFTER {
@@ -196,13 +212,14 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// Lives on the worker thread's stack: dropped however the thread ends, panics included.
-struct ExitGuard(Arc<Vitals>);
+/// Lives on each stage thread's stack: dropped however the thread ends, panics included. Either
+/// stage ending stops the engine (the other cannot go on alone).
+struct ExitGuard(Arc<Vitals>, Stage);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         self.0.ended.store(true, Ordering::Release);
-        self.0.call_ended();
+        self.0.call_ended(self.1);
         if self.0.publish(EngineHealth::Stopped) {
             if std::thread::panicking() {
                 tracing::error!(
@@ -314,7 +331,8 @@ pub struct Engine {
     manifest: Arc<Manifest>,
     preprocess_path: &'static str,
     provider: crate::inference::ActiveProvider,
-    worker: Option<JoinHandle<()>>,
+    /// The batching/preprocessing thread and the scoring thread.
+    stages: Vec<JoinHandle<()>>,
     labels: Arc<ModelLabels>,
 }
 
@@ -372,26 +390,48 @@ impl Engine {
         let vitals = Arc::new(Vitals::new(Duration::from_secs_f64(
             crate::config::HealthConfig::default().stall_timeout_secs,
         )));
-        let worker = Worker {
+        // One batch being preprocessed, one waiting, one being scored: the waiting slot is the
+        // bounded queue between the stages; spent input buffers go back for reuse.
+        let (prepared_tx, prepared_rx) = std::sync::mpsc::sync_channel(1);
+        let (spent_tx, spent_rx) = std::sync::mpsc::channel();
+        let batcher = Batcher {
             rx,
-            session,
             preprocessor,
             spec: manifest.preprocess_spec(),
             max_batch: batching.max_batch.max(1),
             max_wait: Duration::from_millis(batching.max_wait_ms),
-            input: Vec::new(),
+            prepared: prepared_tx,
+            spent: spent_rx,
+            vitals: vitals.clone(),
+        };
+        let scorer = Scorer {
+            prepared: prepared_rx,
+            spent: spent_tx,
+            session,
+            per_slice: manifest.preprocess_spec().output_len(1),
             vitals: vitals.clone(),
             labels: labels.clone(),
-            timing: (Duration::ZERO, Duration::ZERO),
         };
-        let guard = ExitGuard(vitals.clone());
-        let handle = std::thread::Builder::new()
-            .name("radstream-engine".into())
-            .spawn(move || {
-                let _guard = guard;
-                worker.run(runtime)
-            })
-            .map_err(EngineError::Thread)?;
+        let spawn = |name: &str, stage: Stage, run: Box<dyn FnOnce() + Send>| {
+            let guard = ExitGuard(vitals.clone(), stage);
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let _guard = guard;
+                    run()
+                })
+                .map_err(EngineError::Thread)
+        };
+        let scoring = spawn(
+            "radstream-engine",
+            Stage::Score,
+            Box::new(move || scorer.run()),
+        )?;
+        let batching = spawn(
+            "radstream-batch",
+            Stage::Preprocess,
+            Box::new(move || batcher.run(runtime)),
+        )?;
         tokio::spawn(watchdog(Arc::downgrade(&vitals)));
         Ok(Self {
             tx: Some(tx),
@@ -400,7 +440,7 @@ impl Engine {
             manifest,
             preprocess_path,
             provider,
-            worker: Some(handle),
+            stages: vec![batching, scoring],
             labels,
         })
     }
@@ -423,9 +463,9 @@ impl Engine {
         &self.info
     }
 
-    /// False once the worker thread has ended (it only ends when the engine is dropped, or on a bug).
+    /// False once a stage thread has ended (they only end when the engine is dropped, or on a bug).
     pub fn is_healthy(&self) -> bool {
-        self.worker.as_ref().is_some_and(|w| !w.is_finished())
+        !self.stages.is_empty() && self.stages.iter().all(|t| !t.is_finished())
     }
 
     /// The engine's health, as it changes (see the module docs).
@@ -560,41 +600,54 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.vitals.closing.store(true, Ordering::Release);
         self.tx.take();
-        let Some(worker) = self.worker.take() else {
-            return;
-        };
-        while !worker.is_finished() {
-            if self.vitals.assess() == EngineHealth::Stalled {
-                tracing::error!(
-                    "the scoring engine's worker is stuck in a call past the stall timeout; \
-                     leaving it behind"
-                );
-                return;
+        // The batcher ends once the queue is drained, which closes the scorer's queue in turn.
+        for stage in std::mem::take(&mut self.stages) {
+            while !stage.is_finished() {
+                if self.vitals.assess() == EngineHealth::Stalled {
+                    tracing::error!(
+                        "the scoring engine's worker is stuck in a call past the stall timeout; \
+                         leaving it behind"
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if worker.join().is_err() {
-            tracing::error!("the scoring engine's worker panicked while shutting down");
+            if stage.join().is_err() {
+                tracing::error!("the scoring engine's worker panicked while shutting down");
+            }
         }
     }
 }
 
-struct Worker {
+/// A batch preprocessed and waiting for the model: the scorer's work item.
+struct Prepared {
+    jobs: Vec<SliceJob>,
+    /// `jobs.len()` model inputs, NCHW.
+    input: Vec<f32>,
+    /// Per job: the window its (centre) slice was preprocessed with.
+    windows: Vec<Option<WindowChoice>>,
+    /// Per job: how long it waited in the queue.
+    queued: Vec<Duration>,
+    preprocess: Duration,
+    preprocessed_at: SystemTime,
+}
+
+/// Collects batches from the queue and preprocesses them, while the scorer runs the model on the
+/// previous batch: decode (on the blocking pool), preprocessing and scoring of consecutive batches
+/// overlap, each stage bounded by the queue in front of it.
+struct Batcher {
     rx: mpsc::Receiver<Job>,
-    session: ModelSession,
     preprocessor: Box<dyn Preprocessor>,
     spec: PreprocessSpec,
     max_batch: usize,
     max_wait: Duration,
-    /// The NCHW batch buffer, reused across batches.
-    input: Vec<f32>,
+    prepared: std::sync::mpsc::SyncSender<Prepared>,
+    /// Input buffers the scorer is done with.
+    spent: std::sync::mpsc::Receiver<Vec<f32>>,
     vitals: Arc<Vitals>,
-    labels: Arc<ModelLabels>,
-    /// The last `score` call's preprocess and model times.
-    timing: (Duration, Duration),
 }
 
-impl Worker {
+impl Batcher {
     fn run(mut self, runtime: tokio::runtime::Handle) {
         // Timers are created on this thread: they need the runtime's context.
         let _context = runtime.enter();
@@ -629,82 +682,93 @@ impl Worker {
             }
             // A stream that went away no longer waits for these: skip their work.
             batch.retain(|job| !job.reply.is_closed());
-            self.process(&mut batch);
+            if !self.process(&mut batch) {
+                return; // the scorer has ended
+            }
             batch.clear();
         }
     }
 
-    fn process(&mut self, batch: &mut Vec<SliceJob>) {
+    /// Preprocesses `batch` and hands it to the scorer; a batch the preprocessor refuses is retried
+    /// slice by slice, so one bad slice fails alone. False once the scorer is gone.
+    fn process(&mut self, batch: &mut Vec<SliceJob>) -> bool {
         if batch.is_empty() {
-            return;
+            return true;
         }
         let queued: Vec<Duration> = batch.iter_mut().map(|job| job.queued.leave()).collect();
-        match self.score_guarded(batch) {
-            Ok(results) => {
-                self.batch_scored(&queued);
-                for (job, result) in batch.drain(..).zip(results) {
-                    self.answer(job, Ok(result));
-                }
+        let jobs = std::mem::take(batch);
+        match self.prepare_guarded(&jobs) {
+            Ok((input, windows, preprocess)) => {
+                self.hand_over(jobs, input, windows, queued, preprocess)
             }
-            Err(e) if batch.len() > 1 => {
+            Err(e) if jobs.len() > 1 => {
                 tracing::warn!(
-                    batch = batch.len(),
+                    batch = jobs.len(),
                     "batch failed ({e}); scoring its slices one by one"
                 );
-                for (job, queued) in batch.drain(..).zip(queued) {
-                    let result = self
-                        .score_guarded(std::slice::from_ref(&job))
-                        .map(|mut r| r.remove(0));
-                    if result.is_ok() {
-                        self.batch_scored(&[queued]);
+                for (job, queued) in jobs.into_iter().zip(queued) {
+                    let one = std::slice::from_ref(&job);
+                    match self.prepare_guarded(one) {
+                        Ok((input, windows, preprocess)) => {
+                            if !self.hand_over(vec![job], input, windows, vec![queued], preprocess)
+                            {
+                                return false;
+                            }
+                        }
+                        Err(e) => answer(&self.vitals, job, Err(e)),
                     }
-                    self.answer(job, result);
                 }
+                true
             }
             Err(e) => {
-                if let Some(job) = batch.pop() {
-                    self.answer(job, Err(e));
+                if let Some(job) = jobs.into_iter().next() {
+                    answer(&self.vitals, job, Err(e));
                 }
+                true
             }
         }
     }
 
-    fn batch_scored(&self, queued: &[Duration]) {
-        events::BatchScored {
-            model: &self.labels,
-            size: queued.len(),
-            queued,
-            preprocess: self.timing.0,
-            score: self.timing.1,
-        }
-        .emit();
+    fn hand_over(
+        &mut self,
+        jobs: Vec<SliceJob>,
+        input: Vec<f32>,
+        windows: Vec<Option<WindowChoice>>,
+        queued: Vec<Duration>,
+        preprocess: Duration,
+    ) -> bool {
+        self.prepared
+            .send(Prepared {
+                jobs,
+                input,
+                windows,
+                queued,
+                preprocess,
+                preprocessed_at: SystemTime::now(),
+            })
+            .is_ok()
     }
 
-    /// Answers one slice, counting it towards the engine's health.
-    fn answer(&self, job: SliceJob, result: Result<ScoredSlice, EngineError>) {
-        self.vitals.slice_answered(&result);
-        self.vitals.update();
-        let _ = job.reply.send(result);
-    }
-
-    /// `score`, with a panic in a codec, driver or runtime turned into this batch's error: the worker
-    /// (shared by every stream) must outlive any one bad slice.
-    fn score_guarded(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
+    /// `prepare`, with a panic in a driver or the preprocessor turned into this batch's error: the
+    /// stage (shared by every stream) must outlive any one bad slice.
+    #[allow(clippy::type_complexity)]
+    fn prepare_guarded(
+        &mut self,
+        batch: &[SliceJob],
+    ) -> Result<(Vec<f32>, Vec<Option<WindowChoice>>, Duration), EngineError> {
         // Stamped for the watchdog: a call that never returns turns health NOT_SERVING.
-        self.vitals.call_started();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.score(batch)));
-        self.vitals.call_ended();
-        outcome.unwrap_or_else(|payload| {
-            let detail = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Panicked(detail))
-        })
+        self.vitals.call_started(Stage::Preprocess);
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prepare(batch)));
+        self.vitals.call_ended(Stage::Preprocess);
+        outcome.unwrap_or_else(|payload| Err(EngineError::Panicked(panic_detail(&payload))))
     }
 
-    fn score(&mut self, batch: &[SliceJob]) -> Result<Vec<ScoredSlice>, EngineError> {
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        &mut self,
+        batch: &[SliceJob],
+    ) -> Result<(Vec<f32>, Vec<Option<WindowChoice>>, Duration), EngineError> {
         let n = batch.len();
         let views = batch_views(batch)?;
         let stack = self.spec.stack();
@@ -717,36 +781,156 @@ impl Worker {
                 ),
             }));
         }
-        let per_slice = (self.spec.channels * self.spec.height * self.spec.width) as usize;
-        self.input.resize(n * per_slice, 0.0);
+        // A buffer the scorer gave back, else a new one (at most three exist: one here, one
+        // waiting, one being scored).
+        let mut input = self.spent.try_recv().unwrap_or_default();
+        input.resize(self.spec.output_len(n), 0.0);
         let started = Instant::now();
         self.preprocessor
-            .preprocess(&self.spec, &views, &mut self.input)?;
-        let preprocessed_at = SystemTime::now();
-        let preprocessed = Instant::now();
-        let BatchScores { scores, map } = self.session.run(&self.input, n)?;
-        let scored_at = SystemTime::now();
-        self.timing = (preprocessed - started, preprocessed.elapsed());
-        let labels = scores.len() / n.max(1);
-        Ok((0..n)
-            .map(|i| ScoredSlice {
-                // The centre view's: the stack is windowed with it.
-                window: choose_window(&self.spec, &views[i * stack + stack / 2]),
-                scores: scores[i * labels..(i + 1) * labels].to_vec(),
-                map: map.as_ref().map(|m| {
-                    let cell = labels * m.height * m.width;
-                    SliceMap {
-                        values: m.values[i * cell..(i + 1) * cell].to_vec(),
-                        height: m.height,
-                        width: m.width,
-                    }
-                }),
-                preprocessed_at,
-                scored_at,
-                batch_size: n,
-            })
-            .collect())
+            .preprocess(&self.spec, &views, &mut input)?;
+        // The centre view's: the stack is windowed with it.
+        let windows = (0..n)
+            .map(|i| choose_window(&self.spec, &views[i * stack + stack / 2]))
+            .collect();
+        Ok((input, windows, started.elapsed()))
     }
+}
+
+/// Runs the model on preprocessed batches and answers their slices.
+struct Scorer {
+    prepared: std::sync::mpsc::Receiver<Prepared>,
+    spent: std::sync::mpsc::Sender<Vec<f32>>,
+    session: ModelSession,
+    /// Model input values per slice (C·H·W).
+    per_slice: usize,
+    vitals: Arc<Vitals>,
+    labels: Arc<ModelLabels>,
+}
+
+impl Scorer {
+    fn run(mut self) {
+        while let Ok(batch) = self.prepared.recv() {
+            self.process(batch);
+        }
+    }
+
+    fn process(&mut self, batch: Prepared) {
+        let Prepared {
+            jobs,
+            input,
+            windows,
+            queued,
+            preprocess,
+            preprocessed_at,
+        } = batch;
+        let n = jobs.len();
+        let started = Instant::now();
+        match self.score_guarded(&input, n) {
+            Ok(scores) => {
+                self.batch_scored(&queued, preprocess, started.elapsed());
+                let scored_at = SystemTime::now();
+                for (i, (job, window)) in jobs.into_iter().zip(windows).enumerate() {
+                    let slice = scored_slice(&scores, i, n, window, preprocessed_at, scored_at);
+                    answer(&self.vitals, job, Ok(slice));
+                }
+            }
+            Err(e) if n > 1 => {
+                tracing::warn!(
+                    batch = n,
+                    "batch failed ({e}); scoring its slices one by one"
+                );
+                let per = self.per_slice;
+                for (i, ((job, window), queued)) in
+                    jobs.into_iter().zip(windows).zip(queued).enumerate()
+                {
+                    let one = input.get(i * per..(i + 1) * per).unwrap_or(&[]);
+                    let started = Instant::now();
+                    let result = self.score_guarded(one, 1).map(|scores| {
+                        self.batch_scored(&[queued], preprocess / n as u32, started.elapsed());
+                        scored_slice(&scores, 0, 1, window, preprocessed_at, SystemTime::now())
+                    });
+                    answer(&self.vitals, job, result);
+                }
+            }
+            Err(e) => {
+                if let Some(job) = jobs.into_iter().next() {
+                    answer(&self.vitals, job, Err(e));
+                }
+            }
+        }
+        let _ = self.spent.send(input);
+    }
+
+    fn batch_scored(&self, queued: &[Duration], preprocess: Duration, score: Duration) {
+        events::BatchScored {
+            model: &self.labels,
+            size: queued.len(),
+            queued,
+            preprocess,
+            score,
+        }
+        .emit();
+    }
+
+    /// The model call, with a panic in the runtime or a provider turned into this batch's error.
+    fn score_guarded(&mut self, input: &[f32], n: usize) -> Result<BatchScores, EngineError> {
+        self.vitals.call_started(Stage::Score);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.session.run(input, n).map_err(EngineError::from)
+        }));
+        self.vitals.call_ended(Stage::Score);
+        outcome.unwrap_or_else(|payload| Err(EngineError::Panicked(panic_detail(&payload))))
+    }
+}
+
+/// Slice `i` of a batch of `n`'s scores and map.
+fn scored_slice(
+    batch: &BatchScores,
+    i: usize,
+    n: usize,
+    window: Option<WindowChoice>,
+    preprocessed_at: SystemTime,
+    scored_at: SystemTime,
+) -> ScoredSlice {
+    let labels = batch.scores.len() / n.max(1);
+    ScoredSlice {
+        window,
+        scores: batch
+            .scores
+            .get(i * labels..(i + 1) * labels)
+            .unwrap_or(&[])
+            .to_vec(),
+        map: batch.map.as_ref().map(|m| {
+            let cell = labels * m.height * m.width;
+            SliceMap {
+                values: m
+                    .values
+                    .get(i * cell..(i + 1) * cell)
+                    .unwrap_or(&[])
+                    .to_vec(),
+                height: m.height,
+                width: m.width,
+            }
+        }),
+        preprocessed_at,
+        scored_at,
+        batch_size: n,
+    }
+}
+
+/// Answers one slice, counting it towards the engine's health.
+fn answer(vitals: &Vitals, job: SliceJob, result: Result<ScoredSlice, EngineError>) {
+    vitals.slice_answered(&result);
+    vitals.update();
+    let _ = job.reply.send(result);
+}
+
+fn panic_detail(payload: &Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]
@@ -807,7 +991,8 @@ mod tests {
         let mut tiny = (*good).clone();
         tiny.meta.rows = 1;
         tiny.meta.cols = 1;
-        tiny.frames[0].pixels = vec![0.0];
+        tiny.frames[0] =
+            decode::Frame::new(decode::Samples::from_values([0], decode::SampleFormat::U8));
         let tiny = Arc::new(tiny);
 
         // One batch: good, tiny, good.
@@ -976,7 +1161,7 @@ mod tests {
         assert_eq!(views.len(), want.len());
         for (v, &i) in views.iter().zip(&want) {
             assert!(
-                std::ptr::eq(v.pixels, slices[i].frames[0].pixels.as_slice()),
+                std::ptr::eq(v.frame, &slices[i].frames[0]),
                 "views in stack order"
             );
         }

@@ -1,9 +1,13 @@
 //! CPU reference implementation.
 //!
 //! This is the oracle the GPU kernel is tested against and the fallback when no
-//! adapter is available, so it favours mirroring `shaders/preprocess.wgsl`
-//! operation for operation (same f32 formulas, same order, window/convert each
-//! bilinear tap before interpolating) over speed.
+//! adapter is available, so it mirrors `shaders/preprocess.wgsl` operation for
+//! operation (same f32 formulas, same order, window/convert each bilinear tap
+//! before interpolating). It reads only the stored samples its taps need (4 per
+//! output pixel), through a reader compiled once per sample width, so its cost
+//! follows the model's input size, not the slice's.
+
+use crate::decode::{ReadWith, SampleRead};
 
 use super::{
     resolve_batch, PreprocessError, PreprocessSpec, Preprocessor, SliceParams, SliceView,
@@ -50,7 +54,12 @@ impl Preprocessor for CpuPreprocessor {
                     .zip(dst.chunks_exact_mut(plane))
                     .enumerate()
                 {
-                    view_to_plane(spec, p, s.pixels, c, plane_out);
+                    s.frame.samples().reader(ToPlane {
+                        spec,
+                        p,
+                        c,
+                        dst: plane_out,
+                    });
                 }
             }
             return Ok(());
@@ -60,9 +69,36 @@ impl Preprocessor for CpuPreprocessor {
             .zip(&params)
             .zip(out.chunks_exact_mut(per_slice))
         {
-            slice_to_chw(spec, p, s.pixels, dst);
+            s.frame.samples().reader(ToChw { spec, p, dst });
         }
         Ok(())
+    }
+}
+
+/// [`slice_to_chw`] for one frame, specialised to its sample width.
+struct ToChw<'a> {
+    spec: &'a PreprocessSpec,
+    p: &'a SliceParams,
+    dst: &'a mut [f32],
+}
+
+impl ReadWith<()> for ToChw<'_> {
+    fn call<S: SampleRead>(self, px: &S) {
+        slice_to_chw(self.spec, self.p, px, self.dst)
+    }
+}
+
+/// [`view_to_plane`] for one view of a stack, specialised to its sample width.
+struct ToPlane<'a> {
+    spec: &'a PreprocessSpec,
+    p: &'a SliceParams,
+    c: usize,
+    dst: &'a mut [f32],
+}
+
+impl ReadWith<()> for ToPlane<'_> {
+    fn call<S: SampleRead>(self, px: &S) {
+        view_to_plane(self.spec, self.p, px, self.c, self.dst)
     }
 }
 
@@ -88,14 +124,14 @@ pub(crate) fn axis(i: u32, out: u32, n: u32) -> (u32, u32, f32) {
 /// One bilinear tap after rescale/window/invert/colour scaling and channel
 /// mapping; lanes beyond `channels` are unused.
 #[inline]
-fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3] {
+fn tap(p: &SliceParams, channels: u32, px: &impl SampleRead, iy: u32, ix: u32) -> [f32; 3] {
     let idx = (iy * p.cols + ix) as usize;
     if p.flags & FLAG_COLOR != 0 {
         let b = idx * 3;
         let c = [
-            (px[b] * p.color_scale).clamp(0.0, 1.0),
-            (px[b + 1] * p.color_scale).clamp(0.0, 1.0),
-            (px[b + 2] * p.color_scale).clamp(0.0, 1.0),
+            (px.at(b) * p.color_scale).clamp(0.0, 1.0),
+            (px.at(b + 1) * p.color_scale).clamp(0.0, 1.0),
+            (px.at(b + 2) * p.color_scale).clamp(0.0, 1.0),
         ];
         if channels == 1 {
             let l = 0.299f32 * c[0] + 0.587f32 * c[1] + 0.114f32 * c[2];
@@ -103,7 +139,7 @@ fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3]
         }
         return c;
     }
-    let v = px[idx] * p.slope + p.intercept;
+    let v = px.at(idx) * p.slope + p.intercept;
     // Channel k through window k (all equal when one window applies to every channel).
     let mut out = [0.0f32; 3];
     for (k, y) in out.iter_mut().enumerate().take(channels as usize) {
@@ -125,7 +161,13 @@ fn tap(p: &SliceParams, channels: u32, px: &[f32], iy: u32, ix: u32) -> [f32; 3]
 
 /// One monochrome view of a stack as output channel `c`: rescale, the (shared) window lane 0, invert,
 /// bilinear resize, normalisation with channel `c`'s mean and std.
-fn view_to_plane(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], c: usize, dst: &mut [f32]) {
+fn view_to_plane(
+    spec: &PreprocessSpec,
+    p: &SliceParams,
+    px: &impl SampleRead,
+    c: usize,
+    dst: &mut [f32],
+) {
     let (h, w) = (spec.height, spec.width);
     let cols: Vec<(u32, u32, f32)> = (0..w).map(|x| axis(x, w, p.cols)).collect();
     for y in 0..h {
@@ -143,7 +185,7 @@ fn view_to_plane(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], c: usize, d
     }
 }
 
-fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &[f32], dst: &mut [f32]) {
+fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &impl SampleRead, dst: &mut [f32]) {
     let (h, w, ch) = (spec.height, spec.width, spec.channels);
     let plane = h as usize * w as usize;
     // Column coordinates are the same for every row.
@@ -304,7 +346,7 @@ mod tests {
     #[test]
     fn hand_rgb() {
         let px = OwnedSlice {
-            pixels: vec![255.0, 0.0, 128.0],
+            pixels: wide(vec![255.0, 0.0, 128.0]),
             ..rgb8(1, 1, 0)
         };
         let b = 128.0f32 / 255.0;
@@ -322,7 +364,7 @@ mod tests {
         assert_close(&run(&plain(1, 1, 1, None), &[px]), &[0.299 + 0.114 * b]);
         // Values above 2^bits - 1 clamp to 1; the manifest window is ignored for colour.
         let px = OwnedSlice {
-            pixels: vec![300.0, 255.0, 51.0],
+            pixels: wide(vec![300.0, 255.0, 51.0]),
             ..rgb8(1, 1, 0)
         };
         let w = Some(Window {

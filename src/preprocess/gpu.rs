@@ -17,8 +17,8 @@
 use std::sync::mpsc;
 
 use super::{
-    resolve_batch, PreprocessError, PreprocessSpec, Preprocessor, SliceParams, SliceView,
-    SpecParams,
+    packed_len, resolve_batch, PreprocessError, PreprocessSpec, Preprocessor, SliceParams,
+    SliceView, SpecParams,
 };
 
 const SHADER: &str = include_str!(concat!(
@@ -263,7 +263,7 @@ impl GpuPreprocessor {
     ) -> Result<(), PreprocessError> {
         // Model slices: a context spec brings 2k+1 views for each.
         let n = (slices.len() / spec.stack()) as u32;
-        let in_bytes: u64 = slices.iter().map(|s| s.pixels.len() as u64 * 4).sum();
+        let in_bytes: u64 = slices.iter().map(packed_len).sum();
         let par_bytes = std::mem::size_of_val(params) as u64;
         let out_bytes = std::mem::size_of_val(out) as u64;
         self.check("packed input pixels (bytes)", in_bytes)?;
@@ -323,11 +323,24 @@ impl GpuPreprocessor {
         self.queue
             .write_buffer(self.params.get(), 0, bytemuck::cast_slice(params));
         for (s, p) in slices.iter().zip(params) {
-            self.queue.write_buffer(
-                self.input.get(),
-                p.offset as u64 * 4,
-                bytemuck::cast_slice(s.pixels),
-            );
+            // Stored samples as they are (2 bytes a pixel for CT); copies are whole words, so a
+            // slice's last partial word goes up padded.
+            let bytes = s.frame.samples().as_bytes();
+            let whole = bytes.len() / 4 * 4;
+            let (body, tail) = bytes.split_at(whole);
+            if !body.is_empty() {
+                self.queue
+                    .write_buffer(self.input.get(), u64::from(p.offset), body);
+            }
+            if !tail.is_empty() {
+                let mut word = [0u8; 4];
+                word[..tail.len()].copy_from_slice(tail);
+                self.queue.write_buffer(
+                    self.input.get(),
+                    u64::from(p.offset) + whole as u64,
+                    &word,
+                );
+            }
         }
 
         let mut encoder = self
@@ -613,6 +626,53 @@ mod tests {
         compare("constant frame", &spec(1, 4, 4, None), &flat);
     }
 
+    /// The kernel reads stored samples itself: 12 of 16 bits with junk in the high bits (an old
+    /// overlay), signed and not, signed 8-bit, 32-bit, and frames whose byte length is not a whole
+    /// number of words, in one dispatch. Each must give what its clean values give on the CPU.
+    #[test]
+    fn gpu_reads_stored_samples_masked_and_sign_extended() {
+        use crate::decode::{Frame, SampleFormat, Samples};
+        let raw = |values: &[i64], width: usize, bits: u16, signed: bool, junk: u32| {
+            let fmt = SampleFormat::new(width, bits, signed).expect("format");
+            let words = values
+                .iter()
+                .map(|&v| (v as u32 & ((1u64 << bits) - 1) as u32) | junk);
+            Frame::new(Samples::from_values(words.map(i64::from), fmt))
+        };
+        // 3 x 5 values: odd byte lengths at 1 and 2 bytes a sample.
+        let values: Vec<i64> = (0..15).map(|i| i * 97 % 2000 - 1000).collect();
+        let unsigned: Vec<i64> = values.iter().map(|v| v + 1000).collect();
+        let small: Vec<i64> = values.iter().map(|v| v / 10).collect();
+        let cases = [
+            (raw(&values, 2, 12, true, 0xF000), values.clone()),
+            (raw(&unsigned, 2, 12, false, 0xA000), unsigned.clone()),
+            (raw(&small, 1, 8, true, 0), small.clone()),
+            (raw(&values, 4, 20, true, 0xFF00_0000), values.clone()),
+        ];
+        let stored: Vec<OwnedSlice> = cases
+            .iter()
+            .map(|(f, _)| OwnedSlice::mono_stored(3, 5, f.clone(), 12))
+            .collect();
+        let clean: Vec<OwnedSlice> = cases
+            .iter()
+            .map(|(_, v)| OwnedSlice::mono(3, 5, v.iter().map(|&v| v as f32).collect()))
+            .collect();
+        for (wname, win) in windows() {
+            let sp = spec(1, 7, 9, win);
+            compare(&format!("stored {wname}"), &sp, &stored);
+            let mut want = vec![0.0; sp.output_len(clean.len())];
+            CpuPreprocessor
+                .preprocess(&sp, &views(&clean), &mut want)
+                .unwrap();
+            let mut got = vec![0.0; want.len()];
+            gpu().preprocess(&sp, &views(&stored), &mut got).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 1e-4, "{wname} index {i}: {g} vs {w}");
+            }
+        }
+    }
+
     #[test]
     fn gpu_matches_cpu_mixed_batches_and_buffer_reuse() {
         // Mixed kinds and sizes in one dispatch; then a larger and a smaller
@@ -707,7 +767,7 @@ mod tests {
     fn gpu_reports_invalid_input_and_limits() {
         let mut g = gpu();
         let s = [OwnedSlice {
-            pixels: vec![0.0; 5],
+            pixels: wide(vec![0.0; 5]),
             ..OwnedSlice::mono(2, 2, vec![])
         }];
         let mut out = vec![0.0; 16];
@@ -731,9 +791,9 @@ mod tests {
                 got: 15
             })
         ));
-        // Input 64*64*4 = 16 KiB over a pretend 8 KiB binding limit.
+        // Input 64*64*2 = 8 KiB of stored samples over a pretend 4 KiB binding limit.
         let real = g.max_batch_buffer_bytes();
-        g.set_max_binding_for_test(8 << 10);
+        g.set_max_binding_for_test(4 << 10);
         let r = g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out);
         g.set_max_binding_for_test(real);
         match r {

@@ -58,6 +58,8 @@ pub use gpu::GpuPreprocessor;
 /// RGB, so only MONOCHROME1/2 and RGB reach preprocessing).
 pub use crate::decode::{Photometric, Window};
 
+use crate::decode::Frame;
+
 /// What the model expects, taken from the manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessSpec {
@@ -201,8 +203,9 @@ impl PreprocessSpec {
 /// One decoded slice/frame, borrowed from the decoder's buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct SliceView<'a> {
-    /// Stored values, row-major, samples interleaved.
-    pub pixels: &'a [f32],
+    /// Stored values, row-major, samples interleaved, in their stored type; min/max computed on demand
+    /// (only the min/max window needs them).
+    pub frame: &'a Frame,
     pub rows: u32,
     pub cols: u32,
     /// Samples per pixel: 1 (monochrome) or 3 (RGB).
@@ -212,9 +215,6 @@ pub struct SliceView<'a> {
     pub rescale_intercept: f64,
     /// The file's WindowCenter/WindowWidth pairs in order, invalid ones included (they are skipped).
     pub file_windows: &'a [Window],
-    /// Min/max of the stored values (before rescale).
-    pub min: f32,
-    pub max: f32,
     pub bits_stored: u16,
     /// Modality (0008,0060) defined term, if the file has one: picks the manifest's per-modality windows.
     pub modality: Option<&'a str>,
@@ -226,7 +226,7 @@ impl<'a> SliceView<'a> {
         let f = instance.frames.get(frame)?;
         let m = &instance.meta;
         Some(Self {
-            pixels: &f.pixels,
+            frame: f,
             rows: m.rows,
             cols: m.cols,
             samples: u32::from(m.samples_per_pixel),
@@ -234,8 +234,6 @@ impl<'a> SliceView<'a> {
             rescale_slope: m.rescale_slope,
             rescale_intercept: m.rescale_intercept,
             file_windows: &m.windows,
-            min: f.min,
-            max: f.max,
             bits_stored: m.bits_stored,
             modality: m.modality.as_deref(),
         })
@@ -288,8 +286,8 @@ pub(crate) const FLAG_STEP: u32 = 4;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct SliceParams {
-    /// Offset of the slice's first value in the packed input (f32 elements).
-    /// The CPU path ignores it and indexes the slice's own pixels.
+    /// Byte offset of the slice's first stored sample in the packed input (a multiple of 4: each
+    /// slice starts on a word). The CPU path ignores it and reads the slice's own samples.
     pub offset: u32,
     pub rows: u32,
     pub cols: u32,
@@ -302,7 +300,10 @@ pub(crate) struct SliceParams {
     pub win_wm1: [f32; MAX_STACKED_WINDOWS],
     /// `1 / (2^bits_stored - 1)` for colour slices.
     pub color_scale: f32,
-    pub _pad: [f32; 3],
+    /// How the stored samples are read ([`crate::decode::SampleFormat`]): width | bits << 8 |
+    /// signed << 16.
+    pub format: u32,
+    pub _pad: [f32; 2],
 }
 
 /// Spec constants, laid out exactly as the shader's `Spec` uniform.
@@ -353,13 +354,11 @@ pub(crate) fn validate_slice(index: usize, s: &SliceView<'_>) -> Result<(), Prep
         ));
     }
     let expected = s.rows as u64 * s.cols as u64 * s.samples as u64;
-    if s.pixels.len() as u64 != expected {
+    let got = s.frame.samples().len();
+    if got as u64 != expected {
         return bad(format!(
-            "pixel count {} != rows*cols*samples = {}*{}*{} = {expected}",
-            s.pixels.len(),
-            s.rows,
-            s.cols,
-            s.samples
+            "pixel count {got} != rows*cols*samples = {}*{}*{} = {expected}",
+            s.rows, s.cols, s.samples
         ));
     }
     match (s.photometric, s.samples) {
@@ -374,9 +373,6 @@ pub(crate) fn validate_slice(index: usize, s: &SliceView<'_>) -> Result<(), Prep
             "rescale slope/intercept must be finite, got {}/{}",
             s.rescale_slope, s.rescale_intercept
         ));
-    }
-    if !(s.min.is_finite() && s.max.is_finite()) {
-        return bad(format!("min/max must be finite, got {}/{}", s.min, s.max));
     }
     Ok(())
 }
@@ -458,8 +454,9 @@ fn file_window(s: &SliceView<'_>) -> WindowChoice {
     // Rescale min/max with the same f32 arithmetic the kernels apply per pixel, so a constant frame
     // lands exactly on the window's lower edge (-> 0) rather than one ulp either side of it.
     let (slope32, intercept32) = (s.rescale_slope as f32, s.rescale_intercept as f32);
-    let a = (s.min * slope32 + intercept32) as f64;
-    let b = (s.max * slope32 + intercept32) as f64;
+    let (min, max) = s.frame.min_max();
+    let a = (min * slope32 + intercept32) as f64;
+    let b = (max * slope32 + intercept32) as f64;
     let (lo, hi) = (a.min(b), a.max(b));
     WindowChoice {
         source: WindowSource::MinMax,
@@ -511,8 +508,14 @@ pub(crate) fn resolve_slice(spec: &PreprocessSpec, s: &SliceView<'_>, offset: u3
         win_lo,
         win_wm1,
         color_scale,
-        _pad: [0.0; 3],
+        format: s.frame.samples().format().packed(),
+        _pad: [0.0; 2],
     }
+}
+
+/// Bytes a slice takes in the packed input: its stored samples, padded to a whole word.
+pub(crate) fn packed_len(s: &SliceView<'_>) -> u64 {
+    (s.frame.samples().as_bytes().len() as u64).next_multiple_of(4)
 }
 
 /// Validates spec, slices and output size, and resolves every slice; input
@@ -557,12 +560,12 @@ pub(crate) fn resolve_batch(
             });
         }
         let off = u32::try_from(offset).map_err(|_| PreprocessError::BatchTooLarge {
-            what: "packed input (bytes, u32 element offsets)",
-            needed: offset * 4,
-            limit: u32::MAX as u64 * 4,
+            what: "packed input (bytes, u32 byte offsets)",
+            needed: offset,
+            limit: u32::MAX as u64,
         })?;
         params.push(resolve_slice(spec, s, off));
-        offset += s.pixels.len() as u64;
+        offset += packed_len(s);
     }
     if spec.context > 0 {
         // Every view of a stack is windowed with its centre's window (one window per input).
@@ -584,10 +587,12 @@ pub(crate) fn resolve_batch(
 pub(crate) mod test_util {
     use super::*;
 
+    use crate::decode::{SampleFormat, Samples};
+
     /// Owned pixels + metadata from which test `SliceView`s are borrowed.
     #[derive(Debug, Clone)]
     pub struct OwnedSlice {
-        pub pixels: Vec<f32>,
+        pub pixels: Frame,
         pub rows: u32,
         pub cols: u32,
         pub samples: u32,
@@ -599,16 +604,24 @@ pub(crate) mod test_util {
         pub modality: Option<&'static str>,
     }
 
+    /// Integer values as stored samples of `width` bytes with `bits` bits stored.
+    pub fn stored(values: Vec<f32>, width: usize, bits: u16, signed: bool) -> Frame {
+        let format = SampleFormat::new(width, bits, signed).expect("a DICOM sample format");
+        Frame::new(Samples::from_values(
+            values.into_iter().map(|v| v as i64),
+            format,
+        ))
+    }
+
+    /// Integer values as 32-bit signed samples (any value the hand-computed tests use).
+    pub fn wide(values: Vec<f32>) -> Frame {
+        stored(values, 4, 32, true)
+    }
+
     impl OwnedSlice {
         pub fn view(&self) -> SliceView<'_> {
-            let min = self.pixels.iter().copied().fold(f32::INFINITY, f32::min);
-            let max = self
-                .pixels
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
             SliceView {
-                pixels: &self.pixels,
+                frame: &self.pixels,
                 rows: self.rows,
                 cols: self.cols,
                 samples: self.samples,
@@ -616,14 +629,17 @@ pub(crate) mod test_util {
                 rescale_slope: self.slope,
                 rescale_intercept: self.intercept,
                 file_windows: &self.file_windows,
-                min,
-                max,
                 bits_stored: self.bits_stored,
                 modality: self.modality,
             }
         }
 
+        /// Monochrome, 32-bit signed samples.
         pub fn mono(rows: u32, cols: u32, pixels: Vec<f32>) -> Self {
+            Self::mono_stored(rows, cols, wide(pixels), 16)
+        }
+
+        pub fn mono_stored(rows: u32, cols: u32, pixels: Frame, bits_stored: u16) -> Self {
             Self {
                 pixels,
                 rows,
@@ -633,7 +649,7 @@ pub(crate) mod test_util {
                 slope: 1.0,
                 intercept: 0.0,
                 file_windows: Vec::new(),
-                bits_stored: 16,
+                bits_stored,
                 modality: None,
             }
         }
@@ -673,44 +689,46 @@ pub(crate) mod test_util {
         v
     }
 
-    /// CT-like: stored 0..4024 with intercept -1024 (HU -1024..3000).
+    /// CT-like: unsigned 16-bit stored 0..4024 with intercept -1024 (HU -1024..3000).
     pub fn ct(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        let px = stored(field(rows, cols, 1, 0.0, 4024.0, seed), 2, 16, false);
         OwnedSlice {
             intercept: -1024.0,
             file_windows: vec![Window {
                 center: 40.0,
                 width: 400.0,
             }],
-            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4024.0, seed))
+            ..OwnedSlice::mono_stored(rows, cols, px, 16)
         }
     }
 
-    /// Signed stored values -1024..3000 with a non-trivial slope/intercept.
+    /// Signed 16-bit stored values -1024..3000 with a non-trivial slope/intercept.
     pub fn ct_signed(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        let px = stored(field(rows, cols, 1, -1024.0, 3000.0, seed), 2, 16, true);
         OwnedSlice {
             slope: 0.5,
             intercept: -100.25,
-            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, -1024.0, 3000.0, seed))
+            ..OwnedSlice::mono_stored(rows, cols, px, 16)
         }
     }
 
-    /// MONOCHROME1 12-bit radiograph with a file window.
+    /// MONOCHROME1 12-bit radiograph (12 of 16 bits stored) with a file window.
     pub fn xray_mono1(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
+        let px = stored(field(rows, cols, 1, 0.0, 4095.0, seed), 2, 12, false);
         OwnedSlice {
             photometric: Photometric::Monochrome1,
             file_windows: vec![Window {
                 center: 2047.0,
                 width: 3000.0,
             }],
-            bits_stored: 12,
-            ..OwnedSlice::mono(rows, cols, field(rows, cols, 1, 0.0, 4095.0, seed))
+            ..OwnedSlice::mono_stored(rows, cols, px, 12)
         }
     }
 
     /// 8-bit RGB.
     pub fn rgb8(rows: u32, cols: u32, seed: u64) -> OwnedSlice {
         OwnedSlice {
-            pixels: field(rows, cols, 3, 0.0, 255.0, seed),
+            pixels: stored(field(rows, cols, 3, 0.0, 255.0, seed), 1, 8, false),
             rows,
             cols,
             samples: 3,
@@ -907,7 +925,7 @@ mod tests {
             (
                 "len mismatch",
                 OwnedSlice {
-                    pixels: vec![0.0; 3],
+                    pixels: wide(vec![0.0; 3]),
                     ..good.clone()
                 },
             ),
@@ -915,7 +933,7 @@ mod tests {
                 "zero rows",
                 OwnedSlice {
                     rows: 0,
-                    pixels: vec![],
+                    pixels: wide(vec![]),
                     ..good.clone()
                 },
             ),
@@ -923,7 +941,7 @@ mod tests {
                 "zero cols",
                 OwnedSlice {
                     cols: 0,
-                    pixels: vec![],
+                    pixels: wide(vec![]),
                     ..good.clone()
                 },
             ),
@@ -931,7 +949,7 @@ mod tests {
                 "samples 2",
                 OwnedSlice {
                     samples: 2,
-                    pixels: vec![0.0; 8],
+                    pixels: wide(vec![0.0; 8]),
                     ..good.clone()
                 },
             ),
@@ -946,7 +964,7 @@ mod tests {
                 "mono with 3 samples",
                 OwnedSlice {
                     samples: 3,
-                    pixels: vec![0.0; 12],
+                    pixels: wide(vec![0.0; 12]),
                     ..good.clone()
                 },
             ),
