@@ -209,6 +209,57 @@ enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         alone: usize,
     },
+    /// Load: K concurrent streams of realistic series (512² 16-bit CT, explicit or compressed) against
+    /// a fresh `radstream serve` child per run; slices/s, MB/s, latency p50/p95/p99, time to first
+    /// finding and to summary, server CPU per slice and peak RSS; with --peer, the Python pipeline's
+    /// figures and the ratios.
+    Load(LoadArgs),
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Slices per study (one series).
+    #[arg(long, default_value_t = 240)]
+    slices: usize,
+    /// Concurrent streams: one run per value, each on a fresh server (comma list).
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    streams: Vec<usize>,
+    /// Studies each stream pushes, one after the other.
+    #[arg(long, default_value_t = 1)]
+    studies_per_stream: usize,
+    /// Transfer syntax of the series: explicit, jpeg-ls, j2k, rle or all (comma list).
+    #[arg(long, default_value = "explicit")]
+    syntax: String,
+    /// bundled (the built-in 64x64 model), realistic (a 256x256 CNN of ~2.4 M parameters, built
+    /// into the cache when missing) or a model directory.
+    #[arg(long, default_value = "bundled")]
+    model: radstream::bench::load::ModelChoice,
+    /// Preprocessing of the server (cpu, gpu, auto); default: the server's.
+    #[arg(long, value_enum)]
+    preprocess: Option<PreprocessBackend>,
+    /// Most slices per model call, of the server and the peer (default 16).
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Build the series from the DICOM files under this folder instead of the bundled sample study.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// Keep the series (and the realistic model) here; a later run with the same slices reuses them.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Push to this running server instead of starting one (RSS and CPU only with --server-pid).
+    #[arg(long)]
+    addr: Option<String>,
+    /// The process id of the --addr server, for its peak RSS and CPU time.
+    #[arg(long, requires = "addr")]
+    server_pid: Option<u32>,
+    /// Also run the Python peer (benches/peer/pipeline.py via RADSTREAM_PYTHON) and print the ratios.
+    #[arg(long)]
+    peer: bool,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    access: AccessArgs,
 }
 
 /// Service settings: these flags override the environment, which overrides the TOML file (see README:
@@ -686,6 +737,41 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 config.store.data_dir = None;
                 let report = alerts::run(config, run).await?;
                 println!("{report}");
+            }
+        }
+        BenchCommand::Load(args) => {
+            use radstream::bench::{load, study::Syntax};
+            let syntaxes = Syntax::parse_list(&args.syntax).map_err(anyhow::Error::msg)?;
+            let addr = match &args.addr {
+                Some(a) => Some(args.access.target(a)?),
+                None => None,
+            };
+            let options = load::LoadOptions {
+                slices: args.slices,
+                streams: args.streams,
+                studies_per_stream: args.studies_per_stream,
+                syntaxes,
+                model: args.model,
+                preprocess: args.preprocess.map(|p| {
+                    serde_json::to_value(p)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_else(|| "auto".into())
+                }),
+                max_batch: args.max_batch,
+                from: args.from,
+                keep: args.keep,
+                addr,
+                server_pid: args.server_pid,
+                peer: args.peer,
+                exe: std::env::current_exe().context("cannot find this executable")?,
+                max_message_bytes: Config::default().max_message_bytes(),
+            };
+            let report = load::run(options).await?;
+            if args.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{report}");
             }
         }
     }
