@@ -1,11 +1,16 @@
-//! Per-stage throughput on the bundled sample study (real CT-derived slices): decode, preprocessing on
-//! the CPU reference vs the WGSL path side by side, scoring, and the whole stream over loopback.
-//! `cargo bench --bench pipeline`; compare the cpu/gpu lines of one run, not numbers across machines.
+//! Per-stage throughput on real files: decode of the bundled sample study (real CT-derived 512² slices)
+//! in each transfer syntax `radstream bench load` builds (explicit VR little endian, JPEG-LS, JPEG 2000,
+//! RLE; JPEG 2000 is encoded by pydicom, skipped without the oracle venv), preprocessing on the CPU
+//! reference vs the WGSL path side by side per output size (the bundled model's 64², the realistic
+//! model's 256², native 512²), scoring per batch size for the bundled model and the realistic 256² CNN,
+//! and the whole stream over loopback. `cargo bench --bench pipeline`; compare the lines of one run,
+//! not numbers across machines.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use radstream::{
+    bench::{cnn, study},
     client::{self, Source},
     config::{Config, PreprocessBackend},
     decode::{decode_instance, DecodedInstance, Limits},
@@ -48,6 +53,30 @@ fn stages(c: &mut Criterion) {
             }
         })
     });
+    // The sample's 12 slices in each syntax, as the load generator builds them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    for syntax in [
+        study::Syntax::Explicit,
+        study::Syntax::JpegLs,
+        study::Syntax::J2k,
+        study::Syntax::Rle,
+    ] {
+        let series = match study::build(&dir.path().join(syntax.name()), None, 12, &[syntax]) {
+            Ok(mut s) => s.remove(0),
+            Err(e) => {
+                eprintln!("{syntax} not measured: {e}");
+                continue;
+            }
+        };
+        let slices: Vec<Vec<u8>> = (0..series.len()).map(|i| series.slice(0, i)).collect();
+        g.bench_function(BenchmarkId::new("syntax", syntax.name()), |b| {
+            b.iter(|| {
+                for f in &slices {
+                    black_box(decode_instance(black_box(f), &limits).expect("decode"));
+                }
+            })
+        });
+    }
     g.finish();
 
     let decoded: Vec<DecodedInstance> = files
@@ -68,16 +97,43 @@ fn stages(c: &mut Criterion) {
                 .expect("cpu")
         })
     });
-    match GpuPreprocessor::new() {
-        Ok(mut gpu) => {
-            g.bench_function(BenchmarkId::new("gpu", views.len()), |b| {
+    let mut gpu = GpuPreprocessor::new()
+        .map_err(|e| eprintln!("no wgpu adapter, GPU preprocessing not measured: {e}"))
+        .ok();
+    if let Some(gpu) = gpu.as_mut() {
+        g.bench_function(BenchmarkId::new("gpu", views.len()), |b| {
+            b.iter(|| {
+                gpu.preprocess(&spec, black_box(&views), &mut out)
+                    .expect("gpu")
+            })
+        });
+    }
+    g.finish();
+    // Per output size: the 12 slices of 512² to 64² (bundled model), 256² (the realistic model) and
+    // 512² (native: an overlay's windowing), CPU and WGSL side by side.
+    let mut g = c.benchmark_group("preprocess_size");
+    g.throughput(Throughput::Elements(views.len() as u64));
+    for side in [64u32, 256, 512] {
+        let sized = radstream::preprocess::PreprocessSpec {
+            height: side,
+            width: side,
+            ..spec.clone()
+        };
+        let mut out = vec![0.0f32; sized.output_len(views.len())];
+        g.bench_function(BenchmarkId::new("cpu", side), |b| {
+            b.iter(|| {
+                cpu.preprocess(&sized, black_box(&views), &mut out)
+                    .expect("cpu")
+            })
+        });
+        if let Some(gpu) = gpu.as_mut() {
+            g.bench_function(BenchmarkId::new("gpu", side), |b| {
                 b.iter(|| {
-                    gpu.preprocess(&spec, black_box(&views), &mut out)
+                    gpu.preprocess(&sized, black_box(&views), &mut out)
                         .expect("gpu")
                 })
             });
         }
-        Err(e) => eprintln!("no wgpu adapter, GPU preprocessing not measured: {e}"),
     }
     g.finish();
 
@@ -90,6 +146,23 @@ fn stages(c: &mut Criterion) {
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("batch", n), |b| {
             b.iter(|| session.run(black_box(&input), n).expect("run"))
+        });
+    }
+    g.finish();
+    // The realistic model: a 256² CNN of ~2.4 M parameters (see `radstream bench load --model realistic`).
+    let models = tempfile::tempdir().expect("tempdir");
+    let cnn_dir = cnn::ensure(models.path()).expect("realistic model");
+    let cnn_package = ModelPackage::load_dir(&cnn_dir).expect("realistic model loads");
+    let cnn_per = cnn_package.manifest.preprocess_spec().output_len(1);
+    let mut cnn_session =
+        ModelSession::load(env, &cnn_package, &Default::default()).expect("session");
+    let mut g = c.benchmark_group("score_cnn256");
+    g.sample_size(10);
+    for n in [1usize, 4, 16] {
+        let input = vec![0.1f32; n * cnn_per];
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(BenchmarkId::new("batch", n), |b| {
+            b.iter(|| cnn_session.run(black_box(&input), n).expect("run"))
         });
     }
     g.finish();

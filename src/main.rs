@@ -780,31 +780,29 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 
 /// glibc malloc tuning, before any thread (and so any arena) exists.
 ///
-/// Why: the service's large buffers — a received instance (~0.5 MiB for a 512² CT slice), its pixels
-/// as f32 (~1 MiB), model batches — are allocated and freed per slice, from many threads. glibc serves
-/// them from its heaps once its *dynamic* mmap threshold has risen past them (it rises to the size of
-/// the largest mmapped chunk freed, up to 32 MiB), and a heap gives memory back only from its top: peak
-/// RSS then grows with the number of threads and streams that ever touched such a buffer, not with what
-/// is live. A fixed 256 KiB threshold keeps every buffer of that size in its own mapping, returned to
-/// the system on free, so RSS follows the byte budgets (`ingest::budget`). Setting it also fixes the
-/// trim threshold (2× the mmap threshold) instead of letting it grow.
+/// Why: the service's large buffers — a received instance (~0.5 MiB for a 512² CT slice, in a receive
+/// buffer tonic may have grown to 1 MiB), which its frames now keep until they are scored, model
+/// batches, overlay images — are allocated and freed per slice, from many threads. Above glibc's mmap
+/// threshold each is a fresh mapping: page faults and zeroing on first touch, `munmap` on free. With
+/// the threshold at 256 KiB (this setting before issue 14) that was a quarter of the server's CPU per
+/// slice; the budgets (`ingest::budget`) now bound what is live, so the buffers can stay on the heaps
+/// and be reused. A fixed threshold (rather than glibc's dynamic one, which rises to 32 MiB) also fixes
+/// the trim threshold (2× the mmap threshold) instead of letting it grow.
 ///
-/// Measured with `tests/memory.rs` (peak RSS of the real debug binary, one stream vs 32 concurrent
-/// streams of a 32-slice 512² series, CPU preprocessing, 2-core shared machine; 6 runs each):
-/// - glibc defaults:                1 stream 64-70 MiB, 32 streams 100-108 MiB, ratio 1.46-1.67;
-///   32 streams in 19.9-23.8 s (mean 22.1 s)
-/// - `M_ARENA_MAX` 2:               1 stream 67-68 MiB, 32 streams 99-102 MiB, ratio 1.47-1.51 (3 runs)
-/// - `M_MMAP_THRESHOLD` 256 KiB:    1 stream 63-64 MiB, 32 streams 89-91 MiB, ratio 1.40-1.42;
-///   32 streams in 22.0-23.9 s (mean 23.1 s): kept
-/// - both:                          no better than the threshold alone (89-90 MiB, 1.39-1.40; 3 runs)
-/// - `M_MMAP_THRESHOLD` 1 MiB:      32 streams 96-101 MiB, ratio 1.45-1.53 (3 runs): messages stay
-///   on the heaps
+/// Measured with `radstream bench load` (release, 240-slice 512² series, `--preprocess cpu`, 2-core
+/// shared machine, one run each; "32 × 1" = 32 concurrent streams of one study each, "1 × 32" = the
+/// same 32 studies one after the other on one stream, so both end with the same studies retained):
+/// - 256 KiB: 1 × 32 440 slices/s, 2.20 ms CPU/slice, 103 MiB; 32 × 1 611 slices/s, 1.93 ms, 142 MiB
+/// - 1 MiB:   1 × 32 606 slices/s, 1.82 ms, 119 MiB; 32 × 1 908 slices/s, 1.55 ms, 179 MiB
+/// - 4 MiB:   1 × 32 698 slices/s, 1.77 ms, 126 MiB; 32 × 1 935 slices/s, 1.55 ms, 184 MiB: kept
+/// and with `tests/memory.rs` (debug binary, one 32-slice study per stream): 4 MiB 1 stream 90-94 MiB,
+/// 32 streams 105-108 MiB, ratio 1.13-1.17 (3 runs); 256 KiB 1.12-1.14 (2 runs).
 ///
 /// Left as the environment says when the operator tuned malloc there (`MALLOC_MMAP_THRESHOLD_`,
 /// `GLIBC_TUNABLES`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
-    const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
+    const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
     if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
         || std::env::var_os("GLIBC_TUNABLES").is_some()
     {

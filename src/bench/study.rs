@@ -677,8 +677,11 @@ mod tests {
                 let b = decode_instance(&s.slice(7, i), &limits)
                     .unwrap_or_else(|e| panic!("{} slice {i}: {:?}", s.syntax, e.error));
                 assert_eq!(b.meta.transfer_syntax, s.syntax.uid(), "{}", s.syntax);
-                assert_eq!(
-                    a.frames[0].pixels, b.frames[0].pixels,
+                assert!(
+                    a.frames[0]
+                        .samples()
+                        .values()
+                        .eq(b.frames[0].samples().values()),
                     "{} slice {i}",
                     s.syntax
                 );

@@ -208,20 +208,40 @@ pub trait SampleRead {
     /// Sample `i`'s value, 0 past the end (the callers' indices are validated; this keeps a bad one
     /// from panicking).
     fn at(&self, i: usize) -> f32;
+    /// Sample `i`'s stored bits (the low `bits_stored` bits, not sign-extended), 0 past the end: an
+    /// index into a table of the 2^bits_stored values ([`SampleFormat::value`] of it is [`Self::at`]).
+    fn bits(&self, i: usize) -> u32;
+    fn format(&self) -> SampleFormat;
 }
 
-impl<const W: usize> SampleRead for Reader<'_, W> {
+impl<const W: usize> Reader<'_, W> {
     #[inline(always)]
-    fn at(&self, i: usize) -> f32 {
-        let raw = match self.data.get(i * W..i * W + W) {
+    fn raw(&self, i: usize) -> u32 {
+        match self.data.get(i * W..i * W + W) {
             Some(c) => {
                 let mut b = [0u8; 4];
                 b[..W].copy_from_slice(c);
                 u32::from_le_bytes(b)
             }
             None => 0,
-        };
-        self.fmt.value(raw)
+        }
+    }
+}
+
+impl<const W: usize> SampleRead for Reader<'_, W> {
+    #[inline(always)]
+    fn at(&self, i: usize) -> f32 {
+        self.fmt.value(self.raw(i))
+    }
+
+    #[inline(always)]
+    fn bits(&self, i: usize) -> u32 {
+        let shift = 32 - u32::from(self.fmt.bits_stored);
+        (self.raw(i) << shift) >> shift
+    }
+
+    fn format(&self) -> SampleFormat {
+        self.fmt
     }
 }
 

@@ -8,9 +8,11 @@
 //!   it reads a message (sized as its previous message, then fitted to the real size), so a full
 //!   budget stops every session reading and HTTP/2 flow control slows the pushers while the bytes are
 //!   still with them. The share is given back when the decode ends.
-//! - *decoded bytes*: pixels held as f32 between decode and scoring. The decoder reserves its share
-//!   once the header told the size and before any pixel is decoded ([`DecodeBudget`]); the reservation
-//!   lives in the `DecodedInstance` and is given back when its last frame was scored or skipped.
+//! - *decoded bytes*: pixels held as stored samples between decode and scoring. The decoder reserves
+//!   its share once the header told the size and before any pixel is decoded ([`DecodeBudget`]); the
+//!   reservation lives in the `DecodedInstance` and is given back when its last frame was scored or
+//!   skipped. Native little endian frames are slices of the received message, so for them this share
+//!   is the message's memory, kept past the decode.
 //!
 //! A request larger than a whole budget is not refused: it waits until it can hold *all* of the budget
 //! and then runs alone (the semaphore is FIFO, so it is not starved by smaller requests behind it).
@@ -23,7 +25,7 @@
 //! message *is* that buffer's memory, counted here, and freed when its decode ends (tonic moves on to
 //! a new buffer for the next message while the old one is shared, and reuses the old one when it is
 //! not). Peak memory is therefore about: idle process + both budgets + streams × (one message +
-//! window); `main.rs` keeps glibc from holding freed buffers (its mmap threshold), and
+//! window) + the completed studies the registry retains; `main.rs` tunes glibc's mmap threshold, and
 //! `tests/memory.rs` measures the result: 32 streams within 1.5× of one.
 
 use std::sync::Arc;

@@ -1023,6 +1023,58 @@ mod tests {
         assert!(again.is_ok(), "the engine still scores after the crash");
     }
 
+    /// The stages overlap: with a model whose call takes tens of milliseconds (the realistic 256² CNN of
+    /// `bench load`), the next batch is preprocessed while the previous one is still in the model. A
+    /// single-threaded engine could only start preprocessing batch i+1 after batch i was scored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_batch_is_preprocessed_while_the_model_runs() {
+        let models = tempfile::tempdir().expect("tempdir");
+        let dir = crate::bench::cnn::ensure(models.path()).expect("realistic model");
+        let package = ModelPackage::load_dir(&dir).expect("loads");
+        let env = inference::runtime(&Config::default().ort_library_path()).expect("ONNX Runtime");
+        let session =
+            ModelSession::load(env, &package, &InferenceConfig::default()).expect("session");
+        let starts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorder = {
+            let starts = starts.clone();
+            Faulty(move |_: &[SliceView<'_>]| {
+                starts.lock().expect("lock").push(SystemTime::now());
+            })
+        };
+        let batching = BatchingConfig {
+            max_batch: 1,
+            max_wait_ms: 0,
+            queue_depth: 8,
+        };
+        let engine = Engine::start(session, Box::new(recorder), &batching).expect("engine");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lesion-demo/sample-study/slice-06.dcm"
+        );
+        let bytes = std::fs::read(path).expect("sample slice");
+        let slice =
+            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(engine.submit(slice.clone(), 0).await.expect("queued"));
+        }
+        let mut scored = Vec::new();
+        for a in answers {
+            scored.push(a.await.expect("answered").expect("scored"));
+        }
+        let starts = starts.lock().expect("lock").clone();
+        assert_eq!(starts.len(), 4, "one preprocess call per batch of one");
+        let overlapped = (1..4)
+            .filter(|&i| starts[i] < scored[i - 1].scored_at)
+            .count();
+        assert!(
+            overlapped >= 2,
+            "batch i+1 began preprocessing before batch i left the model in {overlapped} of 3 cases \
+             (starts {starts:?}, scored {:?})",
+            scored.iter().map(|s| s.scored_at).collect::<Vec<_>>()
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn dropping_an_engine_whose_call_hangs_does_not_hang() {
         let session = default_session();

@@ -75,6 +75,21 @@ impl Preprocessor for CpuPreprocessor {
     }
 }
 
+/// A one-sample "frame" holding one value: [`tap`] of it is the output for that stored value.
+struct OneValue(f32);
+
+impl SampleRead for OneValue {
+    fn at(&self, _: usize) -> f32 {
+        self.0
+    }
+    fn bits(&self, _: usize) -> u32 {
+        0
+    }
+    fn format(&self) -> crate::decode::SampleFormat {
+        crate::decode::SampleFormat::U8
+    }
+}
+
 /// [`slice_to_chw`] for one frame, specialised to its sample width.
 struct ToChw<'a> {
     spec: &'a PreprocessSpec,
@@ -188,6 +203,37 @@ fn view_to_plane(
 fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &impl SampleRead, dst: &mut [f32]) {
     let (h, w, ch) = (spec.height, spec.width, spec.channels);
     let plane = h as usize * w as usize;
+    if (h, w) == (p.rows, p.cols) {
+        // Same size (an overlay at native resolution): every source position is a pixel centre, the
+        // fractions are 0 and the bilinear sum is exactly the one tap, so one tap per pixel gives the
+        // same values as the four. A monochrome output value then depends on the stored value alone:
+        // with fewer possible stored values than pixels (16 bits or less on a 512² slice), each is
+        // computed once into a table.
+        let bits = px.format().bits_stored();
+        let pixels = h as usize * w as usize;
+        if ch == 1 && p.flags & FLAG_COLOR == 0 && bits <= 16 && (1usize << bits) < pixels {
+            let table: Vec<f32> = (0..1u32 << bits)
+                .map(|raw| {
+                    let one = OneValue(px.format().value(raw));
+                    (tap(p, 1, &one, 0, 0)[0] - spec.mean[0]) / spec.std[0]
+                })
+                .collect();
+            for (i, out) in dst.iter_mut().take(pixels).enumerate() {
+                *out = table.get(px.bits(i) as usize).copied().unwrap_or(0.0);
+            }
+            return;
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let t = tap(p, ch, px, y, x);
+                let o = y as usize * w as usize + x as usize;
+                for c in 0..ch as usize {
+                    dst[c * plane + o] = (t[c] - spec.mean[c]) / spec.std[c];
+                }
+            }
+        }
+        return;
+    }
     // Column coordinates are the same for every row.
     let cols: Vec<(u32, u32, f32)> = (0..w).map(|x| axis(x, w, p.cols)).collect();
     for y in 0..h {
@@ -410,6 +456,36 @@ mod tests {
             ..s[0].clone()
         }];
         assert_close(&run(&spec, &s), &[1.0, 1.0, 0.0, 0.0]);
+    }
+
+    /// At native size each output is the windowed stored value (one tap); the table made for frames
+    /// with fewer possible values than pixels gives exactly that, MONOCHROME1, signed and masked
+    /// bits included.
+    #[test]
+    fn native_size_is_each_pixel_windowed() {
+        let window = Some(Window {
+            center: 1500.0,
+            width: 2500.0,
+        });
+        for s in [
+            xray_mono1(70, 90, 3),
+            ct_signed(300, 230, 4),
+            ct(300, 260, 5),
+        ] {
+            let spec = plain(1, s.rows, s.cols, window);
+            let got = run(&spec, std::slice::from_ref(&s));
+            let values: Vec<f32> = s.pixels.samples().values().collect();
+            for (i, (&g, &v)) in got.iter().zip(&values).enumerate().step_by(97) {
+                let one = OwnedSlice {
+                    rows: 1,
+                    cols: 1,
+                    pixels: wide(vec![v]),
+                    ..s.clone()
+                };
+                let want = run(&plain(1, 1, 1, window), &[one])[0];
+                assert_eq!(g.to_bits(), want.to_bits(), "pixel {i} (stored {v})");
+            }
+        }
     }
 
     #[test]

@@ -706,6 +706,8 @@ mod tests {
         compare("big batch", &spec(3, 96, 80, None), &big);
         compare("small after big", &spec(1, 8, 8, None), &mixed[3..5]);
         compare("single", &spec(1, 64, 64, None), &mixed[..1]);
+        // native size with more pixels than 12-bit values (the CPU path's table)
+        compare("native 12-bit", &spec(1, 200, 120, None), &mixed[2..3]);
         // Empty batch is a no-op.
         let mut out = [];
         gpu()
