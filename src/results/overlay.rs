@@ -237,7 +237,7 @@ fn encode_indexed(w: u32, h: u32, indices: &[u8]) -> Result<Vec<u8>, String> {
     encoder.set_filter(png::Filter::Avg);
     let mut writer = encoder.write_header().map_err(|e| e.to_string())?;
     writer
-        .write_image_data(&indices)
+        .write_image_data(indices)
         .map_err(|e| e.to_string())?;
     writer.finish().map_err(|e| e.to_string())?;
     Ok(png)
