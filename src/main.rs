@@ -795,7 +795,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 /// - 256 KiB: 1 × 32 440 slices/s, 2.20 ms CPU/slice, 103 MiB; 32 × 1 611 slices/s, 1.93 ms, 142 MiB
 /// - 1 MiB:   1 × 32 606 slices/s, 1.82 ms, 119 MiB; 32 × 1 908 slices/s, 1.55 ms, 179 MiB
 /// - 4 MiB:   1 × 32 698 slices/s, 1.77 ms, 126 MiB; 32 × 1 935 slices/s, 1.55 ms, 184 MiB: kept
-/// and with `tests/memory.rs` (debug binary, one 32-slice study per stream): 4 MiB 1 stream 90-94 MiB,
+///
+/// And with `tests/memory.rs` (debug binary, one 32-slice study per stream): 4 MiB 1 stream 90-94 MiB,
 /// 32 streams 105-108 MiB, ratio 1.13-1.17 (3 runs); 256 KiB 1.12-1.14 (2 runs).
 ///
 /// Left as the environment says when the operator tuned malloc there (`MALLOC_MMAP_THRESHOLD_`,
