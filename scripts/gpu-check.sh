@@ -2,6 +2,10 @@
 # On a machine with an NVIDIA GPU: the same model on ONNX Runtime's CPU and CUDA providers, timed side by
 # side with `radstream bench alerts` (critical-finding latency, p50/p99). Both runs load the same GPU
 # build of libonnxruntime, so only the provider differs; preprocessing is the CPU reference in both.
+# Then the figures of issue 14 (BENCHMARKS.md, "On a GPU"): `bench preprocess` (the WGSL path vs the CPU
+# reference per output size; the card's name and the GB/s a batch moves, to set against its memory
+# bandwidth) and `bench load` end to end with the realistic 256² CNN on each provider, with the WGSL
+# preprocessing (series in explicit, JPEG-LS and RLE: JPEG 2000 needs the Python encoder).
 #
 #   scripts/gpu-check.sh [MODEL_DIR]     default: the built-in model
 #
@@ -44,3 +48,12 @@ for p in cpu cuda; do
     --pushers 8 --studies 2 --alone 8 | grep ' alerts ' | sed "s/^ */$(printf '%-5s' "$p") /" >"$tmp/$p.txt"
 done
 paste -d'\n' "$tmp/cpu.txt" "$tmp/cuda.txt"
+
+say "issue 14: WGSL preprocessing vs the CPU reference (batch 64)"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader
+RADSTREAM_LOG=warn "$BIN" bench preprocess --backend cpu,gpu --sizes 64,256,512 --batch 64 --seconds 2
+for p in cpu cuda; do
+  say "issue 14: end to end, realistic 256² CNN, provider = \"$p\", WGSL preprocessing"
+  RADSTREAM_INFERENCE__PROVIDER="$p" RADSTREAM_LOG=warn "$BIN" bench load --model realistic \
+    --preprocess gpu --slices 96 --streams 1,8 --syntax explicit,jpeg-ls,rle --keep "$tmp/bench" | tail -7
+done

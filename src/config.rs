@@ -287,10 +287,14 @@ pub struct StudyConfig {
 pub struct BatchingConfig {
     /// Most slices scored in one model call.
     pub max_batch: usize,
-    /// How long the first slice of a batch waits for company.
+    /// How long the first slice of a batch waits for company while the model is busy.
     pub max_wait_ms: u64,
     /// Slices waiting for the scoring stage, across all streams.
     pub queue_depth: usize,
+    /// When the model has nothing to do, what is queued goes to it at once instead of waiting
+    /// `max_wait_ms` for company: the first slice of a study is scored in about one inference, and
+    /// batches still form under load (while the model is busy, slices gather).
+    pub dispatch_when_idle: bool,
 }
 
 impl Default for Config {
@@ -356,6 +360,7 @@ impl Default for BatchingConfig {
             max_batch: 16,
             max_wait_ms: 5,
             queue_depth: 256,
+            dispatch_when_idle: true,
         }
     }
 }

@@ -214,6 +214,26 @@ enum BenchCommand {
     /// finding and to summary, server CPU per slice and peak RSS; with --peer, the Python pipeline's
     /// figures and the ratios.
     Load(LoadArgs),
+    /// Preprocessing throughput on real slices (the sample study, 512² 16-bit CT): the CPU reference
+    /// and the WGSL path per output size, slices/s and the bytes a batch moves (stored samples up, f32
+    /// down) per second.
+    Preprocess {
+        /// Output sides (square), comma list.
+        #[arg(long, value_delimiter = ',', default_value = "64,256")]
+        sizes: Vec<u32>,
+        /// Slices per call.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// cpu, gpu, or both (comma list).
+        #[arg(long, value_delimiter = ',', default_value = "cpu,gpu")]
+        backend: Vec<String>,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// One JSON array instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -737,6 +757,29 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 config.store.data_dir = None;
                 let report = alerts::run(config, run).await?;
                 println!("{report}");
+            }
+        }
+        BenchCommand::Preprocess {
+            sizes,
+            batch,
+            backend,
+            seconds,
+            json,
+        } => {
+            use radstream::bench::preprocess::{self, PreprocessBench};
+            let bench = PreprocessBench {
+                sizes,
+                batch,
+                backends: backend,
+                seconds,
+            };
+            let figures = tokio::task::spawn_blocking(move || preprocess::run(&bench)).await??;
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                for f in &figures {
+                    println!("{f}");
+                }
             }
         }
         BenchCommand::Load(args) => {

@@ -120,6 +120,7 @@ async fn a_2_5d_model_whose_slices_arrive_shuffled_scores_exactly_as_when_they_a
             max_batch: 1,
             max_wait_ms: 0,
             queue_depth: 64,
+            ..Default::default()
         };
         let engine = Engine::from_package(
             &package,
@@ -163,6 +164,8 @@ async fn a_2_5d_model_whose_slices_arrive_shuffled_scores_exactly_as_when_they_a
                 max_batch: 8,
                 max_wait_ms: 20,
                 queue_depth: 64,
+                // batches of several stacks, as the test means: wait for company even when idle
+                dispatch_when_idle: false,
             },
             &InferenceConfig::default(),
         )
@@ -189,6 +192,7 @@ async fn a_served_2_5d_model_scores_a_shuffled_series_as_an_ordered_one() {
         max_batch: 1,
         max_wait_ms: 0,
         queue_depth: 64,
+        ..Default::default()
     };
     let engine = Engine::from_package(
         &package,

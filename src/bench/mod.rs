@@ -3,10 +3,12 @@
 //! viewer. [`load`]: end-to-end throughput, latency, CPU and memory of a `radstream serve` process under
 //! K concurrent streams of realistic series ([`study`]), optionally beside a Python peer pipeline; with
 //! [`cnn`]'s realistic model when the bundled one (64×64, tiny) would make the model cost vanish.
+//! [`preprocess`]: the CPU and WGSL preprocessing paths alone, on real slices (the GPU machine's figure).
 
 pub mod alerts;
 pub mod cnn;
 pub mod load;
+pub mod preprocess;
 pub mod study;
 
 use std::path::PathBuf;

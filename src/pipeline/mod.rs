@@ -1,6 +1,8 @@
 //! The scoring engine shared by every stream: slices from all connections meet in one bounded queue, are
-//! grouped into batches (up to `max_batch`, waiting at most `max_wait` for the first slice to find
-//! company), preprocessed in one GPU dispatch and scored in one ONNX Runtime call. The queue bound is the
+//! grouped into batches (up to `max_batch`; what is queued joins at once, and while the model is busy the
+//! first slice waits at most `max_wait` for company — an idle model gets the batch at once, so a study's
+//! first finding costs about one inference), preprocessed in one GPU dispatch and scored in one ONNX
+//! Runtime call. The queue bound is the
 //! backpressure: a full queue makes submitters wait, which stops their streams reading, which makes
 //! HTTP/2 flow control slow the pushers down. Decoding runs before this stage on the blocking pool, so
 //! decode of later slices overlaps preprocessing and scoring of earlier ones; and the engine itself is
@@ -393,6 +395,7 @@ impl Engine {
         // One batch being preprocessed, one waiting, one being scored: the waiting slot is the
         // bounded queue between the stages; spent input buffers go back for reuse.
         let (prepared_tx, prepared_rx) = std::sync::mpsc::sync_channel(1);
+        let in_model = Arc::new(AtomicU32::new(0));
         let (spent_tx, spent_rx) = std::sync::mpsc::channel();
         let batcher = Batcher {
             rx,
@@ -400,6 +403,8 @@ impl Engine {
             spec: manifest.preprocess_spec(),
             max_batch: batching.max_batch.max(1),
             max_wait: Duration::from_millis(batching.max_wait_ms),
+            dispatch_when_idle: batching.dispatch_when_idle,
+            in_model: in_model.clone(),
             prepared: prepared_tx,
             spent: spent_rx,
             vitals: vitals.clone(),
@@ -408,6 +413,7 @@ impl Engine {
             prepared: prepared_rx,
             spent: spent_tx,
             session,
+            in_model,
             per_slice: manifest.preprocess_spec().output_len(1),
             vitals: vitals.clone(),
             labels: labels.clone(),
@@ -641,6 +647,10 @@ struct Batcher {
     spec: PreprocessSpec,
     max_batch: usize,
     max_wait: Duration,
+    /// See [`BatchingConfig::dispatch_when_idle`].
+    dispatch_when_idle: bool,
+    /// Batches handed to the scorer and not yet answered.
+    in_model: Arc<AtomicU32>,
     prepared: std::sync::mpsc::SyncSender<Prepared>,
     /// Input buffers the scorer is done with.
     spent: std::sync::mpsc::Receiver<Vec<f32>>,
@@ -659,8 +669,21 @@ impl Batcher {
                 Some(Job::Halt) => return,
                 Some(Job::Slice(first)) => batch.push(first),
             }
-            let deadline = tokio::time::Instant::now() + self.max_wait;
+            // What is queued already joins at once; company is waited for only while the model is
+            // busy (or always, without `dispatch_when_idle`).
             while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(Job::Slice(job)) => batch.push(job),
+                    Ok(Job::Halt) => {
+                        halt = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let idle = self.dispatch_when_idle && self.in_model.load(Ordering::Acquire) == 0;
+            let deadline = tokio::time::Instant::now() + self.max_wait;
+            while !idle && !halt && batch.len() < self.max_batch {
                 match self.rx.try_recv() {
                     Ok(Job::Slice(job)) => batch.push(job),
                     Ok(Job::Halt) => {
@@ -737,6 +760,7 @@ impl Batcher {
         queued: Vec<Duration>,
         preprocess: Duration,
     ) -> bool {
+        self.in_model.fetch_add(1, Ordering::AcqRel);
         self.prepared
             .send(Prepared {
                 jobs,
@@ -801,6 +825,8 @@ struct Scorer {
     prepared: std::sync::mpsc::Receiver<Prepared>,
     spent: std::sync::mpsc::Sender<Vec<f32>>,
     session: ModelSession,
+    /// Batches handed over and not yet answered (the batcher's view of whether the model is busy).
+    in_model: Arc<AtomicU32>,
     /// Model input values per slice (C·H·W).
     per_slice: usize,
     vitals: Arc<Vitals>,
@@ -811,6 +837,7 @@ impl Scorer {
     fn run(mut self) {
         while let Ok(batch) = self.prepared.recv() {
             self.process(batch);
+            self.in_model.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -973,10 +1000,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_crashing_slice_fails_alone_and_the_engine_goes_on() {
         let session = default_session();
+        // good, tiny, good in one batch: the batch waits for company even though the model is idle
         let batching = BatchingConfig {
             max_batch: 4,
             max_wait_ms: 200,
             queue_depth: 8,
+            dispatch_when_idle: false,
         };
         let engine =
             Engine::start(session, Box::new(panics_on_tiny_slices()), &batching).expect("engine");
@@ -1045,6 +1074,7 @@ mod tests {
             max_batch: 1,
             max_wait_ms: 0,
             queue_depth: 8,
+            ..Default::default()
         };
         let engine = Engine::start(session, Box::new(recorder), &batching).expect("engine");
         let path = concat!(

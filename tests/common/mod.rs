@@ -553,6 +553,7 @@ pub fn engine_behind(
         max_batch,
         max_wait_ms: 1,
         queue_depth: 8,
+        ..Default::default()
     };
     std::sync::Arc::new(
         radstream::pipeline::Engine::start(session, preprocessor, &batching).expect("engine"),
