@@ -385,7 +385,14 @@ async fn a_vanished_client_does_not_disturb_other_streams() {
     staying.close();
     let events = staying.drain().await;
     assert_eq!(findings(&events).len(), study.len());
-    assert_eq!(summaries(&events).len(), 1);
+    // The vanished client's half may complete (its stream closed) before the other's instances
+    // arrive: the other then also gets that first revision (with its duplicates) before the one that
+    // covers the whole study. Either way the last summary is the whole study.
+    let summaries = summaries(&events);
+    let last = summaries.last().expect("a summary");
+    assert!(summaries.len() <= 2, "{} summaries", summaries.len());
+    assert_eq!(last.slices_scored as usize, study.len());
+    assert_eq!(last.slices_failed, 0);
     server.stop().await.expect("stop");
 }
 
