@@ -138,7 +138,7 @@ pub(crate) fn axis(i: u32, out: u32, n: u32) -> (u32, u32, f32) {
 
 /// One bilinear tap after rescale/window/invert/colour scaling and channel
 /// mapping; lanes beyond `channels` are unused.
-#[inline]
+#[inline(always)]
 fn tap(p: &SliceParams, channels: u32, px: &impl SampleRead, iy: u32, ix: u32) -> [f32; 3] {
     let idx = (iy * p.cols + ix) as usize;
     if p.flags & FLAG_COLOR != 0 {
