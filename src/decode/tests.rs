@@ -1278,3 +1278,35 @@ fn a_header_can_move_to_another_thread() {
 fn values(f: &Frame) -> Vec<f32> {
     f.samples().values().collect()
 }
+
+/// Native little endian Pixel Data is not copied: read from a `Bytes` message with
+/// `decode_pixels_sharing`, the frames are slices of that message (2 bytes a sample, as stored); the
+/// same file read with `decode_pixels` owns its copy, and both give the same values.
+#[test]
+fn native_little_endian_frames_are_slices_of_the_message() {
+    let message = bytes::Bytes::from(build(Spec::default()));
+    let limits = Limits::default();
+    let shared = read_header(&message, &limits, None)
+        .expect("header")
+        .decode_pixels_sharing(&message, None)
+        .expect("decodes");
+    let stored = shared.frames[0].samples().as_bytes();
+    assert_eq!(stored.len(), 2 * 3 * 2, "2x3 samples of 2 bytes, as stored");
+    let (start, end) = (
+        message.as_ptr() as usize,
+        message.as_ptr() as usize + message.len(),
+    );
+    let at = stored.as_ptr() as usize;
+    assert!(
+        at >= start && at + stored.len() <= end,
+        "the frame is the message's memory"
+    );
+    let copied = decode_instance(&message, &limits).expect("decodes");
+    let own = copied.frames[0].samples().as_bytes().as_ptr() as usize;
+    assert!(own < start || own >= end, "decode_pixels copies");
+    assert_eq!(
+        values(&shared.frames[0]),
+        [0.0, 100.0, 200.0, 300.0, 400.0, 500.0]
+    );
+    assert_eq!(shared.frames, copied.frames);
+}

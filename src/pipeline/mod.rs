@@ -1052,6 +1052,40 @@ mod tests {
         assert!(again.is_ok(), "the engine still scores after the crash");
     }
 
+    /// An idle model gets what is queued at once: with a `max_wait` of 30 s a lone slice is still
+    /// answered in about one inference, and without `dispatch_when_idle` it waits for company.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_model_does_not_wait_for_company() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/models/lesion-demo/sample-study/slice-06.dcm"
+        );
+        let bytes = std::fs::read(path).expect("sample slice");
+        let slice =
+            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        for dispatch_when_idle in [true, false] {
+            let batching = BatchingConfig {
+                max_batch: 16,
+                max_wait_ms: 30_000,
+                queue_depth: 8,
+                dispatch_when_idle,
+            };
+            let engine = Engine::start(default_session(), Box::new(CpuPreprocessor), &batching)
+                .expect("engine");
+            let answer = engine.submit(slice.clone(), 0).await.expect("queued");
+            let waited = tokio::time::timeout(Duration::from_secs(5), answer).await;
+            if dispatch_when_idle {
+                let scored = waited.expect("answered without waiting for company");
+                assert_eq!(scored.expect("answer").expect("scored").batch_size, 1);
+            } else {
+                assert!(
+                    waited.is_err(),
+                    "without it, the lone slice waits for company"
+                );
+            }
+        }
+    }
+
     /// The stages overlap: with a model whose call takes tens of milliseconds (the realistic 256² CNN of
     /// `bench load`), the next batch is preprocessed while the previous one is still in the model. A
     /// single-threaded engine could only start preprocessing batch i+1 after batch i was scored.
