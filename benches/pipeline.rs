@@ -140,15 +140,7 @@ fn stages(c: &mut Criterion) {
     let env = inference::runtime(&Config::default().ort_library_path())
         .expect("ONNX Runtime (scripts/setup.sh)");
     let mut session = ModelSession::load(env, &package, &Default::default()).expect("session");
-    let mut g = c.benchmark_group("score");
-    for n in [1usize, 4, 16] {
-        let input = vec![0.1f32; n * per];
-        g.throughput(Throughput::Elements(n as u64));
-        g.bench_function(BenchmarkId::new("batch", n), |b| {
-            b.iter(|| session.run(black_box(&input), n).expect("run"))
-        });
-    }
-    g.finish();
+    score_batches(c, "score", &mut session, per, 100);
     // The realistic model: a 256² CNN of ~2.4 M parameters (see `radstream bench load --model realistic`).
     let models = tempfile::tempdir().expect("tempdir");
     let cnn_dir = cnn::ensure(models.path()).expect("realistic model");
@@ -156,13 +148,24 @@ fn stages(c: &mut Criterion) {
     let cnn_per = cnn_package.manifest.preprocess_spec().output_len(1);
     let mut cnn_session =
         ModelSession::load(env, &cnn_package, &Default::default()).expect("session");
-    let mut g = c.benchmark_group("score_cnn256");
-    g.sample_size(10);
+    score_batches(c, "score_cnn256", &mut cnn_session, cnn_per, 10);
+}
+
+/// One model call per batch size (1, 4, 16) of `per` input values a slice.
+fn score_batches(
+    c: &mut Criterion,
+    group: &str,
+    session: &mut ModelSession,
+    per: usize,
+    samples: usize,
+) {
+    let mut g = c.benchmark_group(group);
+    g.sample_size(samples);
     for n in [1usize, 4, 16] {
-        let input = vec![0.1f32; n * cnn_per];
+        let input = vec![0.1f32; n * per];
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(BenchmarkId::new("batch", n), |b| {
-            b.iter(|| cnn_session.run(black_box(&input), n).expect("run"))
+            b.iter(|| session.run(black_box(&input), n).expect("run"))
         });
     }
     g.finish();

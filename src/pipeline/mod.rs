@@ -1010,13 +1010,7 @@ mod tests {
         let engine =
             Engine::start(session, Box::new(panics_on_tiny_slices()), &batching).expect("engine");
 
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lesion-demo/sample-study/slice-06.dcm"
-        );
-        let bytes = std::fs::read(path).expect("sample slice");
-        let good =
-            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let good = sample(6);
         let mut tiny = (*good).clone();
         tiny.meta.rows = 1;
         tiny.meta.cols = 1;
@@ -1056,13 +1050,7 @@ mod tests {
     /// answered in about one inference, and without `dispatch_when_idle` it waits for company.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_model_does_not_wait_for_company() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lesion-demo/sample-study/slice-06.dcm"
-        );
-        let bytes = std::fs::read(path).expect("sample slice");
-        let slice =
-            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let slice = sample(6);
         for dispatch_when_idle in [true, false] {
             let batching = BatchingConfig {
                 max_batch: 16,
@@ -1111,13 +1099,7 @@ mod tests {
             ..Default::default()
         };
         let engine = Engine::start(session, Box::new(recorder), &batching).expect("engine");
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lesion-demo/sample-study/slice-06.dcm"
-        );
-        let bytes = std::fs::read(path).expect("sample slice");
-        let slice =
-            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let slice = sample(6);
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(engine.submit(slice.clone(), 0).await.expect("queued"));
@@ -1154,13 +1136,7 @@ mod tests {
         .expect("engine");
         engine.set_stall_timeout(Duration::from_millis(100));
         let mut health = engine.health();
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/models/lesion-demo/sample-study/slice-06.dcm"
-        );
-        let bytes = std::fs::read(path).expect("sample slice");
-        let slice =
-            Arc::new(decode::decode_instance(&bytes, &decode::Limits::default()).expect("decodes"));
+        let slice = sample(6);
         let _answer = engine.submit(slice, 0).await.expect("queued");
         tokio::time::timeout(
             Duration::from_secs(60),
