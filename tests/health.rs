@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::{
-    sync::{Arc, Condvar, Mutex},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use radstream::{
     catalog::{Catalog, EngineSettings},
@@ -17,7 +14,7 @@ use radstream::{
     decode,
     inference::{self},
     pipeline::{Engine, EngineError},
-    preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
+    preprocess::{CpuPreprocessor, Preprocessor},
     server,
     shutdown::Shutdown,
 };
@@ -29,46 +26,6 @@ use tonic_health::pb::{
 const NAMES: [&str; 2] = ["", "radstream.v1.Analysis"];
 /// Generous: the state is waited for, never timed.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A gate a preprocessing call waits at while it is closed.
-#[derive(Default)]
-struct Gate {
-    closed: Mutex<bool>,
-    changed: Condvar,
-}
-
-impl Gate {
-    fn set_closed(&self, closed: bool) {
-        *self.closed.lock().expect("gate lock") = closed;
-        self.changed.notify_all();
-    }
-
-    fn pass(&self) {
-        let mut closed = self.closed.lock().expect("gate lock");
-        while *closed {
-            closed = self.changed.wait(closed).expect("gate lock");
-        }
-    }
-}
-
-/// The CPU reference behind a gate: a call made while the gate is closed hangs until it opens, as a
-/// wedged GPU driver would.
-struct GatedPreprocessor(Arc<Gate>);
-
-impl Preprocessor for GatedPreprocessor {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn preprocess(
-        &mut self,
-        spec: &PreprocessSpec,
-        slices: &[SliceView<'_>],
-        out: &mut [f32],
-    ) -> Result<(), PreprocessError> {
-        self.0.pass();
-        CpuPreprocessor.preprocess(spec, slices, out)
-    }
-}
 
 fn engine(preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
     common::engine_behind("lesion-demo", preprocessor, 4)
@@ -152,8 +109,8 @@ fn sample_slice() -> Arc<decode::DecodedInstance> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_engine_call_turns_health_not_serving_until_it_returns() {
-    let gate = Arc::new(Gate::default());
-    let engine = engine(Box::new(GatedPreprocessor(gate.clone())));
+    let gate = Arc::new(common::Gate::default());
+    let engine = engine(common::gated(gate.clone()));
     engine.set_stall_timeout(Duration::from_millis(200));
     let served = serve(engine.clone(), common::test_config()).await;
     let mut health = health_client(&served.endpoint).await;
@@ -260,8 +217,8 @@ async fn health_turns_not_serving_as_the_drain_begins() {
 async fn the_drain_deadline_cancels_what_is_left_with_unavailable() {
     use radstream::proto::v1::{analysis_client::AnalysisClient, analyze_response::Event};
 
-    let gate = Arc::new(Gate::default());
-    let engine = engine(Box::new(GatedPreprocessor(gate.clone())));
+    let gate = Arc::new(common::Gate::default());
+    let engine = engine(common::gated(gate.clone()));
     let mut config = common::test_config();
     config.shutdown.drain_deadline_secs = 1.0;
     // The test keeps a handle, so the engine is joined only after its call is released, at the end.

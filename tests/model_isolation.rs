@@ -12,30 +12,11 @@ use radstream::{
     catalog::{Catalog, EngineSettings},
     inference::{self},
     pipeline::Engine,
-    preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
+    preprocess::{CpuPreprocessor, Preprocessor},
     proto::v1::{self as pb, analyze_response::Event},
     server,
     shutdown::Shutdown,
 };
-
-/// Refuses every batch, as a preprocessing path that broke would.
-struct Refusing;
-
-impl Preprocessor for Refusing {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn preprocess(
-        &mut self,
-        _spec: &PreprocessSpec,
-        _slices: &[SliceView<'_>],
-        _out: &mut [f32],
-    ) -> Result<(), PreprocessError> {
-        Err(PreprocessError::Gpu {
-            detail: "injected failure".into(),
-        })
-    }
-}
 
 /// The bundled model under `name`, behind `preprocessor`.
 fn engine(name: &str, preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
@@ -60,7 +41,11 @@ async fn a_failing_model_fails_only_its_own_slices() {
     let config = common::test_config();
     let env = inference::runtime(&config.ort_library_path()).expect("ONNX Runtime");
     let catalog = Catalog::new(env, EngineSettings::of(&config));
-    let broken = engine("broken", Box::new(Refusing));
+    let broken = engine(
+        "broken",
+        // refuses every batch, as a preprocessing path that broke would
+        Box::new(common::Hooked(|| Err(common::injected_failure()))),
+    );
     catalog.add_engine(broken.clone()).expect("broken model");
     catalog
         .add_engine(engine("lesion-demo", Box::new(CpuPreprocessor)))

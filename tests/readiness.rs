@@ -22,7 +22,7 @@ use radstream::{
     decode,
     inference::{self},
     pipeline::{Engine, EngineHealth, FAILING_AFTER},
-    preprocess::{CpuPreprocessor, PreprocessError, PreprocessSpec, Preprocessor, SliceView},
+    preprocess::{CpuPreprocessor, Preprocessor},
     server,
     shutdown::Shutdown,
 };
@@ -34,51 +34,6 @@ use tonic_health::pb::{
 
 /// Generous: states are waited for, never timed.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// The CPU reference, hanging every call while `hold` is set (as a wedged GPU driver would).
-struct Gated(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
-
-impl Preprocessor for Gated {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn preprocess(
-        &mut self,
-        spec: &PreprocessSpec,
-        slices: &[SliceView<'_>],
-        out: &mut [f32],
-    ) -> Result<(), PreprocessError> {
-        let (hold, changed) = &*self.0;
-        let mut held = hold.lock().expect("gate");
-        while *held {
-            held = changed.wait(held).expect("gate");
-        }
-        drop(held);
-        CpuPreprocessor.preprocess(spec, slices, out)
-    }
-}
-
-/// The CPU reference, refusing every batch while `refuse` is set (as a broken GPU path would).
-struct Switchable(Arc<AtomicBool>);
-
-impl Preprocessor for Switchable {
-    fn name(&self) -> &'static str {
-        "cpu"
-    }
-    fn preprocess(
-        &mut self,
-        spec: &PreprocessSpec,
-        slices: &[SliceView<'_>],
-        out: &mut [f32],
-    ) -> Result<(), PreprocessError> {
-        if self.0.load(Ordering::SeqCst) {
-            return Err(PreprocessError::Gpu {
-                detail: "injected failure".into(),
-            });
-        }
-        CpuPreprocessor.preprocess(spec, slices, out)
-    }
-}
 
 fn engine(preprocessor: Box<dyn Preprocessor>) -> Arc<Engine> {
     // one slice per batch: each failure is its own, so the count of failures is exact
@@ -225,7 +180,15 @@ async fn readyz_turns_503_when_the_worker_stops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_turns_503_while_every_recent_slice_fails_and_200_after_a_success() {
     let refuse = Arc::new(AtomicBool::new(true));
-    let engine = engine(Box::new(Switchable(refuse.clone())));
+    let engine = engine({
+        let refuse = refuse.clone();
+        Box::new(common::Hooked(move || {
+            if refuse.load(Ordering::SeqCst) {
+                return Err(common::injected_failure());
+            }
+            Ok(())
+        }))
+    });
     let served = serve(engine.clone()).await;
     readyz_becomes(&served, 200).await;
 
@@ -268,8 +231,9 @@ async fn readyz_turns_503_while_every_recent_slice_fails_and_200_after_a_success
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readyz_turns_503_while_a_call_hangs_and_200_when_it_returns() {
-    let gate = Arc::new((std::sync::Mutex::new(true), std::sync::Condvar::new()));
-    let engine = engine(Box::new(Gated(gate.clone())));
+    let gate = Arc::new(common::Gate::default());
+    gate.set_closed(true);
+    let engine = engine(common::gated(gate.clone()));
     engine.set_stall_timeout(Duration::from_millis(100));
     let served = serve(engine.clone()).await;
     readyz_becomes(&served, 200).await;
@@ -285,9 +249,7 @@ async fn readyz_turns_503_while_a_call_hangs_and_200_when_it_returns() {
     );
     assert_alive(&served).await;
 
-    let (hold, changed) = &*gate;
-    *hold.lock().expect("gate") = false;
-    changed.notify_all();
+    gate.set_closed(false);
     assert!(answer.await.expect("answered").is_ok(), "the call returns");
     readyz_becomes(&served, 200).await;
 

@@ -128,12 +128,10 @@ impl Samples {
     /// Sample `i`'s value, 0 past the end.
     #[inline]
     pub fn value(&self, i: usize) -> f32 {
-        let w = self.format.width();
-        let raw = match (w, self.data.get(i * w..i * w + w)) {
-            (1, Some(&[a])) => u32::from(a),
-            (2, Some(&[a, b])) => u32::from(u16::from_le_bytes([a, b])),
-            (4, Some(&[a, b, c, d])) => u32::from_le_bytes([a, b, c, d]),
-            _ => 0,
+        let raw = match self.format.width {
+            1 => load::<1>(&self.data, i),
+            2 => load::<2>(&self.data, i),
+            _ => load::<4>(&self.data, i),
         };
         self.format.value(raw)
     }
@@ -172,11 +170,7 @@ impl Samples {
         // Integer min/max of the raw words as the format reads them, in one vectorisable pass per width.
         fn fold<const W: usize>(data: &[u8], fmt: SampleFormat) -> (f32, f32) {
             let shift = 32 - u32::from(fmt.bits_stored);
-            let words = data.chunks_exact(W).map(|c| {
-                let mut b = [0u8; 4];
-                b[..W].copy_from_slice(c);
-                u32::from_le_bytes(b) << shift
-            });
+            let words = data.chunks_exact(W).map(|c| word::<W>(c) << shift);
             if fmt.signed {
                 let (lo, hi) = words
                     .map(|v| v as i32 >> shift)
@@ -214,30 +208,30 @@ pub trait SampleRead {
     fn format(&self) -> SampleFormat;
 }
 
-impl<const W: usize> Reader<'_, W> {
-    #[inline(always)]
-    fn raw(&self, i: usize) -> u32 {
-        match self.data.get(i * W..i * W + W) {
-            Some(c) => {
-                let mut b = [0u8; 4];
-                b[..W].copy_from_slice(c);
-                u32::from_le_bytes(b)
-            }
-            None => 0,
-        }
-    }
+/// The little endian word of one `W`-byte sample.
+#[inline(always)]
+fn word<const W: usize>(sample: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b[..W].copy_from_slice(sample);
+    u32::from_le_bytes(b)
+}
+
+/// Sample `i`'s raw word, 0 past the end.
+#[inline(always)]
+fn load<const W: usize>(data: &[u8], i: usize) -> u32 {
+    data.get(i * W..i * W + W).map_or(0, word::<W>)
 }
 
 impl<const W: usize> SampleRead for Reader<'_, W> {
     #[inline(always)]
     fn at(&self, i: usize) -> f32 {
-        self.fmt.value(self.raw(i))
+        self.fmt.value(load::<W>(self.data, i))
     }
 
     #[inline(always)]
     fn bits(&self, i: usize) -> u32 {
         let shift = 32 - u32::from(self.fmt.bits_stored);
-        (self.raw(i) << shift) >> shift
+        (load::<W>(self.data, i) << shift) >> shift
     }
 
     fn format(&self) -> SampleFormat {
@@ -275,6 +269,12 @@ impl Frame {
 
     pub fn samples(&self) -> &Samples {
         &self.samples
+    }
+
+    /// Whether [`Self::min_max`] has been computed (tests: it is not, unless a window needed it).
+    #[cfg(test)]
+    pub(crate) fn range_computed(&self) -> bool {
+        self.range.get().is_some()
     }
 
     /// (min, max) of the stored values, (0, 0) for an empty frame; one pass over the frame the first

@@ -488,6 +488,30 @@ mod tests {
         }
     }
 
+    /// The frame's min/max is read only when the window falls back to it: a file or manifest window
+    /// leaves the frame's other pixels untouched.
+    #[test]
+    fn min_max_is_computed_only_for_the_min_max_window() {
+        let with_file_window = ct(32, 32, 1);
+        run(
+            &plain(1, 8, 8, None),
+            std::slice::from_ref(&with_file_window),
+        );
+        assert!(!with_file_window.pixels.range_computed(), "file window");
+        let manifest = Some(Window {
+            center: 40.0,
+            width: 400.0,
+        });
+        let no_window = OwnedSlice {
+            file_windows: Vec::new(),
+            ..ct(32, 32, 2)
+        };
+        run(&plain(1, 8, 8, manifest), std::slice::from_ref(&no_window));
+        assert!(!no_window.pixels.range_computed(), "manifest window");
+        run(&plain(1, 8, 8, None), std::slice::from_ref(&no_window));
+        assert!(no_window.pixels.range_computed(), "min/max window");
+    }
+
     #[test]
     fn empty_batch_is_ok() {
         let mut out = [];

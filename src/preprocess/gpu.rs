@@ -802,6 +802,11 @@ mod tests {
             Err(e @ PreprocessError::BatchTooLarge { .. }) => println!("as expected: {e}"),
             other => panic!("expected BatchTooLarge, got {other:?}"),
         }
+        // Exactly the stored bytes fit an 8 KiB limit: 2 bytes a pixel are uploaded, not 4.
+        g.set_max_binding_for_test(8 << 10);
+        let r = g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out);
+        g.set_max_binding_for_test(real);
+        r.expect("64x64 stored 16-bit samples are 8 KiB");
         // Still usable afterwards.
         g.preprocess(&spec(1, 4, 4, None), &views(&ok), &mut out)
             .unwrap();

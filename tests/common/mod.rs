@@ -532,6 +532,65 @@ impl Drop for ServedProcess {
     }
 }
 
+/// The CPU reference with a fault injected: `hook` runs before every batch, and its error is the
+/// batch's (as a broken GPU path would answer); `Ok` lets the batch through.
+pub struct Hooked<F>(pub F);
+
+impl<F> radstream::preprocess::Preprocessor for Hooked<F>
+where
+    F: FnMut() -> Result<(), radstream::preprocess::PreprocessError> + Send,
+{
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn preprocess(
+        &mut self,
+        spec: &radstream::preprocess::PreprocessSpec,
+        slices: &[radstream::preprocess::SliceView<'_>],
+        out: &mut [f32],
+    ) -> Result<(), radstream::preprocess::PreprocessError> {
+        (self.0)()?;
+        radstream::preprocess::CpuPreprocessor.preprocess(spec, slices, out)
+    }
+}
+
+/// The error a fault-injecting preprocessor answers with.
+pub fn injected_failure() -> radstream::preprocess::PreprocessError {
+    radstream::preprocess::PreprocessError::Gpu {
+        detail: "injected failure".into(),
+    }
+}
+
+/// A gate a preprocessing call waits at while it is closed (as at a wedged GPU driver).
+#[derive(Default)]
+pub struct Gate {
+    closed: std::sync::Mutex<bool>,
+    changed: std::sync::Condvar,
+}
+
+impl Gate {
+    pub fn set_closed(&self, closed: bool) {
+        *self.closed.lock().expect("gate lock") = closed;
+        self.changed.notify_all();
+    }
+
+    /// Returns once the gate is open.
+    pub fn pass(&self) {
+        let mut closed = self.closed.lock().expect("gate lock");
+        while *closed {
+            closed = self.changed.wait(closed).expect("gate lock");
+        }
+    }
+}
+
+/// The CPU reference behind `gate`: a call made while it is closed hangs until it opens.
+pub fn gated(gate: std::sync::Arc<Gate>) -> Box<dyn radstream::preprocess::Preprocessor> {
+    Box::new(Hooked(move || {
+        gate.pass();
+        Ok(())
+    }))
+}
+
 /// The bundled model under `name`, started behind `preprocessor` (a fault-injecting one, in the tests
 /// of health and isolation), with batches of at most `max_batch` slices.
 pub fn engine_behind(
