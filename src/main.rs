@@ -178,7 +178,7 @@ enum ModelsCommand {
 /// How the `models` admin commands reach the service.
 #[derive(Args)]
 struct AdminArgs {
-    /// Service endpoint.
+    /// Service endpoint: a URL, or host:port (http://, or https:// with --ca).
     #[arg(
         long,
         env = "RADSTREAM_ENDPOINT",
@@ -266,7 +266,8 @@ struct LoadArgs {
     /// Keep the series (and the realistic model) here; a later run with the same slices reuses them.
     #[arg(long)]
     keep: Option<PathBuf>,
-    /// Push to this running server instead of starting one (RSS and CPU only with --server-pid).
+    /// Push to this running server (URL or host:port) instead of starting one (RSS and CPU only with
+    /// --server-pid).
     #[arg(long)]
     addr: Option<String>,
     /// The process id of the --addr server, for its peak RSS and CPU time.
@@ -413,7 +414,7 @@ impl ServiceArgs {
 
 #[derive(Args)]
 struct PushArgs {
-    /// Service endpoint.
+    /// Service endpoint: a URL, or host:port (http://, or https:// with --ca).
     #[arg(
         long,
         env = "RADSTREAM_ENDPOINT",
@@ -438,7 +439,7 @@ struct PushArgs {
 
 #[derive(Args)]
 struct WatchArgs {
-    /// Service endpoint.
+    /// Service endpoint: a URL, or host:port (http://, or https:// with --ca).
     #[arg(
         long,
         env = "RADSTREAM_ENDPOINT",
@@ -825,37 +826,64 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
 ///
 /// Why: the service's large buffers — a received instance (~0.5 MiB for a 512² CT slice, in a receive
 /// buffer tonic may have grown to 1 MiB), which its frames now keep until they are scored, model
-/// batches, overlay images — are allocated and freed per slice, from many threads. Above glibc's mmap
-/// threshold each is a fresh mapping: page faults and zeroing on first touch, `munmap` on free. With
-/// the threshold at 256 KiB (this setting before issue 14) that was a quarter of the server's CPU per
-/// slice; the budgets (`ingest::budget`) now bound what is live, so the buffers can stay on the heaps
-/// and be reused. A fixed threshold (rather than glibc's dynamic one, which rises to 32 MiB) also fixes
-/// the trim threshold (2× the mmap threshold) instead of letting it grow.
+/// batches, overlay images — are allocated and freed per slice, from many threads. Two settings keep
+/// them on the heaps, reused, instead of being faulted in afresh for every slice:
+/// - `M_MMAP_THRESHOLD` 4 MiB: above it each buffer is a fresh mapping (page faults and zeroing on first
+///   touch, `munmap` on free). With the threshold at 256 KiB (this setting before issue 14) that was a
+///   quarter of the server's CPU per slice; the budgets (`ingest::budget`) bound what is live.
+/// - `M_TRIM_THRESHOLD` 8 MiB (2× the mmap threshold, the ratio glibc's own dynamic rule keeps): setting
+///   the mmap threshold fixes the trim threshold at its 128 KiB default, so every freed receive buffer at
+///   the top of a heap was handed back to the kernel (`madvise`/`brk`) and faulted in again for the next
+///   slice: 92 page faults per slice, 73 % of them in tonic's copy into a new receive buffer (`perf record
+///   -e page-faults`). With 8 MiB an arena keeps at most that much free memory at its top.
+/// - `M_ARENA_MAX` one per core: glibc's default (8 per core) gave each blocking thread that decodes or
+///   renders an overlay an arena of its own, each holding freed slices the others cannot reuse. Under 32
+///   streams `malloc_stats` showed 146 MB taken from the kernel for 71 MB in use, 13 arenas of 3-6 MB
+///   with under 1 MB in use each. Peak RSS with 32 streams (bench load, one session): 16 arenas
+///   162-176 MiB, 4 157-158, 2 145-151, 1 146-147, throughput the same within noise.
 ///
 /// Measured with `radstream bench load` (release, 240-slice 512² series, `--preprocess cpu`, 2-core
 /// shared machine, one run each; "32 × 1" = 32 concurrent streams of one study each, "1 × 32" = the
 /// same 32 studies one after the other on one stream, so both end with the same studies retained):
-/// - 256 KiB: 1 × 32 440 slices/s, 2.20 ms CPU/slice, 103 MiB; 32 × 1 611 slices/s, 1.93 ms, 142 MiB
-/// - 1 MiB:   1 × 32 606 slices/s, 1.82 ms, 119 MiB; 32 × 1 908 slices/s, 1.55 ms, 179 MiB
-/// - 4 MiB:   1 × 32 698 slices/s, 1.77 ms, 126 MiB; 32 × 1 935 slices/s, 1.55 ms, 184 MiB: kept
+/// - mmap 256 KiB: 1 × 32 440 slices/s, 2.20 ms CPU/slice, 103 MiB; 32 × 1 611 slices/s, 1.93 ms, 142 MiB
+/// - mmap 1 MiB:   1 × 32 606 slices/s, 1.82 ms, 119 MiB; 32 × 1 908 slices/s, 1.55 ms, 179 MiB
+/// - mmap 4 MiB:   1 × 32 698 slices/s, 1.77 ms, 126 MiB; 32 × 1 935 slices/s, 1.55 ms, 184 MiB: kept
+///
+/// The trim threshold, on one server over 4 pushes of the 240-slice series (`perf stat -p`): default
+/// 128 KiB 84k page faults, 2.00 ms CPU/slice; 4 MiB 4.0k, 1.72 ms; 8 MiB 2.0k, 1.64 ms; 16 MiB 4.9k,
+/// 1.72 ms; 64 MiB 3.1k, 1.74 ms: 8 MiB kept.
 ///
 /// And with `tests/memory.rs` (debug binary, one 32-slice study per stream): 4 MiB 1 stream 90-94 MiB,
 /// 32 streams 105-108 MiB, ratio 1.13-1.17 (3 runs); 256 KiB 1.12-1.14 (2 runs).
 ///
 /// Left as the environment says when the operator tuned malloc there (`MALLOC_MMAP_THRESHOLD_`,
-/// `GLIBC_TUNABLES`).
+/// `MALLOC_TRIM_THRESHOLD_`, `MALLOC_ARENA_MAX`, `GLIBC_TUNABLES`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_malloc() {
     const MMAP_THRESHOLD: libc::c_int = 4 * 1024 * 1024;
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some()
-        || std::env::var_os("GLIBC_TUNABLES").is_some()
+    const TRIM_THRESHOLD: libc::c_int = 2 * MMAP_THRESHOLD;
+    if [
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_ARENA_MAX",
+        "GLIBC_TUNABLES",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
     {
         return;
     }
+    let arenas = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 64) as libc::c_int;
     // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread runs.
-    let done = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-    if done != 1 {
-        eprintln!("warning: could not set the malloc mmap threshold; memory may grow with streams");
+    let done = unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            + libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+            + libc::mallopt(libc::M_ARENA_MAX, arenas)
+    };
+    if done != 3 {
+        eprintln!("warning: could not tune malloc's thresholds; memory may grow with streams");
     }
 }
 

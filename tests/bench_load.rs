@@ -135,3 +135,39 @@ fn the_peer_script_starts() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("--study"));
 }
+
+/// Against a server that is already running, named as a PACS administrator writes an address
+/// (host:port, no scheme), with its process for the CPU and RSS figures.
+#[test]
+fn bench_load_measures_a_running_server_named_by_host_and_port() {
+    let server = common::ServedProcess::start(&[("RADSTREAM_PREPROCESS", "cpu")]);
+    let keep = tempfile::tempdir().expect("tempdir");
+    let out = bin()
+        .args(["bench", "load", "--slices", "8", "--streams", "1", "--json"])
+        .args(["--addr", &format!("127.0.0.1:{}", server.port)])
+        .args(["--server-pid", &server.pid().to_string(), "--keep"])
+        .arg(keep.path())
+        .output()
+        .expect("run radstream bench load");
+    assert!(
+        out.status.success(),
+        "bench load --addr failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{report}");
+    let r = &runs[0];
+    assert_eq!(
+        r["findings"], 8,
+        "every slice scored by the running server: {r}"
+    );
+    assert_eq!(r["summaries"], 1, "{r}");
+    for k in [
+        "server_cpu_ms_per_slice",
+        "server_peak_rss_mib",
+        "server_idle_rss_mib",
+    ] {
+        assert!(r[k].as_f64().is_some_and(|v| v > 0.0), "{k}: {r}");
+    }
+}

@@ -123,10 +123,22 @@ fn read(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
+/// `host:port` as a URL: `https://` when a CA is given (TLS is asked for), else `http://`; an endpoint
+/// with a scheme is left as it is. PACS administrators write addresses without one.
+fn with_scheme(endpoint: &str, access: &Access) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else if access.ca.is_some() {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// A channel to `target`; an unreachable one (or a refused handshake) is [`Error::Connect`] with a hint.
 pub async fn connect(target: &Target) -> Result<Authorized> {
-    let endpoint = &target.endpoint;
     let access = &target.access;
+    let endpoint = &with_scheme(&target.endpoint, access);
     let connect_err = |detail: String| Error::Connect {
         endpoint: endpoint.to_string(),
         detail,
@@ -196,6 +208,22 @@ mod tests {
         );
         assert_eq!(Access::token_from(None, None).expect("ok"), None);
         assert!(Access::token_from(None, Some(&dir.path().join("missing"))).is_err());
+    }
+
+    #[test]
+    fn an_endpoint_without_a_scheme_gets_one() {
+        let plain = Access::default();
+        assert_eq!(
+            with_scheme("127.0.0.1:50051", &plain),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(with_scheme("http://h:1", &plain), "http://h:1");
+        let tls = Access {
+            ca: Some("ca.pem".into()),
+            ..Access::default()
+        };
+        assert_eq!(with_scheme("pacs-gw:50051", &tls), "https://pacs-gw:50051");
+        assert_eq!(with_scheme("https://h:1", &tls), "https://h:1");
     }
 
     #[tokio::test]

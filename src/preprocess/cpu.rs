@@ -200,27 +200,89 @@ fn view_to_plane(
     }
 }
 
+/// One channel at the frame's own size, each pixel's windowed value passed through `f`.
+///
+/// Same size (an overlay at native resolution): every source position is a pixel centre, the fractions
+/// are 0 and the bilinear sum is exactly the one tap, so one tap per pixel gives the same values as the
+/// four. A monochrome value then depends on the stored value alone: with fewer possible stored values
+/// than pixels (16 bits or less on a 512² slice), `f` of each is computed once into a table, and a
+/// pixel costs one read and one lookup.
+fn native_plane<T: Copy + Default>(
+    p: &SliceParams,
+    px: &impl SampleRead,
+    f: impl Fn(f32) -> T,
+    dst: &mut [T],
+) {
+    let bits = px.format().bits_stored();
+    let pixels = dst.len();
+    if p.flags & FLAG_COLOR == 0 && bits <= 16 && (1usize << bits) < pixels {
+        let table: Vec<T> = (0..1u32 << bits)
+            .map(|raw| f(tap(p, 1, &OneValue(px.format().value(raw)), 0, 0)[0]))
+            .collect();
+        for (i, out) in dst.iter_mut().enumerate() {
+            *out = table.get(px.bits(i) as usize).copied().unwrap_or_default();
+        }
+        return;
+    }
+    for (i, out) in dst.iter_mut().enumerate() {
+        let (y, x) = (i as u32 / p.cols, i as u32 % p.cols);
+        *out = f(tap(p, 1, px, y, x)[0]);
+    }
+}
+
+/// [`native_plane`] for one frame, specialised to its sample width.
+struct ToNative<'a, T, F> {
+    p: &'a SliceParams,
+    f: F,
+    dst: &'a mut [T],
+}
+
+impl<T: Copy + Default, F: Fn(f32) -> T> ReadWith<()> for ToNative<'_, T, F> {
+    fn call<S: SampleRead>(self, px: &S) {
+        native_plane(self.p, px, self.f, self.dst)
+    }
+}
+
+impl CpuPreprocessor {
+    /// The slice at its own size as one channel (colour as luminance), windowed exactly as
+    /// [`Preprocessor::preprocess`] would with `spec` at that size (`spec.height`/`width` must be the
+    /// slice's, one channel, no context), each value passed through `f` into `dst`. What an overlay
+    /// needs: its 8-bit levels straight from the stored values, through a table of at most 2^16 entries
+    /// rather than a float image of the slice.
+    pub fn native<T: Copy + Default>(
+        &self,
+        spec: &PreprocessSpec,
+        view: &SliceView<'_>,
+        f: impl Fn(f32) -> T,
+        dst: &mut [T],
+    ) -> Result<(), PreprocessError> {
+        if spec.channels != 1 || spec.context != 0 {
+            return Err(PreprocessError::InvalidSpec {
+                detail: "a native-size plane has one channel and no context".into(),
+            });
+        }
+        let params = resolve_batch(spec, std::slice::from_ref(view), dst.len())?;
+        let p = &params[0];
+        if (spec.height, spec.width) != (p.rows, p.cols) {
+            return Err(PreprocessError::InvalidSpec {
+                detail: format!(
+                    "a native-size plane is {}x{}, the slice is {}x{}",
+                    spec.width, spec.height, p.cols, p.rows
+                ),
+            });
+        }
+        view.frame.samples().reader(ToNative { p, f, dst });
+        Ok(())
+    }
+}
+
 fn slice_to_chw(spec: &PreprocessSpec, p: &SliceParams, px: &impl SampleRead, dst: &mut [f32]) {
     let (h, w, ch) = (spec.height, spec.width, spec.channels);
     let plane = h as usize * w as usize;
     if (h, w) == (p.rows, p.cols) {
-        // Same size (an overlay at native resolution): every source position is a pixel centre, the
-        // fractions are 0 and the bilinear sum is exactly the one tap, so one tap per pixel gives the
-        // same values as the four. A monochrome output value then depends on the stored value alone:
-        // with fewer possible stored values than pixels (16 bits or less on a 512² slice), each is
-        // computed once into a table.
-        let bits = px.format().bits_stored();
-        let pixels = h as usize * w as usize;
-        if ch == 1 && p.flags & FLAG_COLOR == 0 && bits <= 16 && (1usize << bits) < pixels {
-            let table: Vec<f32> = (0..1u32 << bits)
-                .map(|raw| {
-                    let one = OneValue(px.format().value(raw));
-                    (tap(p, 1, &one, 0, 0)[0] - spec.mean[0]) / spec.std[0]
-                })
-                .collect();
-            for (i, out) in dst.iter_mut().take(pixels).enumerate() {
-                *out = table.get(px.bits(i) as usize).copied().unwrap_or(0.0);
-            }
+        if ch == 1 {
+            let (mean, std) = (spec.mean[0], spec.std[0]);
+            native_plane(p, px, |v| (v - mean) / std, &mut dst[..plane]);
             return;
         }
         for y in 0..h {

@@ -61,6 +61,24 @@ fn windowed<R>(
     thread_local! {
         static GRAY: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let (view, spec) = native_view(instance, frame, name)?;
+    GRAY.with_borrow_mut(|gray| {
+        gray.clear();
+        gray.resize((spec.height * spec.width) as usize, 0.0);
+        CpuPreprocessor
+            .preprocess(&spec, std::slice::from_ref(&view), gray)
+            .map_err(|e| OverlayError::Preprocess(e, name.to_string()))?;
+        Ok(f(spec.width, spec.height, gray))
+    })
+}
+
+/// `frame` of `instance` and the specification that windows it at its own size into [0, 1] (identity
+/// resize, no normalisation).
+fn native_view<'a>(
+    instance: &'a DecodedInstance,
+    frame: u32,
+    name: &str,
+) -> Result<(SliceView<'a>, PreprocessSpec), OverlayError> {
     let m = &instance.meta;
     let view = SliceView::of(instance, frame as usize).ok_or_else(|| OverlayError::NoFrame {
         name: name.to_string(),
@@ -75,14 +93,7 @@ fn windowed<R>(
         std: vec![1.0],
         context: 0,
     };
-    GRAY.with_borrow_mut(|gray| {
-        gray.clear();
-        gray.resize((m.rows * m.cols) as usize, 0.0);
-        CpuPreprocessor
-            .preprocess(&spec, std::slice::from_ref(&view), gray)
-            .map_err(|e| OverlayError::Preprocess(e, name.to_string()))?;
-        Ok(f(m.cols, m.rows, gray))
-    })
+    Ok((view, spec))
 }
 
 /// A windowed value in [0, 1] as an 8-bit grey level.
@@ -151,23 +162,28 @@ pub fn render_png(
         thread_local! {
             static INDICES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        return windowed(instance, frame, "slice", |w, h, gray| {
-            INDICES.with_borrow_mut(|indices| {
+        let (view, spec) = native_view(instance, frame, "slice")?;
+        return INDICES
+            .with_borrow_mut(|indices| {
                 indices.clear();
-                indices.extend(gray.iter().map(|&v| grey_index(grey_level(v))));
+                indices.resize((w * h) as usize, 0);
+                // The grey index of each pixel straight from its stored value: the windowed value is the
+                // one `render` shows, mapped through the same two functions.
+                CpuPreprocessor
+                    .native(&spec, &view, |v| grey_index(grey_level(v)), indices)
+                    .map_err(|e| OverlayError::Preprocess(e, "slice".to_string()))?;
                 draw_marks(finding, w, h, |x, y, mark| {
                     indices[(y * w + x) as usize] = match mark {
                         Mark::Box => BOX_INDEX,
                         Mark::Peak => PEAK_INDEX,
                     }
                 });
-                encode_indexed(w, h, indices)
-            })
-        })?
-        .map_err(|detail| OverlayError::Write {
-            path: PathBuf::from("(stored overlay)"),
-            detail,
-        });
+                Ok(encode_indexed(w, h, indices))
+            })?
+            .map_err(|detail| OverlayError::Write {
+                path: PathBuf::from("(stored overlay)"),
+                detail,
+            });
     }
     let mut img = render(instance, frame, finding, "slice")?;
     {

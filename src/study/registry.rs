@@ -20,6 +20,11 @@
 //! - Completed studies stay in memory for `retain_completed` (and at most `max_retained` of them), then
 //!   are dropped; a study not in memory is rebuilt from its log when it is seen again (a late instance,
 //!   a restart), so memory does not grow with the number of studies ever seen.
+//! - A retained study is slim: at completion it lets go of its instances (their findings, kept only to
+//!   re-send them to a duplicate, were most of a study's memory) and keeps its counts and tallies, which
+//!   are all its summaries need. An instance that arrives for it, re-sent or late, first has them read
+//!   back from the log, where every one of them is; so a thousand retained studies cost little memory
+//!   and the rare re-send costs one read of one study.
 //! - Ordering on a stream: an end-of-study or a stream close takes effect only after every instance
 //!   the source sent before it has had its header read, so a summary never overtakes an instance sent
 //!   before the end marker.
@@ -180,6 +185,9 @@ pub struct RegistryStats {
     pub open: usize,
     pub retained_complete: usize,
     pub sources: usize,
+    /// Instances the retained completed studies hold in memory: none once they are slim, until one of
+    /// their instances is sent again.
+    pub retained_instances: usize,
 }
 
 // One message per instance or slice, moved once through the channel: boxing the finding would add an
@@ -426,6 +434,39 @@ impl Instance {
             .filter(|k| !self.answered.contains(k))
             .collect()
     }
+
+    /// Folds one logged event into the instances it concerns, as they were when it was logged (a
+    /// study rebuilt from its log, or a slim one whose instances are read back).
+    fn replay(instances: &mut HashMap<String, Instance>, event: &pb::study_event::Event) {
+        use pb::study_event::Event as E;
+        match event {
+            E::Accepted(a) if !a.duplicate => {
+                let slice = a.slice.clone().unwrap_or_default();
+                let mut inst = Instance::new(a.frames, a.models.clone(), slice);
+                inst.accepted = true;
+                instances.insert(inst.slice.sop_instance_uid.clone(), inst);
+            }
+            E::Rejected(r) => {
+                if let (Some(frame), Some(i)) = (r.frame, instances.get_mut(&r.sop_instance_uid)) {
+                    let m = i.model_index(r.model.as_ref());
+                    i.answer(frame, m);
+                    i.failures.push(r.clone());
+                }
+            }
+            E::Finding(f) => {
+                let (sop, frame) = f
+                    .slice
+                    .as_ref()
+                    .map_or(("", 0), |s| (s.sop_instance_uid.as_str(), s.frame));
+                if let Some(i) = instances.get_mut(sop) {
+                    let m = i.model_index(f.model.as_ref());
+                    i.answer(frame, m);
+                    i.findings.push(Arc::new(f.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What one model made of a study: its pin, and its scores folded as they come.
@@ -578,6 +619,9 @@ struct Study {
     resummarise: HashSet<SourceId>,
     last_reason: pb::CompletionReason,
     instances: HashMap<String, Instance>,
+    /// `Some(slices)`: the study completed and let go of its `instances` (see [`Study::slim`]);
+    /// `slices` is what they counted for the summary's `outside_model_rules`.
+    slim: Option<u32>,
     /// One per model that scored (or is scoring) the study, in the order they were first routed.
     tallies: Vec<Tally>,
     arrivals: u64,
@@ -609,6 +653,7 @@ impl Study {
             resummarise: HashSet::new(),
             last_reason: pb::CompletionReason::Unspecified,
             instances: HashMap::new(),
+            slim: None,
             tallies: Vec::new(),
             arrivals: 0,
             timer: None,
@@ -696,26 +741,18 @@ impl Study {
             }
             s.complete = false;
             s.dirty = true;
+            if let Some(event) = &e.event {
+                Instance::replay(&mut s.instances, event);
+            }
             match &e.event {
                 Some(E::Accepted(a)) if !a.duplicate => {
                     s.accepted += 1;
-                    let slice = a.slice.clone().unwrap_or_default();
                     for m in &a.models {
                         s.tally_for(m, pins);
                     }
-                    let mut inst = Instance::new(a.frames, a.models.clone(), slice.clone());
-                    inst.accepted = true;
-                    s.instances.insert(slice.sop_instance_uid.clone(), inst);
                 }
                 Some(E::Rejected(r)) => match r.frame {
-                    Some(frame) => {
-                        s.failed += 1;
-                        if let Some(i) = s.instances.get_mut(&r.sop_instance_uid) {
-                            let m = i.model_index(r.model.as_ref());
-                            i.answer(frame, m);
-                            i.failures.push(r.clone());
-                        }
-                    }
+                    Some(_) => s.failed += 1,
                     None => s.rejected += 1,
                 },
                 Some(E::Finding(f)) => {
@@ -727,11 +764,6 @@ impl Study {
                     if let Some(t) = s.tally_for(&model, pins) {
                         let arrival = s.arrivals;
                         s.tallies[t].record_score(&slice, &scores, arrival);
-                    }
-                    if let Some(i) = s.instances.get_mut(&slice.sop_instance_uid) {
-                        let m = i.model_index(f.model.as_ref());
-                        i.answer(slice.frame, m);
-                        i.findings.push(Arc::new(f.clone()));
                     }
                 }
                 Some(E::Critical(c)) => {
@@ -820,11 +852,7 @@ impl Study {
     /// The summary's note on the models' study-level rules: empty when the study fits them. The
     /// slices are those of the accepted instances (every frame), scored or not.
     fn outside_model_rules(&self) -> String {
-        let slices = self
-            .instances
-            .values()
-            .filter(|i| i.accepted)
-            .fold(0u32, |n, i| n.saturating_add(i.frames));
+        let slices = self.slim.unwrap_or_else(|| self.accepted_slices());
         self.tallies
             .iter()
             .filter_map(|t| {
@@ -835,6 +863,33 @@ impl Study {
             })
             .collect::<Vec<_>>()
             .join("; ")
+    }
+
+    /// The slices of the accepted instances (every frame), scored or not.
+    fn accepted_slices(&self) -> u32 {
+        self.instances
+            .values()
+            .filter(|i| i.accepted)
+            .fold(0u32, |n, i| n.saturating_add(i.frames))
+    }
+
+    /// Lets go of the instances of a completed study: what it keeps (counts, tallies) makes its
+    /// summaries; what it drops (each instance's findings and failures, kept to re-send them to a
+    /// duplicate) is in the log, and [`RegistryTask::unslim`] reads it back when an instance arrives
+    /// again. Only when every instance is answered and no sender waits on one: those are the
+    /// instances the log holds in full.
+    fn slim(&mut self) {
+        if self.slim.is_some() {
+            return;
+        }
+        let settled = self
+            .instances
+            .values()
+            .all(|i| i.accepted && i.resolved() && i.waiters.is_empty());
+        if settled {
+            self.slim = Some(self.accepted_slices());
+            self.instances = HashMap::new();
+        }
     }
 }
 
@@ -942,18 +997,16 @@ impl RegistryTask {
         }
     }
 
-    /// Makes sure `uid` is in memory: rebuilt from the log when it has events there, else new.
-    async fn ensure(&mut self, uid: &str) {
-        if self.studies.contains_key(uid) {
-            return;
-        }
+    /// The events of `uid` in the log, with everything published for it so far (none when the log
+    /// cannot be read: that is logged).
+    async fn read_log(&mut self, uid: &str) -> Vec<pb::StudyEvent> {
         // What was published for it must be in the log before it is read back.
         self.flush().await;
         self.hub.flush().await;
         let log = self.hub.log().clone();
         let key = uid.to_string();
         let events = tokio::task::spawn_blocking(move || log.read_study(&key)).await;
-        let events = match events {
+        match events {
             Ok(Ok(events)) => events,
             Ok(Err(e)) => {
                 tracing::error!("cannot read a study back from the event log: {e}");
@@ -963,7 +1016,15 @@ impl RegistryTask {
                 tracing::error!("cannot read a study back from the event log: {e}");
                 Vec::new()
             }
-        };
+        }
+    }
+
+    /// Makes sure `uid` is in memory: rebuilt from the log when it has events there, else new.
+    async fn ensure(&mut self, uid: &str) {
+        if self.studies.contains_key(uid) {
+            return;
+        }
+        let events = self.read_log(uid).await;
         let mut study = if events.is_empty() {
             Study::new(uid.to_string())
         } else {
@@ -984,6 +1045,31 @@ impl RegistryTask {
         }
         self.studies.insert(uid.to_string(), study);
         self.enforce_retention();
+    }
+
+    /// Gives a slim study (see [`Study::slim`]) its instances back, read from its log: an instance
+    /// of it arrived, re-sent (its findings go to the new sender) or late (the study re-opens, and
+    /// later re-sends of its earlier instances must be recognised). Everything else about the study
+    /// (counts, tallies, sources, timers) is as it was in memory.
+    async fn unslim(&mut self, uid: &str) {
+        if self.studies.get(uid).is_none_or(|s| s.slim.is_none()) {
+            return;
+        }
+        let events = self.read_log(uid).await;
+        let Some(study) = self.studies.get_mut(uid) else {
+            return;
+        };
+        let mut instances = HashMap::new();
+        for event in events.iter().filter_map(|e| e.event.as_ref()) {
+            Instance::replay(&mut instances, event);
+        }
+        for i in instances.values_mut() {
+            // a slim study had every frame answered (its counts say so already)
+            let lost = i.unanswered();
+            i.answered.extend(lost);
+        }
+        study.instances = instances;
+        study.slim = None;
     }
 
     fn source(&mut self, id: SourceId) -> &mut Source {
@@ -1026,6 +1112,12 @@ impl RegistryTask {
                     open: self.studies.len().saturating_sub(self.retained_complete),
                     retained_complete: self.retained_complete,
                     sources: self.sources.len(),
+                    retained_instances: self
+                        .studies
+                        .values()
+                        .filter(|s| s.complete)
+                        .map(|s| s.instances.len())
+                        .sum(),
                 });
             }
         }
@@ -1125,6 +1217,7 @@ impl RegistryTask {
         let meta = &a.meta;
         let uid = meta.study_instance_uid.clone();
         self.ensure(&uid).await;
+        self.unslim(&uid).await;
         let Some(study) = self.studies.get_mut(&uid) else {
             return Admission::Decode(a.routed);
         };
@@ -1566,6 +1659,7 @@ impl RegistryTask {
         .emit();
         let summary = study.summary(reason);
         study.release_pins();
+        study.slim();
         let event = study.event("", pb::study_event::Event::Summary(summary));
         let targets = study.listeners.drain().map(|s| (s, None)).collect();
         self.emits.push(Emit::Log(Outgoing { event, targets }));
@@ -1878,6 +1972,168 @@ mod tests {
         );
         assert_eq!(s.labels[0].max_score, 0.95, "the earlier slices count");
         assert_eq!(registry.stats().await.open, 0);
+    }
+
+    /// What a source is sent about one instance, up to its `InstanceDone`.
+    async fn until_done(feed: &mut SourceFeed) -> Vec<SourceDelivery> {
+        let mut got = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+                .await
+                .expect("the instance done in time")
+                .expect("feed open");
+            if matches!(next, SourceDelivery::InstanceDone) {
+                return got;
+            }
+            got.push(next);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_completed_study_keeps_no_instances_yet_re_sends_their_results_from_the_log() {
+        use pb::analyze_response::Event as R;
+        use pb::study_event::Event as E;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = SqliteLog::in_data_dir(dir.path()).expect("log");
+        let hub = Hub::start(Arc::new(log), 64).expect("hub");
+        let registry = start(hub.clone(), rules(), config(Duration::from_secs(60), 10));
+        let mut feed = hub.attach_source();
+        let source = feed.id;
+        // two scored slices, and one whose frame failed
+        for n in 1..=2 {
+            push(
+                &registry,
+                source,
+                "1.4.1",
+                n,
+                if n == 2 { 0.95 } else { 0.1 },
+            )
+            .await;
+        }
+        let failed = meta("1.4.1", 3);
+        let key = InstanceKey {
+            study: "1.4.1".into(),
+            sop: failed.sop_instance_uid.clone(),
+        };
+        let arrival = |source, client_ref: &str| Arrival {
+            source,
+            client_ref: ClientRef::new(client_ref.into()),
+            meta: failed.clone(),
+            frames: 1,
+            routed: registry.pins.clone(),
+        };
+        assert!(registry.arrived(arrival(source, "f3")).await.is_decode());
+        registry.decoded(key.clone(), Ok(()));
+        registry.slice_done(
+            key,
+            0,
+            Err(SliceFailure {
+                reason: pb::RejectReason::Inference,
+                message: "engine failed".into(),
+                model: None,
+            }),
+        );
+        registry.end_of_study(source, "1.4.1".into(), 3);
+        // what the sender was told, as the log holds it
+        let mut logged = Vec::new();
+        let first = loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+                .await
+                .expect("a summary in time")
+                .expect("feed open");
+            if let SourceDelivery::Event { event, .. } = next {
+                match &event.event {
+                    Some(E::Summary(s)) => break s.clone(),
+                    Some(e) => logged.push(e.clone()),
+                    None => {}
+                }
+            }
+        };
+        assert_eq!((first.slices_scored, first.slices_failed), (2, 1));
+        let stats = registry.stats().await;
+        assert_eq!(stats.retained_complete, 1);
+        assert_eq!(
+            stats.retained_instances, 0,
+            "a completed study lets go of its instances (their findings are in the log)"
+        );
+
+        // a second sender re-sends slice 2: its finding again, marked re-sent, under its own name
+        let mut again = hub.attach_source();
+        assert!(!push(&registry, again.id, "1.4.1", 2, 0.0).await.is_decode());
+        let original = logged
+            .iter()
+            .find_map(|e| match e {
+                E::Finding(f) if f.slice.as_ref().and_then(|s| s.instance_number) == Some(2) => {
+                    Some(f.clone())
+                }
+                _ => None,
+            })
+            .expect("the finding of slice 2");
+        let got = until_done(&mut again).await;
+        let direct: Vec<R> = got
+            .into_iter()
+            .filter_map(|d| match d {
+                SourceDelivery::Direct(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(direct.len(), 2, "{direct:?}");
+        assert!(matches!(&direct[0], R::Accepted(a) if a.duplicate && a.client_ref == "f2"));
+        assert_eq!(
+            direct[1],
+            R::Finding(pb::SliceFinding {
+                client_ref: "f2".into(),
+                resent: true,
+                ..original
+            })
+        );
+        // and slice 3: its failure again
+        assert!(!registry.arrived(arrival(again.id, "g3")).await.is_decode());
+        let got = until_done(&mut again).await;
+        let failure = got.iter().find_map(|d| match d {
+            SourceDelivery::Direct(e) => match e.as_ref() {
+                R::Rejected(r) => Some(r.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
+        let failure = failure.expect("the failure re-sent");
+        assert_eq!(
+            (failure.client_ref.as_str(), failure.frame),
+            ("g3", Some(0))
+        );
+        assert_eq!(failure.message, "engine failed");
+        // the re-sends made no new revision: the re-sender hears the same summary when it closes
+        registry.source_closed(again.id, 2);
+        let resummarised = loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), again.recv())
+                .await
+                .expect("a summary in time")
+                .expect("feed open");
+            if let SourceDelivery::Direct(e) = next {
+                if let R::Summary(s) = *e {
+                    break s;
+                }
+            }
+        };
+        assert_eq!(resummarised, first);
+
+        // a late instance re-opens it; its next summary covers the whole study, and it is slim again
+        assert!(push(&registry, source, "1.4.1", 4, 0.2).await.is_decode());
+        registry.end_of_study(source, "1.4.1".into(), 4);
+        let s = summary(&mut feed, "1.4.1").await;
+        assert_eq!(
+            (
+                s.revision,
+                s.slices_scored,
+                s.instances_accepted,
+                s.slices_failed
+            ),
+            (2, 3, 4, 1)
+        );
+        assert_eq!(s.labels[0].max_score, 0.95);
+        let stats = registry.stats().await;
+        assert_eq!((stats.retained_complete, stats.retained_instances), (1, 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
