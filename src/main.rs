@@ -890,8 +890,20 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
+/// Error backtraces off in the libraries unless asked for (`RUST_LIB_BACKTRACE`), whatever
+/// `RUST_BACKTRACE` says (it still governs panics). dicom-rs raises an error with an optional
+/// backtrace while reading every instance's data set, expected and handled: with `RUST_BACKTRACE=1`
+/// in the service's environment, capturing it was 1.1 % of the server's CPU (perf, 240-slice pushes).
+fn quiet_library_backtraces() {
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Before any thread exists: nothing reads the environment concurrently.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+}
+
 fn main() -> ExitCode {
     tune_malloc();
+    quiet_library_backtraces();
     telemetry::init("info");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -203,7 +203,7 @@ impl<'a> InstanceHeader<'a> {
         });
         let pixel_elem = match raw_pixels {
             Some(_) => None,
-            None => obj.element_opt(tags::PIXEL_DATA).ok().flatten(),
+            None => obj.get(tags::PIXEL_DATA),
         };
         let layout = Layout {
             rows: px.rows,
@@ -567,7 +567,7 @@ fn read_header_inner<'a>(
         .with_exact_meta(file_meta);
 
     // 5. pixel data presence and attributes
-    let pixel_elem = match (raw_pixels, obj.element_opt(tags::PIXEL_DATA).ok().flatten()) {
+    let pixel_elem = match (raw_pixels, obj.get(tags::PIXEL_DATA)) {
         (Some(_), _) => None,
         (None, Some(e)) => Some(e),
         (None, None) => {
@@ -578,7 +578,7 @@ fn read_header_inner<'a>(
                     "Double Float Pixel Data (7FE0,0009)",
                 ),
             ] {
-                if obj.element_opt(tag).ok().flatten().is_some() {
+                if obj.get(tag).is_some() {
                     return Err(DecodeError::UnsupportedPixelFormat {
                         detail: format!(
                             "{name} is not supported, only integer Pixel Data (7FE0,0010)"

@@ -8,8 +8,9 @@
 //! distributed log (NATS JetStream: one subject per study, the stream sequence as `sequence`) fits the
 //! same five calls. Events are stored in their wire form (`pb::StudyEvent`, protobuf-encoded), so what
 //! is replayed is byte for byte what was sent live. Beside the events, the `studies` table keeps one
-//! row per study (counts, latest summary), updated in the same transaction, for listings; overlay PNGs
-//! of positive slices are kept beside their study.
+//! row per study (counts, latest summary), updated in the same transaction, for listings. Overlay PNGs
+//! of positive slices are files beside the database ([`super::overlay_files`]): they are derived
+//! pictures, most of the bytes, and no part of the event stream.
 //!
 //! Durability: WAL journal with `synchronous = NORMAL`: a committed event survives a crash of the
 //! process; a power loss may lose the last transactions (a PACS re-sends what was not acknowledged).
@@ -23,6 +24,7 @@ use std::{
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::overlay_files::OverlayFiles;
 use crate::proto::v1 as pb;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +48,11 @@ pub enum LogError {
     Corrupt {
         sequence: u64,
         source: prost::DecodeError,
+    },
+    #[error("cannot read the overlays under {path}: {source}")]
+    Overlay {
+        path: PathBuf,
+        source: std::io::Error,
     },
     #[error("the event log is closed")]
     Closed,
@@ -86,6 +93,8 @@ pub struct StudyRow {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends `events` in order (one transaction), setting their `sequence` and `logged_unix_us` (the
     /// caller's values are replaced). `study_sequence` is the caller's. On error nothing was appended.
+    /// `overlays` are stored after the events, each on its own: one that cannot be stored is logged and
+    /// lost, never the events.
     fn append(&self, events: &mut [pb::StudyEvent], overlays: &[Overlay]) -> Result<(), LogError>;
     /// The highest sequence number logged (0: empty).
     fn last_sequence(&self) -> Result<u64, LogError>;
@@ -137,6 +146,8 @@ pub fn kind_name(event: &pb::StudyEvent) -> &'static str {
 /// The log in an SQLite database file.
 pub struct SqliteLog {
     path: PathBuf,
+    /// The overlay PNGs, in files beside the database (`<file>.overlays/`).
+    overlays: OverlayFiles,
     writer: Mutex<Connection>,
     /// Idle read connections (WAL: readers never wait for the writer).
     readers: Mutex<Vec<Connection>>,
@@ -207,6 +218,7 @@ impl SqliteLog {
             })?;
         Ok(Self {
             path: path.to_path_buf(),
+            overlays: OverlayFiles::new(path.with_extension("overlays")),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
         })
@@ -366,19 +378,16 @@ impl EventLog for SqliteLog {
                     ])
                     .map_err(sql("append"))?;
             }
-            let mut overlay = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO overlays (study_uid, sop_uid, frame, png) \
-                     VALUES (?1, ?2, ?3, ?4)",
-                )
-                .map_err(sql("append"))?;
-            for o in overlays {
-                overlay
-                    .execute(params![o.study, o.sop, o.frame, o.png])
-                    .map_err(sql("append"))?;
-            }
         }
         tx.commit().map_err(sql("commit"))?;
+        drop(conn);
+        // After the events: a finding is never held back by its picture, and a picture that cannot be
+        // written costs only itself.
+        for o in overlays {
+            if let Err(e) = self.overlays.put(o) {
+                tracing::warn!(frame = o.frame, "overlay not stored: {e}");
+            }
+        }
         Ok(())
     }
 
@@ -483,6 +492,17 @@ impl EventLog for SqliteLog {
     }
 
     fn overlay(&self, study: &str, sop: &str, frame: u32) -> Result<Option<Vec<u8>>, LogError> {
+        match self.overlays.get(study, sop, frame) {
+            Ok(Some(png)) => return Ok(Some(png)),
+            Ok(None) => {}
+            Err(source) => {
+                return Err(LogError::Overlay {
+                    path: self.overlays.root().to_path_buf(),
+                    source,
+                })
+            }
+        }
+        // Data directories written before overlays moved to files keep theirs in the table.
         self.reading(|c| {
             c.query_row(
                 "SELECT png FROM overlays WHERE study_uid = ?1 AND sop_uid = ?2 AND frame = ?3",
@@ -516,6 +536,12 @@ impl EventLog for SqliteLog {
             }
         }
         tx.commit().map_err(sql("commit"))?;
+        drop(conn);
+        for study in &old {
+            if let Err(e) = self.overlays.remove_study(study) {
+                tracing::warn!("overlays of a pruned study not removed: {e}");
+            }
+        }
         Ok(old.len() as u64)
     }
 
@@ -634,14 +660,50 @@ mod tests {
             Some(vec![1, 2, 3])
         );
         assert_eq!(log.overlay("1.2.3", "b", 1).expect("png"), None);
+        // a file beside the database, not a row in it
+        assert!(path
+            .with_extension("overlays")
+            .join("1.2.3")
+            .join("b-0.png")
+            .is_file());
+        let rows: i64 = rusqlite::Connection::open(&path)
+            .expect("open")
+            .query_row("SELECT COUNT(*) FROM overlays", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(rows, 0);
         let key = log.secret("uid").expect("secret");
         assert_eq!(log.secret("uid").expect("again"), key);
         assert_eq!(log.prune(i64::MAX).expect("prune"), 2);
+        assert_eq!(
+            log.overlay("1.2.3", "b", 0).expect("png"),
+            None,
+            "pruned with its study"
+        );
         assert!(log.read(1, u64::MAX, &[], 10).expect("empty").is_empty());
         // sequence numbers never go back, even with the log emptied by retention
         assert_eq!(log.last_sequence().expect("last"), 4);
         let mut next = [event("1.2.5", 1, finding("c"))];
         log.append(&mut next, &[]).expect("append");
         assert_eq!(next[0].sequence, 5);
+    }
+
+    /// Data directories from before overlays moved to files keep serving theirs from the table.
+    #[test]
+    fn overlays_stored_in_the_table_by_earlier_versions_are_still_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.sqlite");
+        let log = SqliteLog::open(&path).expect("open");
+        rusqlite::Connection::open(&path)
+            .expect("open")
+            .execute(
+                "INSERT INTO overlays (study_uid, sop_uid, frame, png) VALUES ('1.2', '1.2.3', 0, x'0102')",
+                [],
+            )
+            .expect("legacy row");
+        assert_eq!(
+            log.overlay("1.2", "1.2.3", 0).expect("png"),
+            Some(vec![1, 2])
+        );
+        assert_eq!(log.overlay("1.2", "1.2.3", 1).expect("png"), None);
     }
 }

@@ -8,6 +8,7 @@ pub mod hub;
 pub mod json;
 pub mod log;
 pub mod overlay;
+pub mod overlay_files;
 pub mod webhook;
 
 use std::time::SystemTime;
