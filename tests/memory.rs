@@ -146,6 +146,19 @@ async fn the_frames_of_one_instance_share_one_client_ref() {
     server.stop().await.expect("stop");
 }
 
+/// `n` slices of one series written into `dir` (see `write_series`), as (file name, bytes).
+fn named_series(dir: &std::path::Path, n: usize) -> Vec<(String, Vec<u8>)> {
+    write_series(dir, n)
+        .iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                read(p),
+            )
+        })
+        .collect()
+}
+
 /// Pushes `series` on `streams` concurrent streams (one connection each) to `endpoint`, stream `k` as
 /// study `3680043.8.<study_base + k>.`; returns the findings per stream.
 async fn push_concurrently(
@@ -191,15 +204,7 @@ async fn peak_memory_with_32_concurrent_streams_stays_within_1_5x_of_one_stream(
     const SLICES: usize = 32;
     const STREAMS: usize = 32;
     let dir = tempfile::tempdir().expect("tempdir");
-    let series: Vec<(String, Vec<u8>)> = write_series(dir.path(), SLICES)
-        .iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                read(p),
-            )
-        })
-        .collect();
+    let series = named_series(dir.path(), SLICES);
     let env = [("RADSTREAM_PREPROCESS", "cpu")];
 
     let one = ServedProcess::start(&env);
@@ -263,15 +268,7 @@ fn minor_faults(pid: u32) -> u64 {
 async fn a_warm_server_does_not_fault_in_fresh_memory_for_every_slice() {
     const SLICES: usize = 32;
     let dir = tempfile::tempdir().expect("tempdir");
-    let series: Vec<(String, Vec<u8>)> = write_series(dir.path(), SLICES)
-        .iter()
-        .map(|p| {
-            (
-                p.file_name().unwrap().to_string_lossy().into_owned(),
-                read(p),
-            )
-        })
-        .collect();
+    let series = named_series(dir.path(), SLICES);
     let server = ServedProcess::start(&[("RADSTREAM_PREPROCESS", "cpu")]);
     // Two rounds to warm up (heaps grown, thread caches filled), each a study (and instances) of its
     // own, then the measured one.
