@@ -93,8 +93,8 @@ pub struct StudyRow {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends `events` in order (one transaction), setting their `sequence` and `logged_unix_us` (the
     /// caller's values are replaced). `study_sequence` is the caller's. On error nothing was appended.
-    /// `overlays` are stored after the events, each on its own: one that cannot be stored is logged and
-    /// lost, never the events.
+    /// `overlays` are stored with them, each on its own: one that cannot be stored is logged and lost,
+    /// never the events.
     fn append(&self, events: &mut [pb::StudyEvent], overlays: &[Overlay]) -> Result<(), LogError>;
     /// The highest sequence number logged (0: empty).
     fn last_sequence(&self) -> Result<u64, LogError>;
@@ -146,7 +146,8 @@ pub fn kind_name(event: &pb::StudyEvent) -> &'static str {
 /// The log in an SQLite database file.
 pub struct SqliteLog {
     path: PathBuf,
-    /// The overlay PNGs, in files beside the database (`<file>.overlays/`).
+    /// The overlay PNGs, one pack per study beside the database (`<file>.overlays/`); the
+    /// `overlay_index` table says where each is.
     overlays: OverlayFiles,
     writer: Mutex<Connection>,
     /// Idle read connections (WAL: readers never wait for the writer).
@@ -191,6 +192,14 @@ CREATE TABLE IF NOT EXISTS overlays (
     sop_uid TEXT NOT NULL,
     frame INTEGER NOT NULL,
     png BLOB NOT NULL,
+    PRIMARY KEY (study_uid, sop_uid, frame)
+);
+CREATE TABLE IF NOT EXISTS overlay_index (
+    study_uid TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
     PRIMARY KEY (study_uid, sop_uid, frame)
 );
 CREATE TABLE IF NOT EXISTS secrets (name TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -308,6 +317,19 @@ impl EventLog for SqliteLog {
     fn append(&self, events: &mut [pb::StudyEvent], overlays: &[Overlay]) -> Result<(), LogError> {
         use pb::study_event::Event as E;
         let mut conn = self.writer.lock().map_err(|_| LogError::Closed)?;
+        // The pictures first, under the writer's lock (one appender per pack): their index rows go into
+        // the events' transaction, so a row never points at bytes that were not written. A picture that
+        // cannot be written costs only itself.
+        let stored: Vec<(&Overlay, u64)> = overlays
+            .iter()
+            .filter_map(|o| match self.overlays.append(&o.study, &o.png) {
+                Ok(offset) => Some((o, offset)),
+                Err(e) => {
+                    tracing::warn!(frame = o.frame, "overlay not stored: {e}");
+                    None
+                }
+            })
+            .collect();
         let tx = conn.transaction().map_err(sql("begin"))?;
         {
             // cached like the inserts: statements parsed per append (this one, BEGIN, COMMIT) were 2.7 %
@@ -378,16 +400,25 @@ impl EventLog for SqliteLog {
                     ])
                     .map_err(sql("append"))?;
             }
-        }
-        tx.commit().map_err(sql("commit"))?;
-        drop(conn);
-        // After the events: a finding is never held back by its picture, and a picture that cannot be
-        // written costs only itself.
-        for o in overlays {
-            if let Err(e) = self.overlays.put(o) {
-                tracing::warn!(frame = o.frame, "overlay not stored: {e}");
+            let mut index = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO overlay_index (study_uid, sop_uid, frame, offset, length) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql("append"))?;
+            for (o, offset) in stored {
+                index
+                    .execute(params![
+                        o.study,
+                        o.sop,
+                        o.frame,
+                        offset as i64,
+                        o.png.len() as i64
+                    ])
+                    .map_err(sql("append"))?;
             }
         }
+        tx.commit().map_err(sql("commit"))?;
         Ok(())
     }
 
@@ -492,26 +523,43 @@ impl EventLog for SqliteLog {
     }
 
     fn overlay(&self, study: &str, sop: &str, frame: u32) -> Result<Option<Vec<u8>>, LogError> {
-        match self.overlays.get(study, sop, frame) {
-            Ok(Some(png)) => return Ok(Some(png)),
-            Ok(None) => {}
-            Err(source) => {
-                return Err(LogError::Overlay {
+        let (at, legacy) = self.reading(|c| {
+            let at = c
+                .prepare_cached(
+                    "SELECT offset, length FROM overlay_index \
+                     WHERE study_uid = ?1 AND sop_uid = ?2 AND frame = ?3",
+                )
+                .and_then(|mut q| {
+                    q.query_row(params![study, sop, frame], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                })
+                .map_err(sql("read"))?;
+            if at.is_some() {
+                return Ok((at, None));
+            }
+            // Data directories written before overlays moved out of the database keep theirs in it.
+            let legacy = c
+                .query_row(
+                    "SELECT png FROM overlays WHERE study_uid = ?1 AND sop_uid = ?2 AND frame = ?3",
+                    params![study, sop, frame],
+                    |r| r.get::<_, Vec<u8>>(0),
+                )
+                .optional()
+                .map_err(sql("read"))?;
+            Ok((None, legacy))
+        })?;
+        match at {
+            Some((offset, length)) => self
+                .overlays
+                .read(study, offset.max(0) as u64, length.max(0) as u64)
+                .map_err(|source| LogError::Overlay {
                     path: self.overlays.root().to_path_buf(),
                     source,
-                })
-            }
+                }),
+            None => Ok(legacy),
         }
-        // Data directories written before overlays moved to files keep theirs in the table.
-        self.reading(|c| {
-            c.query_row(
-                "SELECT png FROM overlays WHERE study_uid = ?1 AND sop_uid = ?2 AND frame = ?3",
-                params![study, sop, frame],
-                |r| r.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-            .map_err(sql("read"))
-        })
     }
 
     fn prune(&self, before_unix_us: i64) -> Result<u64, LogError> {
@@ -527,7 +575,7 @@ impl EventLog for SqliteLog {
             rows.collect::<Result<Vec<_>, _>>().map_err(sql("prune"))?
         };
         for study in &old {
-            for table in ["events", "overlays", "studies"] {
+            for table in ["events", "overlays", "overlay_index", "studies"] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE study_uid = ?1"),
                     params![study],
@@ -660,12 +708,8 @@ mod tests {
             Some(vec![1, 2, 3])
         );
         assert_eq!(log.overlay("1.2.3", "b", 1).expect("png"), None);
-        // a file beside the database, not a row in it
-        assert!(path
-            .with_extension("overlays")
-            .join("1.2.3")
-            .join("b-0.png")
-            .is_file());
+        // in the study's pack beside the database, not in a row of it
+        assert!(path.with_extension("overlays").join("1.2.3.pack").is_file());
         let rows: i64 = rusqlite::Connection::open(&path)
             .expect("open")
             .query_row("SELECT COUNT(*) FROM overlays", [], |r| r.get(0))
@@ -705,5 +749,26 @@ mod tests {
             Some(vec![1, 2])
         );
         assert_eq!(log.overlay("1.2", "1.2.3", 1).expect("png"), None);
+    }
+
+    /// A picture that cannot be written costs only itself: the events are logged all the same.
+    #[test]
+    fn an_overlay_that_cannot_be_stored_never_costs_its_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.sqlite");
+        // where the packs' folder should be, a file: no pack can be created
+        std::fs::write(path.with_extension("overlays"), b"in the way").expect("write");
+        let log = SqliteLog::open(&path).expect("open");
+        let mut events = [event("1.2.3", 1, finding("b"))];
+        let overlay = Overlay {
+            study: "1.2.3".into(),
+            sop: "b".into(),
+            frame: 0,
+            png: vec![1, 2, 3],
+        };
+        log.append(&mut events, &[overlay])
+            .expect("the events are logged");
+        assert_eq!(log.read_study("1.2.3").expect("read").len(), 1);
+        assert_eq!(log.overlay("1.2.3", "b", 0).expect("read"), None);
     }
 }
