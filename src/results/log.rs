@@ -9,8 +9,9 @@
 //! same five calls. Events are stored in their wire form (`pb::StudyEvent`, protobuf-encoded), so what
 //! is replayed is byte for byte what was sent live. Beside the events, the `studies` table keeps one
 //! row per study (counts, latest summary), updated in the same transaction, for listings. Overlay PNGs
-//! of positive slices are files beside the database ([`super::overlay_files`]): they are derived
-//! pictures, most of the bytes, and no part of the event stream.
+//! of positive slices are appended to one pack per study beside the database, which keeps only where
+//! each is ([`super::overlay_files`]): they are derived pictures, most of the bytes, and no part of
+//! the event stream.
 //!
 //! Durability: WAL journal with `synchronous = NORMAL`: a committed event survives a crash of the
 //! process; a power loss may lose the last transactions (a PACS re-sends what was not acknowledged).
