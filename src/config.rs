@@ -264,11 +264,12 @@ pub struct LimitsConfig {
     /// Longest `client_ref` accepted; an instance with a longer one is rejected (TOO_LARGE) unread.
     pub max_client_ref_bytes: usize,
     /// HTTP/2 receive window per stream: what a client may send before the server reads it, held by
-    /// the server per stream. 256 KiB: a 0.5 MB CT slice crosses in 2 window updates instead of the
-    /// HTTP/2 default's 8 (65,535, enough to keep a LAN link full), and each update is a wake-up of
-    /// both peers. Measured with `radstream bench load` (240-slice 512² series, 2 cores, one session):
+    /// the server per stream. 256 KiB: a 0.5 MB CT slice is 2 windows instead of 8 of the HTTP/2
+    /// default (65,535, enough to keep a LAN link full), and each window update is a wake-up of both
+    /// peers. Measured with `radstream bench load` (240-slice 512² series, 2 cores, one session):
     /// one stream 729-778 -> 909-1081 slices/s, server CPU 1.37-1.50 -> 1.12-1.29 ms per slice; peak
-    /// RSS with 32 streams +9-14 MiB (`max_streams` × this at most). Raise it for long-RTT links.
+    /// RSS with 32 streams +14-24 MiB in two runs (`max_streams` × this at most). Raise it for long-RTT
+    /// links.
     pub stream_window_bytes: u32,
 }
 
