@@ -752,7 +752,11 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                     studies: alone,
                 },
                 AlertBench { pushers, studies },
-            ] {
+            ]
+            .into_iter()
+            // `--alone 0` (or `--studies 0`): that run is not wanted
+            .filter(|run| run.studies > 0)
+            {
                 let mut config = config.clone();
                 config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
                 config.store.data_dir = None;

@@ -107,6 +107,24 @@ fn bench_alerts_reports_latency_alone_and_under_load() {
 }
 
 #[test]
+fn bench_alerts_skips_a_run_of_no_studies() {
+    let out = Command::new(BIN)
+        .args(["bench", "alerts", "--pushers", "2", "--studies", "1"])
+        .args(["--alone", "0", "--preprocess", "cpu"])
+        .env("RADSTREAM_LOG", "warn")
+        .output()
+        .expect("run bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    let runs: Vec<&str> = stdout.lines().filter(|l| l.contains(" alerts ")).collect();
+    assert_eq!(runs.len(), 1, "only the run with pushers: {stdout}");
+    assert!(
+        runs[0].contains("2 pushers") && !runs[0].contains("NaN"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn push_streams_a_folder_to_a_served_process_as_json_lines() {
     let model_dir = repo().join("models/lesion-demo/1.0.0");
     let server = ServedProcess::start(&[(
