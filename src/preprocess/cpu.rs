@@ -224,9 +224,10 @@ fn native_plane<T: Copy + Default>(
         }
         return;
     }
-    for (i, out) in dst.iter_mut().enumerate() {
-        let (y, x) = (i as u32 / p.cols, i as u32 % p.cols);
-        *out = f(tap(p, 1, px, y, x)[0]);
+    for (y, row) in (0..p.rows).zip(dst.chunks_exact_mut(p.cols as usize)) {
+        for (x, out) in (0..p.cols).zip(row) {
+            *out = f(tap(p, 1, px, y, x)[0]);
+        }
     }
 }
 

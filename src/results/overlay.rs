@@ -165,7 +165,7 @@ pub fn render_png(
         let (view, spec) = native_view(instance, frame, "slice")?;
         return INDICES
             .with_borrow_mut(|indices| {
-                indices.clear();
+                // every index is written below: only a longer slice than the last needs new room
                 indices.resize((w * h) as usize, 0);
                 // The grey index of each pixel straight from its stored value: the windowed value is the
                 // one `render` shows, mapped through the same two functions.
